@@ -1,0 +1,1 @@
+"""Everything that knows a checkpoint: building, loading and preprocessing models."""
