@@ -1,0 +1,32 @@
+"""ament_python build of vrs_node (works with colcon on a ROS 2 install and with pip)."""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+package_name = "vrs_node"
+
+setup(
+    name=package_name,
+    version="0.1.0",
+    packages=find_packages(exclude=["test", "test.*", "bench", "bench.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
+        ("share/" + package_name, ["package.xml"]),
+        ("share/" + package_name + "/launch", glob("launch/*.launch.py")),
+        ("share/" + package_name + "/config", glob("config/*.yaml")),
+    ],
+    install_requires=["setuptools"],
+    zip_safe=True,
+    maintainer="vrs_node maintainers",
+    maintainer_email="vrs_node@example.com",
+    description="Language-instructed streaming video segmentation as a ROS 2 node.",
+    license="Apache-2.0",
+    entry_points={
+        "console_scripts": [
+            "vrs-node = vrs_node.ros.node:main",
+            "vrs_node = vrs_node.ros.node:main",
+            "vrs-demo = vrs_node.ros.demo:main",
+        ],
+    },
+)
