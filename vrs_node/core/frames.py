@@ -1,0 +1,260 @@
+"""Frames, the bounded frame window with its per-frame feature cache, and frame-sampling rules.
+
+ROS-free: numpy and the standard library only.
+
+- :class:`Frame` is one camera image with the sequence number the window gave it.
+- :class:`FrameWindow` is a thread-safe ring buffer of the most recent frames. Anything cached for a
+  frame (image embeddings, CLIP scores, ...) lives in the window next to the frame and is dropped
+  with it, so memory stays bounded by ``capacity``.
+- :func:`anchor_lattice` (VRS-HQ) and :func:`sparse_dense_sample` (VideoLISA) choose which frames of
+  a clip the MLLM sees.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True, eq=False)
+class Frame:
+    """One RGB camera image held by a :class:`FrameWindow`.
+
+    ``index`` is the monotonic sequence number assigned by the window, ``stamp_ns`` the capture
+    time in nanoseconds, ``image`` an H×W×3 uint8 RGB array (read-only when it comes from a
+    window), ``frame_id`` the optical frame name from the message header.
+
+    Frames compare and hash by identity (``eq=False``): comparing the pixel arrays field by field
+    would be ambiguous for numpy arrays.
+    """
+
+    index: int
+    stamp_ns: int
+    image: np.ndarray
+    frame_id: str = ""
+
+    @property
+    def height(self) -> int:
+        """Image height in pixels."""
+        return int(self.image.shape[0])
+
+    @property
+    def width(self) -> int:
+        """Image width in pixels."""
+        return int(self.image.shape[1])
+
+
+def check_image(image: np.ndarray) -> None:
+    """Raise ValueError unless ``image`` is an H×W×3 uint8 array."""
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"image must be a numpy array, got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must have shape (H, W, 3), got {image.shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8, got {image.dtype}")
+
+
+class FrameWindow:
+    """Thread-safe ring buffer of the last ``capacity`` frames, with a per-frame feature cache.
+
+    ``append`` gives each frame the next sequence number (0, 1, 2, ...; never reused, not even
+    after :meth:`clear`) and evicts the oldest frame once ``capacity`` frames are held. Features
+    stored with :meth:`set_feature` belong to their frame and are evicted with it, so at most
+    ``capacity`` frames' worth of features exist at any time.
+
+    The window does not copy pixels: it keeps a read-only view of the appended array, so the
+    caller must not write into that array afterwards (a ROS image conversion yields a fresh
+    array per message). Every method takes the window's lock; :meth:`snapshot` returns a list the
+    caller owns.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        """Create an empty window holding at most ``capacity`` (≥ 1) frames."""
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+            raise ValueError(f"capacity must be an int >= 1, got {capacity!r}")
+        self._capacity = capacity
+        self._lock = threading.Lock()
+        self._frames: OrderedDict[int, Frame] = OrderedDict()
+        self._features: dict[int, dict[str, Any]] = {}
+        self._next_index = 0
+
+    @property
+    def capacity(self) -> int:
+        """Maximum number of frames held."""
+        return self._capacity
+
+    def append(self, image: np.ndarray, stamp_ns: int, frame_id: str = "") -> Frame:
+        """Store ``image`` as the newest frame and return it; evicts the oldest frame when full.
+
+        Raises ValueError unless ``image`` is an H×W×3 uint8 array.
+        """
+        check_image(image)
+        view = image.view()
+        view.flags.writeable = False
+        with self._lock:
+            frame = Frame(self._next_index, int(stamp_ns), view, frame_id)
+            self._next_index += 1
+            if len(self._frames) >= self._capacity:
+                oldest, _ = self._frames.popitem(last=False)
+                self._features.pop(oldest, None)
+            self._frames[frame.index] = frame
+            return frame
+
+    def __len__(self) -> int:
+        """Number of frames held."""
+        with self._lock:
+            return len(self._frames)
+
+    def __contains__(self, index: object) -> bool:
+        """Whether the frame with sequence number ``index`` is held."""
+        with self._lock:
+            return index in self._frames
+
+    def _missing(self, index: int) -> KeyError:
+        """KeyError naming ``index`` and the range held; call with the lock held."""
+        if not self._frames:
+            return KeyError(f"frame {index} is not in the window (the window is empty)")
+        first, last = next(iter(self._frames)), next(reversed(self._frames))
+        return KeyError(
+            f"frame {index} is not in the window (evicted or never appended; "
+            f"held: {first}..{last})"
+        )
+
+    def get(self, index: int) -> Frame:
+        """Return the frame with sequence number ``index``; KeyError if evicted or unknown."""
+        with self._lock:
+            try:
+                return self._frames[index]
+            except KeyError:
+                raise self._missing(index) from None
+
+    @property
+    def latest(self) -> Frame | None:
+        """The newest frame, or None when the window is empty."""
+        with self._lock:
+            if not self._frames:
+                return None
+            return self._frames[next(reversed(self._frames))]
+
+    def indices(self) -> list[int]:
+        """Sequence numbers of the frames held, oldest first."""
+        with self._lock:
+            return list(self._frames)
+
+    def snapshot(self) -> list[Frame]:
+        """The frames held, oldest first, as a new list unaffected by later appends."""
+        with self._lock:
+            return list(self._frames.values())
+
+    def clear(self) -> None:
+        """Drop all frames and their features; later frames keep counting up from the last index."""
+        with self._lock:
+            self._frames.clear()
+            self._features.clear()
+
+    def set_feature(self, index: int, key: str, value: Any) -> None:
+        """Cache ``value`` under ``key`` for frame ``index``; KeyError if that frame is not held."""
+        with self._lock:
+            if index not in self._frames:
+                raise self._missing(index)
+            self._features.setdefault(index, {})[key] = value
+
+    def get_feature(self, index: int, key: str, default: Any = None) -> Any:
+        """The value cached under ``key`` for frame ``index``, or ``default`` if there is none."""
+        with self._lock:
+            return self._features.get(index, {}).get(key, default)
+
+    def has_feature(self, index: int, key: str) -> bool:
+        """Whether a value is cached under ``key`` for frame ``index``."""
+        with self._lock:
+            return key in self._features.get(index, {})
+
+    def feature_count(self) -> int:
+        """Total number of cached (frame, key) entries; at most ``capacity`` × distinct keys."""
+        with self._lock:
+            return sum(len(per_frame) for per_frame in self._features.values())
+
+
+def anchor_lattice(num_frames: int, anchor: int, max_frames: int = 11) -> list[int]:
+    """VRS-HQ frame choice: the uniform lattice through the anchor frame.
+
+    With T = ``num_frames``::
+
+        step  = ceil(T / max_frames)
+        start = anchor mod step
+        indices = [start, start + step, start + 2·step, ...]   (all < T)
+
+    The anchor is always included, at most ``max_frames`` indices are returned, and every frame
+    is returned when T ≤ ``max_frames``. VRS-HQ uses ``max_frames = 11``: its hard-coded
+    ``max_image_token = 12`` minus one (``sample_frames`` in
+    ``model/VISA_multiseg_cliptree_bf16.py``).
+    Example: T = 100, anchor 37 → step 10 → [7, 17, ..., 97].
+
+    Raises ValueError unless T ≥ 1, 0 ≤ anchor < T and max_frames ≥ 1.
+    """
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if not 0 <= anchor < num_frames:
+        raise ValueError(f"anchor must be in [0, {num_frames}), got {anchor}")
+    if max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+    step = math.ceil(num_frames / max_frames)
+    return list(range(anchor % step, num_frames, step))
+
+
+def _bin_centres(stop: int, num_bins: int) -> list[int]:
+    """Middle of each of ``num_bins`` integer bins over [0, stop), as VideoLISA computes them.
+
+    Bin edges e_i = int(linspace(0, stop, num_bins + 1)[i]); bin i covers [e_i, e_{i+1} - 1] and
+    its centre is floor((e_i + e_{i+1} - 1) / 2). The edges go through ``np.linspace`` on purpose:
+    its float rounding sometimes truncates an edge one below the exact i·stop/num_bins (e.g.
+    stop = 58, num_bins = 50), and the upstream code has that rounding too.
+    """
+    edges = np.linspace(0, stop, num_bins + 1).astype(int).tolist()
+    return [(lo + hi - 1) // 2 for lo, hi in zip(edges[:-1], edges[1:])]
+
+
+def sparse_dense_sample(
+    num_frames: int, num_sparse: int = 32, num_dense: int = 4
+) -> tuple[list[int], list[int]]:
+    """VideoLISA Sparse-Dense Sampling: returns (sparse frame indices, dense positions).
+
+    With T = ``num_frames``, S = ``num_sparse``, D = ``num_dense`` and ``centres(n, k)`` the
+    middles of k integer bins over [0, n) (edges int(linspace(0, n, k + 1)), centre of
+    [e_i, e_{i+1} - 1] rounded down):
+
+    - sparse (absolute frame indices, sorted, always S of them):
+      T > S: ``centres(T, S)``;
+      T ≤ S: every frame ⌊S / T⌋ times plus ``centres(T, S mod T)``, sorted (repeats adjacent).
+    - dense (positions *within the sparse list*, not frame numbers; frame = sparse[d]):
+      ``centres(S - 1, D)``. For S = 32, D = 4: [3, 10, 18, 26]. Upstream's linspace stops at
+      S - 1 (not S), so the bins cover positions 0..S - 2 and the last sparse frame is never dense.
+
+    Example: T = 100 → sparse [1, 4, 7, 10, ..., 94, 97].
+
+    Reproduces ``uniform_sample``, ``get_sparse_indices`` and ``get_dense_indices`` in VideoLISA's
+    ``chat.py`` (L71-99; the same functions are in its ``evaluation/*/inference_*.py``), including
+    their float ``linspace`` edges (for S = 32 these equal the exact edges i·T/S rounded down, at
+    least for T ≤ 100 000; for S = 50 they do not always). VideoLISA's scripts use S = 32, D = 4
+    (the argparse default for S is 50). Interpretation: upstream does not validate arguments;
+    here T ≥ 1, S ≥ 1 and 1 ≤ D < S are required (ValueError otherwise), because with D ≥ S
+    upstream's dense bins become empty and yield invalid positions such as -1.
+    """
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if num_sparse < 1:
+        raise ValueError(f"num_sparse must be >= 1, got {num_sparse}")
+    if not 1 <= num_dense < num_sparse:
+        raise ValueError(f"num_dense must be in [1, num_sparse={num_sparse}), got {num_dense}")
+    if num_frames > num_sparse:
+        sparse = _bin_centres(num_frames, num_sparse)
+    else:
+        repeats, extra = divmod(num_sparse, num_frames)
+        sparse = sorted(list(range(num_frames)) * repeats + _bin_centres(num_frames, extra))
+    dense = _bin_centres(num_sparse - 1, num_dense)
+    return sparse, dense
