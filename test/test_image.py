@@ -1,0 +1,389 @@
+"""Tests for vrs_node.ros.image: sensor_msgs/Image <-> numpy conversions.
+
+Expected values are built independently of the implementation: message bytes are assembled
+pixel by pixel in plain Python, and expected arrays are plain numpy constructions.
+"""
+
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+from builtin_interfaces.msg import Time
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+
+from vrs_node.ros.image import (
+    SUPPORTED_ENCODINGS,
+    ImageConversionError,
+    image_msg_to_rgb,
+    mask_to_msg,
+    ns_to_stamp,
+    overlay_mask,
+    rgb_to_msg,
+    stamp_to_ns,
+)
+
+CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
+HEIGHT, WIDTH = 4, 5
+
+
+def make_header():
+    return Header(stamp=Time(sec=1_700_000_000, nanosec=123_456_789), frame_id="cam0_optical")
+
+
+def pixel_bytes(encoding, r, g, b, a):
+    """Byte order of one pixel, written out by hand per ROS encoding."""
+    return {
+        "rgb8": [r, g, b],
+        "bgr8": [b, g, r],
+        "rgba8": [r, g, b, a],
+        "bgra8": [b, g, r, a],
+        "mono8": [r],
+    }[encoding]
+
+
+def make_case(encoding, step, trailing=0, seed=0):
+    """Return (message fields, expected RGB); padding and trailing bytes are random garbage."""
+    rng = np.random.default_rng(seed)
+    expected = rng.integers(0, 256, size=(HEIGHT, WIDTH, 3), dtype=np.uint8)
+    if encoding == "mono8":
+        expected[:, :, 1] = expected[:, :, 0]
+        expected[:, :, 2] = expected[:, :, 0]
+    alpha = rng.integers(0, 256, size=(HEIGHT, WIDTH), dtype=np.uint8)
+    raw = bytearray()
+    for y in range(HEIGHT):
+        row = bytearray()
+        for x in range(WIDTH):
+            r, g, b = (int(v) for v in expected[y, x])
+            row += bytes(pixel_bytes(encoding, r, g, b, int(alpha[y, x])))
+        row += bytes(rng.integers(0, 256, size=step - len(row), dtype=np.uint8))  # padding
+        raw += row
+    raw += bytes(rng.integers(0, 256, size=trailing, dtype=np.uint8))
+    fields = dict(height=HEIGHT, width=WIDTH, encoding=encoding, step=step, data=bytes(raw))
+    return fields, expected
+
+
+def image_msg(**fields):
+    return Image(header=make_header(), is_bigendian=0, **fields)
+
+
+def padded_steps(encoding):
+    row = WIDTH * CHANNELS[encoding]
+    return [row, row + 7, (row // 8 + 1) * 8]  # none, odd padding, rounded up past a multiple of 8
+
+
+@pytest.mark.parametrize(
+    "encoding,step",
+    [(enc, step) for enc in SUPPORTED_ENCODINGS for step in padded_steps(enc)],
+)
+def test_decode_every_encoding_with_padding(encoding, step):
+    fields, expected = make_case(encoding, step)
+    msg = image_msg(**fields)
+    rgb = image_msg_to_rgb(msg)
+    assert rgb.dtype == np.uint8
+    assert rgb.shape == (HEIGHT, WIDTH, 3)
+    assert rgb.flags.c_contiguous
+    np.testing.assert_array_equal(rgb, expected)
+    assert not np.shares_memory(rgb, np.frombuffer(msg.data, dtype=np.uint8))
+
+
+def test_supported_encodings_are_exactly_the_documented_five():
+    assert SUPPORTED_ENCODINGS == ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
+
+
+def test_decoded_rgb8_is_a_copy_not_a_view_of_the_message():
+    fields, expected = make_case("rgb8", WIDTH * 3)
+    msg = image_msg(**fields)
+    before = bytes(msg.data)
+    rgb = image_msg_to_rgb(msg)
+    rgb[:] = 0
+    assert bytes(msg.data) == before
+    np.testing.assert_array_equal(image_msg_to_rgb(msg), expected)
+
+
+def test_trailing_bytes_after_step_times_height_are_ignored():
+    fields, expected = make_case("bgr8", WIDTH * 3 + 3, trailing=11)
+    np.testing.assert_array_equal(image_msg_to_rgb(image_msg(**fields)), expected)
+
+
+def test_duck_typed_message_with_ndarray_data_like_rosbags():
+    fields, expected = make_case("bgra8", WIDTH * 4 + 5)
+    fields["data"] = np.frombuffer(fields["data"], dtype=np.uint8).copy()
+    msg = types.SimpleNamespace(**fields)
+    rgb = image_msg_to_rgb(msg)
+    np.testing.assert_array_equal(rgb, expected)
+    assert not np.shares_memory(rgb, msg.data)
+
+
+@pytest.mark.parametrize(
+    "encoding", ["16UC1", "yuv422", "bayer_rggb8", "32FC1", "RGB8", "Mono8", "8UC3", ""]
+)
+def test_unsupported_encoding_is_refused_and_lists_supported(encoding):
+    msg = image_msg(height=2, width=2, encoding=encoding, step=8, data=bytes(16))
+    with pytest.raises(ImageConversionError) as info:
+        image_msg_to_rgb(msg)
+    text = str(info.value)
+    assert repr(encoding) in text
+    for supported in SUPPORTED_ENCODINGS:
+        assert supported in text
+
+
+@pytest.mark.parametrize("height,width", [(0, 5), (4, 0), (0, 0)])
+def test_zero_sized_image_is_refused(height, width):
+    msg = image_msg(height=height, width=width, encoding="rgb8", step=15, data=bytes(60))
+    with pytest.raises(ImageConversionError) as info:
+        image_msg_to_rgb(msg)
+    assert f"height={height}" in str(info.value)
+    assert f"width={width}" in str(info.value)
+
+
+@pytest.mark.parametrize("encoding,step", [("rgb8", 14), ("rgba8", 19), ("mono8", 4), ("bgr8", 0)])
+def test_step_shorter_than_a_row_is_refused(encoding, step):
+    msg = image_msg(height=HEIGHT, width=WIDTH, encoding=encoding, step=step, data=bytes(400))
+    with pytest.raises(ImageConversionError) as info:
+        image_msg_to_rgb(msg)
+    text = str(info.value)
+    assert f"step={step}" in text
+    assert str(WIDTH * CHANNELS[encoding]) in text
+
+
+def test_truncated_data_is_refused():
+    fields, _ = make_case("rgb8", 16)
+    fields["data"] = fields["data"][:-1]  # 63 bytes for step 16 x height 4 = 64
+    with pytest.raises(ImageConversionError) as info:
+        image_msg_to_rgb(image_msg(**fields))
+    text = str(info.value)
+    assert "63" in text
+    assert "64" in text
+
+
+def test_data_that_is_not_a_byte_buffer_is_refused():
+    msg = types.SimpleNamespace(height=1, width=1, encoding="mono8", step=1, data=[7])
+    with pytest.raises(ImageConversionError) as info:
+        image_msg_to_rgb(msg)
+    assert "list" in str(info.value)
+
+
+def test_conversion_error_is_a_value_error():
+    assert issubclass(ImageConversionError, ValueError)
+
+
+def test_mask_to_msg_from_bool_mask():
+    mask = np.zeros((HEIGHT, WIDTH), dtype=bool)
+    mask[1, 2] = mask[3, 0] = mask[0, 4] = True
+    header = make_header()
+    msg = mask_to_msg(mask, header)
+    assert isinstance(msg, Image)
+    assert (msg.height, msg.width, msg.step) == (HEIGHT, WIDTH, WIDTH)
+    assert msg.encoding == "mono8"
+    assert msg.is_bigendian == 0
+    expected = [255 if (y, x) in {(1, 2), (3, 0), (0, 4)} else 0
+                for y in range(HEIGHT) for x in range(WIDTH)]
+    assert list(msg.data) == expected
+    assert msg.header == header
+    assert msg.header.stamp.sec == 1_700_000_000
+    assert msg.header.stamp.nanosec == 123_456_789
+    assert msg.header.frame_id == "cam0_optical"
+
+
+def test_mask_to_msg_from_uint8_mask_maps_nonzero_to_255():
+    mask = np.array([[0, 1, 7], [255, 0, 128]], dtype=np.uint8)
+    msg = mask_to_msg(mask, make_header())
+    assert list(msg.data) == [0, 255, 255, 255, 0, 255]
+    assert (msg.height, msg.width, msg.step) == (2, 3, 3)
+
+
+def test_mask_to_msg_copies_the_header():
+    header = make_header()
+    msg = mask_to_msg(np.ones((2, 2), dtype=bool), header)
+    msg.header.frame_id = "changed"
+    msg.header.stamp.sec = 1
+    assert header.frame_id == "cam0_optical"
+    assert header.stamp.sec == 1_700_000_000
+
+
+def test_mask_to_msg_accepts_a_rosbags_like_header():
+    header = types.SimpleNamespace(
+        stamp=types.SimpleNamespace(sec=42, nanosec=7), frame_id="rosbags_frame"
+    )
+    msg = mask_to_msg(np.zeros((1, 3), dtype=np.uint8), header)
+    assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (42, 7)
+    assert msg.header.frame_id == "rosbags_frame"
+
+
+def test_mask_msg_round_trips_through_decoder():
+    mask = np.random.default_rng(3).integers(0, 2, size=(HEIGHT, WIDTH)).astype(bool)
+    rgb = image_msg_to_rgb(mask_to_msg(mask, make_header()))
+    expected = np.stack([mask.astype(np.uint8) * 255] * 3, axis=-1)
+    np.testing.assert_array_equal(rgb, expected)
+
+
+@pytest.mark.parametrize(
+    "mask",
+    [
+        np.zeros((4, 5), dtype=np.float32),
+        np.zeros((4, 5), dtype=np.int64),
+        np.zeros((4, 5, 1), dtype=bool),
+        np.zeros((0, 5), dtype=bool),
+    ],
+    ids=["float32", "int64", "3d", "empty"],
+)
+def test_mask_to_msg_refuses_bad_arrays(mask):
+    with pytest.raises(ImageConversionError) as info:
+        mask_to_msg(mask, make_header())
+    assert str(mask.shape) in str(info.value)
+    assert str(mask.dtype) in str(info.value)
+
+
+def test_rgb_to_msg_round_trip_and_bytes():
+    image = np.random.default_rng(4).integers(0, 256, size=(HEIGHT, WIDTH, 3), dtype=np.uint8)
+    header = make_header()
+    msg = rgb_to_msg(image, header)
+    assert isinstance(msg, Image)
+    assert (msg.height, msg.width, msg.step) == (HEIGHT, WIDTH, WIDTH * 3)
+    assert msg.encoding == "rgb8"
+    assert msg.is_bigendian == 0
+    assert msg.header == header
+    expected_bytes = [int(v) for y in range(HEIGHT) for x in range(WIDTH) for v in image[y, x]]
+    assert list(msg.data) == expected_bytes
+    np.testing.assert_array_equal(image_msg_to_rgb(msg), image)
+
+
+def test_rgb_to_msg_accepts_non_contiguous_arrays():
+    base = np.random.default_rng(5).integers(0, 256, size=(HEIGHT, 2 * WIDTH, 3), dtype=np.uint8)
+    view = base[:, ::2, ::-1]
+    assert not view.flags.c_contiguous
+    msg = rgb_to_msg(view, make_header())
+    assert msg.step == WIDTH * 3
+    np.testing.assert_array_equal(image_msg_to_rgb(msg), view)
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.zeros((4, 5), dtype=np.uint8),
+        np.zeros((4, 5, 4), dtype=np.uint8),
+        np.zeros((4, 5, 3), dtype=np.float32),
+        np.zeros((0, 5, 3), dtype=np.uint8),
+    ],
+    ids=["2d", "4-channel", "float32", "empty"],
+)
+def test_rgb_to_msg_refuses_bad_arrays(image):
+    with pytest.raises(ImageConversionError) as info:
+        rgb_to_msg(image, make_header())
+    assert str(image.shape) in str(info.value)
+
+
+def make_overlay_inputs():
+    rng = np.random.default_rng(6)
+    image = rng.integers(0, 256, size=(HEIGHT, WIDTH, 3), dtype=np.uint8)
+    mask = np.zeros((HEIGHT, WIDTH), dtype=bool)
+    mask[1:3, 1:4] = True
+    return image, mask
+
+
+def test_overlay_blends_inside_and_keeps_outside():
+    image, mask = make_overlay_inputs()
+    original = image.copy()
+    color = (10, 200, 30)
+    out = overlay_mask(image, mask, color=color, alpha=0.25)
+    assert out.dtype == np.uint8
+    assert out.shape == image.shape
+    np.testing.assert_array_equal(out[~mask], original[~mask])
+    for y, x in zip(*np.nonzero(mask)):
+        for c in range(3):
+            # (1 - 0.25) * p + 0.25 * color, exact in quarters; round() is half-to-even like rint
+            assert out[y, x, c] == round((3 * int(original[y, x, c]) + color[c]) / 4)
+    np.testing.assert_array_equal(image, original)  # input untouched
+
+
+def test_overlay_alpha_extremes_and_uint8_mask():
+    image, mask = make_overlay_inputs()
+    np.testing.assert_array_equal(overlay_mask(image, mask, alpha=0.0), image)
+    full = overlay_mask(image, mask.astype(np.uint8) * 9, color=(1, 2, 3), alpha=1.0)
+    assert (full[mask] == [1, 2, 3]).all()
+    np.testing.assert_array_equal(full[~mask], image[~mask])
+
+
+def test_overlay_default_color_is_red():
+    image = np.zeros((1, 2, 3), dtype=np.uint8)
+    out = overlay_mask(image, np.array([[True, False]]), alpha=1.0)
+    np.testing.assert_array_equal(out, [[[255, 0, 0], [0, 0, 0]]])
+
+
+def test_overlay_refuses_mismatched_mask_and_bad_alpha():
+    image, mask = make_overlay_inputs()
+    with pytest.raises(ImageConversionError) as info:
+        overlay_mask(image, mask[:, :-1])
+    assert str(mask[:, :-1].shape) in str(info.value)
+    with pytest.raises(ImageConversionError):
+        overlay_mask(image.astype(np.float32), mask)
+    with pytest.raises(ValueError) as info:
+        overlay_mask(image, mask, alpha=1.5)
+    assert "1.5" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "sec,nanosec", [(0, 0), (1, 5), (1_700_000_000, 999_999_999), (2**31 - 1, 0)]
+)
+def test_stamp_round_trip(sec, nanosec):
+    stamp = Time(sec=sec, nanosec=nanosec)
+    ns = stamp_to_ns(stamp)
+    assert ns == sec * 1_000_000_000 + nanosec
+    assert isinstance(ns, int)
+    back = ns_to_stamp(ns)
+    assert isinstance(back, Time)
+    assert back == stamp
+
+
+def test_ns_to_stamp_splits_seconds_and_nanoseconds():
+    stamp = ns_to_stamp(3_000_000_001)
+    assert (stamp.sec, stamp.nanosec) == (3, 1)
+
+
+def test_numpy_side_imports_and_runs_without_ros():
+    """image_msg_to_rgb and overlay_mask must work where no ROS message package is importable."""
+    code = (
+        "import sys\n"
+        "for name in ('rclpy', 'sensor_msgs', 'std_msgs', 'builtin_interfaces'):\n"
+        "    sys.modules[name] = None\n"
+        "import types, numpy as np\n"
+        "from vrs_node.ros.image import image_msg_to_rgb, overlay_mask\n"
+        "msg = types.SimpleNamespace(height=1, width=2, encoding='bgr8', step=6,\n"
+        "                            data=bytes([1, 2, 3, 4, 5, 6]))\n"
+        "rgb = image_msg_to_rgb(msg)\n"
+        "assert rgb.tolist() == [[[3, 2, 1], [6, 5, 4]]], rgb.tolist()\n"
+        "overlay_mask(rgb, np.array([[True, False]]))\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("ok")
+
+
+def test_overlay_refuses_a_color_that_is_not_three_values():
+    image, mask = make_overlay_inputs()
+    with pytest.raises(ValueError) as info:
+        overlay_mask(image, mask, color=(1, 2, 3, 4))
+    assert "[1.0, 2.0, 3.0, 4.0]" in str(info.value)
+
+
+def test_message_builders_work_with_ros_field_checks_enabled():
+    """ROS_PYTHON_CHECK_FIELDS=1 makes rclpy assert every field type; the builders must pass."""
+    mask = np.zeros((HEIGHT, WIDTH), dtype=bool)
+    mask[0, 0] = True
+    image = np.full((HEIGHT, WIDTH, 3), 9, dtype=np.uint8)
+    for msg in (mask_to_msg(mask, make_header()), rgb_to_msg(image, make_header())):
+        checked = Image(check_fields=True)
+        for field in Image.get_fields_and_field_types():
+            setattr(checked, field, getattr(msg, field))
+        assert checked == msg

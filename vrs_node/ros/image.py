@@ -1,0 +1,197 @@
+"""Conversions between ``sensor_msgs/Image`` messages and numpy arrays.
+
+No ``cv_bridge``: it is not installable from pip for ROS 2 (see ``ROS2_FROM_PIP.md`` §1.1), and
+``rosbags-image`` ignores ``step``. The readers here are duck-typed on the message attributes
+(``height``, ``width``, ``encoding``, ``step``, ``data``), so rclpy messages and rosbags messages
+both work. ROS message modules are imported lazily, only by the functions that build messages, so
+the numpy side of this module works without ROS installed.
+"""
+
+import array
+
+import numpy as np
+
+SUPPORTED_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
+
+# encoding -> (bytes per pixel, source channel of R, G and B)
+_LAYOUTS = {
+    "rgb8": (3, (0, 1, 2)),
+    "bgr8": (3, (2, 1, 0)),
+    "rgba8": (4, (0, 1, 2)),
+    "bgra8": (4, (2, 1, 0)),
+    "mono8": (1, (0, 0, 0)),
+}
+
+_NS_PER_S = 1_000_000_000
+
+
+class ImageConversionError(ValueError):
+    """An image message or array cannot be converted; the message says which value is wrong."""
+
+
+def image_msg_to_rgb(msg) -> np.ndarray:
+    """Decode an image message into an RGB array.
+
+    ``msg`` is any object with ``height``, ``width``, ``encoding``, ``step`` and ``data`` (a byte
+    buffer: rclpy's ``array.array``, a rosbags ``uint8`` ndarray, ``bytes``). ``encoding`` must be
+    one of ``SUPPORTED_ENCODINGS`` (exact, lower-case ROS names): ``mono8`` is replicated to three
+    channels, alpha is dropped, BGR is reordered. Rows may be padded (``step`` larger than
+    ``width * bytes_per_pixel``); the padding is skipped. Bytes after ``step * height`` are
+    ignored.
+
+    Returns a new C-contiguous ``uint8`` array of shape ``(height, width, 3)`` that does not share
+    memory with ``msg.data``. Raises ``ImageConversionError`` for an unsupported encoding, a zero
+    height or width, a ``step`` shorter than one row of pixels, or ``data`` shorter than
+    ``step * height``.
+    """
+    encoding = msg.encoding
+    if encoding not in _LAYOUTS:
+        raise ImageConversionError(
+            f"unsupported image encoding {encoding!r}; supported encodings: "
+            f"{', '.join(SUPPORTED_ENCODINGS)}"
+        )
+    channels, sources = _LAYOUTS[encoding]
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height <= 0 or width <= 0:
+        raise ImageConversionError(
+            f"image has no pixels: height={height}, width={width} (both must be > 0)"
+        )
+    row_bytes = width * channels
+    if step < row_bytes:
+        raise ImageConversionError(
+            f"step={step} is shorter than one row: width={width} x {channels} bytes per pixel "
+            f"({encoding}) = {row_bytes}"
+        )
+    try:
+        buffer = np.frombuffer(msg.data, dtype=np.uint8)
+    except (TypeError, ValueError) as error:
+        raise ImageConversionError(
+            f"image data of type {type(msg.data).__name__} is not a byte buffer: {error}"
+        ) from error
+    expected = step * height
+    if buffer.size < expected:
+        raise ImageConversionError(
+            f"image data is truncated: {buffer.size} bytes, expected step x height = "
+            f"{step} x {height} = {expected}"
+        )
+    # Zero-copy view of the pixels, padding excluded: (height, width, channels).
+    rows = buffer[:expected].reshape(height, step)[:, :row_bytes]
+    pixels = rows.reshape(height, width, channels)
+    if encoding == "rgb8":
+        return pixels.copy()  # the only copy; C-contiguous
+    # One plane at a time: ~7x faster than copying a strided or reversed channel view.
+    rgb = np.empty((height, width, 3), dtype=np.uint8)
+    for target, source in enumerate(sources):
+        rgb[:, :, target] = pixels[:, :, source]
+    return rgb
+
+
+def rgb_to_msg(image: np.ndarray, header):
+    """Build an ``rgb8`` ``sensor_msgs.msg.Image`` from an RGB array (e.g. a debug overlay).
+
+    ``image`` must be ``uint8`` with shape ``(H, W, 3)``, H and W > 0 (any memory layout). The
+    message gets ``step = 3 * W``, ``is_bigendian = 0`` and a copy of ``header`` (same stamp and
+    ``frame_id``; rclpy or rosbags header). Raises ``ImageConversionError`` for any other array.
+    """
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
+        raise ImageConversionError(
+            f"RGB image must be uint8 with shape (H, W, 3), H and W > 0; got {image.dtype} "
+            f"with shape {image.shape}"
+        )
+    return _image_msg(image, "rgb8", header)
+
+
+def mask_to_msg(mask: np.ndarray, header):
+    """Build a ``mono8`` ``sensor_msgs.msg.Image`` mask (0 = background, 255 = object).
+
+    ``mask`` must be ``bool`` or ``uint8`` with shape ``(H, W)``, H and W > 0; every non-zero
+    pixel becomes 255. The message gets ``step = W``, ``is_bigendian = 0`` and a copy of
+    ``header`` (same stamp and ``frame_id`` as the source image's header, as perception packages
+    do). Raises ``ImageConversionError`` for any other array.
+    """
+    if mask.dtype not in (np.bool_, np.uint8) or mask.ndim != 2 or 0 in mask.shape:
+        raise ImageConversionError(
+            f"mask must be bool or uint8 with shape (H, W), H and W > 0; got {mask.dtype} "
+            f"with shape {mask.shape}"
+        )
+    return _image_msg((mask != 0).view(np.uint8) * np.uint8(255), "mono8", header)
+
+
+def overlay_mask(
+    image_rgb: np.ndarray, mask: np.ndarray, color=(255, 0, 0), alpha: float = 0.5
+) -> np.ndarray:
+    """Blend ``color`` into the masked pixels of an RGB image, for visualisation.
+
+    ``image_rgb`` is ``uint8`` ``(H, W, 3)``; ``mask`` is ``(H, W)``, non-zero = object; ``color``
+    is three values (R, G, B). Masked pixels become ``round((1 - alpha) * pixel + alpha * color)``
+    (half to even, clipped to 0..255); all other pixels are unchanged. ``alpha`` must be in
+    [0, 1]. Returns a new ``uint8`` ``(H, W, 3)`` array; the inputs are not modified. Raises
+    ``ImageConversionError`` for mismatched shapes or a bad dtype, ``ValueError`` for a bad
+    ``color`` or ``alpha``.
+    """
+    if image_rgb.dtype != np.uint8 or image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
+        raise ImageConversionError(
+            f"overlay image must be uint8 with shape (H, W, 3); got {image_rgb.dtype} "
+            f"with shape {image_rgb.shape}"
+        )
+    if mask.shape != image_rgb.shape[:2]:
+        raise ImageConversionError(
+            f"mask shape {mask.shape} does not match image shape {image_rgb.shape[:2]}"
+        )
+    color = np.asarray(color, dtype=np.float64)
+    if color.shape != (3,):
+        raise ValueError(f"color must be three values (R, G, B); got {color.tolist()}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha={alpha} is outside [0, 1]")
+    # Blend of every possible level per channel (256 x 3), then one table look-up per plane:
+    # exact, and ~4x faster than float arithmetic on the masked pixels.
+    table = np.rint((1.0 - alpha) * np.arange(256.0)[:, None] + alpha * color)
+    table = table.clip(0, 255).astype(np.uint8)
+    blended = np.empty_like(image_rgb)
+    for channel in range(3):
+        blended[:, :, channel] = table[:, channel].take(image_rgb[:, :, channel])
+    return np.where((mask != 0)[:, :, None], blended, image_rgb)
+
+
+def stamp_to_ns(stamp) -> int:
+    """Return a ``builtin_interfaces/Time``-like stamp (``sec``, ``nanosec``) as integer ns."""
+    return int(stamp.sec) * _NS_PER_S + int(stamp.nanosec)
+
+
+def ns_to_stamp(ns: int):
+    """Return integer nanoseconds as a ``builtin_interfaces.msg.Time`` (``0 <= nanosec < 1e9``)."""
+    from builtin_interfaces.msg import Time
+
+    sec, nanosec = divmod(int(ns), _NS_PER_S)
+    return Time(sec=sec, nanosec=nanosec)
+
+
+def _copy_header(header):
+    """Return a new ``std_msgs.msg.Header`` with the stamp and frame_id of ``header``."""
+    from builtin_interfaces.msg import Time
+    from std_msgs.msg import Header
+
+    stamp = Time(sec=int(header.stamp.sec), nanosec=int(header.stamp.nanosec))
+    return Header(stamp=stamp, frame_id=str(header.frame_id))
+
+
+def _image_msg(pixels: np.ndarray, encoding: str, header):
+    """Pack a validated ``uint8`` (H, W) or (H, W, C) array into an unpadded Image message."""
+    from sensor_msgs.msg import Image
+
+    height, width = pixels.shape[:2]
+    msg = Image(
+        header=_copy_header(header),
+        height=height,
+        width=width,
+        encoding=encoding,
+        is_bigendian=0,
+        step=pixels[0].size,
+    )
+    # One copy straight into the array.array rclpy stores: the setter keeps an array.array as is
+    # (the constructor would copy it again) and skips the per-byte Python check that bytes get
+    # under ROS_PYTHON_CHECK_FIELDS=1.
+    data = array.array("B")
+    data.frombytes(np.ascontiguousarray(pixels))
+    msg.data = data
+    return msg
