@@ -1,0 +1,47 @@
+"""Shared fixtures: the shared DAVIS-2016 sample and tiny-random SAM-2 models.
+
+The DAVIS data lives in ``../shared/data/davis2016`` beside the repository (override with
+``VRS_DAVIS_DIR``); tests that need it fail, not skip, when it is missing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vrs_node.core.tracker import StreamingTracker
+from vrs_node.models.profiles import build_sam2_for_profile, get_profile
+
+REPO = Path(__file__).resolve().parents[1]
+DAVIS = Path(os.environ.get("VRS_DAVIS_DIR", REPO.parent / "shared" / "data" / "davis2016"))
+
+
+def davis_sequence(name: str = "blackswan", count: int | None = None):
+    """(RGB frames, GT masks as bool, frame paths) of a shared DAVIS-2016 sequence."""
+    jpgs = sorted((DAVIS / name / "JPEGImages").glob("*.jpg"))[:count]
+    assert jpgs, f"DAVIS sample missing: {DAVIS / name} (set VRS_DAVIS_DIR)"
+    frames = [np.array(Image.open(p).convert("RGB")) for p in jpgs]
+    masks = [np.array(Image.open(DAVIS / name / "Annotations" / (p.stem + ".png"))) > 0 for p in jpgs]
+    return frames, masks, jpgs
+
+
+def box_of(mask: np.ndarray) -> tuple[float, float, float, float]:
+    """Tight (x0, y0, x1, y1) box of a binary mask."""
+    ys, xs = np.nonzero(mask)
+    return float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())
+
+
+@pytest.fixture(scope="session")
+def blackswan():
+    """First 24 frames of blackswan with ground truth."""
+    return davis_sequence("blackswan", 24)
+
+
+def make_tracker(image_size: int = 128, **kwargs) -> StreamingTracker:
+    """A tracker over tiny-random SAM-2 (seeded: every call builds identical weights)."""
+    model, transform = build_sam2_for_profile(get_profile("tiny-random"), image_size=image_size)
+    return StreamingTracker(model, transform, **kwargs)

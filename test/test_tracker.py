@@ -1,0 +1,188 @@
+"""StreamingTracker against sam2's own SAM2VideoPredictor, and its bounded memory."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from conftest import box_of, make_tracker
+
+from vrs_node.core.tracker import (MaskPrompt, PointsPrompt, StreamingTracker, TokenPrompt,
+                                   TrackResult)
+from vrs_node.models.sam2_build import SAM2_CONFIGS, Sam2Spec, SamImageTransform
+
+N_FRAMES = 20
+
+
+def predictor_reference(tracker: StreamingTracker, jpgs, prompt_fn):
+    """Run sam2's SAM2VideoPredictor (same weights) on the JPEG files; per-frame outputs."""
+    from sam2.build_sam import build_sam2_video_predictor
+
+    spec = Sam2Spec(image_size=tracker.model.image_size)
+    predictor = build_sam2_video_predictor(SAM2_CONFIGS[spec.arch], device="cpu",
+                                           hydra_overrides_extra=spec.hydra_overrides()[:3])
+    predictor.load_state_dict(tracker.model.state_dict())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fill_hole_area without sam2's CUDA extension
+        state = predictor.init_state(str(jpgs[0].parent))
+        prompt_fn(predictor, state)
+        out = {}
+        for idx, _, video_res in predictor.propagate_in_video(state):
+            bank = state["output_dict_per_obj"][0]
+            stored = bank["cond_frame_outputs"].get(idx) or bank["non_cond_frame_outputs"][idx]
+            out[idx] = (video_res[0, 0].clone(), float(stored["object_score_logits"]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory, blackswan):
+    """The first N_FRAMES blackswan JPEGs in a folder of their own (the predictor reads folders)."""
+    folder = tmp_path_factory.mktemp("clip")
+    for path in blackswan[2][:N_FRAMES]:
+        shutil.copy(path, folder)
+    return sorted(folder.glob("*.jpg"))
+
+
+def assert_matches_predictor(tracker, frames, reference, prompt):
+    worst_logit = worst_score = 0.0
+    nonempty = 0
+    for i, image in enumerate(frames[:N_FRAMES]):
+        feats = tracker.encode(image)
+        result = tracker.condition(feats, prompt) if i == 0 else tracker.track(feats)
+        ref_logits, ref_score = reference[i]
+        worst_logit = max(worst_logit, float((result.camera_logits() - ref_logits).abs().max()))
+        worst_score = max(worst_score, abs(result.object_score - ref_score))
+        nonempty += bool(result.mask().any())
+    assert len(reference) == N_FRAMES
+    assert nonempty == N_FRAMES, "the comparison is only meaningful on non-empty masks"
+    assert worst_logit <= 1e-5 and worst_score <= 1e-5, (worst_logit, worst_score)
+
+
+def test_mask_prompt_equals_video_predictor(blackswan, clip_dir):
+    frames, masks, _ = blackswan
+    tracker = make_tracker(256)
+    reference = predictor_reference(tracker, clip_dir, lambda p, s: p.add_new_mask(s, 0, 1, masks[0]))
+    assert_matches_predictor(tracker, frames, reference, MaskPrompt(masks[0]))
+
+
+def test_click_and_box_prompts_equal_video_predictor(blackswan, clip_dir):
+    frames, masks, _ = blackswan
+    ys, xs = np.nonzero(masks[0])
+    click = np.array([[xs.mean(), ys.mean()]], np.float32)
+    tracker = make_tracker(128)
+    reference = predictor_reference(
+        tracker, clip_dir,
+        lambda p, s: p.add_new_points_or_box(s, 0, 1, points=click, labels=[1], box=box_of(masks[0])))
+    assert_matches_predictor(tracker, frames, reference,
+                             PointsPrompt(points=click, labels=np.array([1]), box=box_of(masks[0])))
+
+
+def test_state_is_constant_over_1000_frames(blackswan):
+    """Entries and bytes of the memory bank stop growing after warm-up (features reused: the
+    backbone does not touch the bank, so this tests the bank, not the encoder's speed)."""
+    frames, masks, _ = blackswan
+    tracker = make_tracker(128, max_cond_frames=3)
+    feats = [tracker.encode(f) for f in frames[:8]]
+    tracker.condition(feats[0], MaskPrompt(masks[0]))
+    sizes = []
+    for step in range(1, 1101):
+        tracker.track(feats[step % len(feats)])
+        if step in (200, 400, 600):  # re-prompts: conditioning frames are bounded too
+            tracker.condition(feats[step % len(feats)], PointsPrompt(box=box_of(masks[0])))
+        sizes.append(tracker.state_size())
+    full = 3 + tracker.keep_non_cond  # 3 conditioning frames + 15 recent outputs
+    assert max(entries for entries, _ in sizes) == full
+    assert set(sizes[700:]) == {sizes[-1]}, "state changed after warm-up"
+    assert sizes[-1][0] == full and max(nbytes for _, nbytes in sizes) == sizes[-1][1]
+    assert len(tracker._bank["cond_frame_outputs"]) == 3
+
+
+def test_catch_up_equals_condition_then_track(blackswan):
+    frames, masks, _ = blackswan
+    feats_a = None
+    results = []
+    for _ in range(2):
+        tracker = make_tracker(128)
+        feats_a = [tracker.encode(f) for f in frames[:6]]
+        tracker.condition(feats_a[0], MaskPrompt(masks[0]))
+        tracker.track(feats_a[1])
+        results.append(tracker)
+    caught = results[0].catch_up(feats_a[2], PointsPrompt(box=box_of(masks[2])), feats_a[3:6])
+    manual = [results[1].condition(feats_a[2], PointsPrompt(box=box_of(masks[2])))]
+    manual += [results[1].track(f) for f in feats_a[3:6]]
+    assert len(caught) == 4
+    for a, b in zip(caught, manual):
+        assert torch.equal(a.low_res_logits, b.low_res_logits)
+    # the running track of the old prompt was dropped, the old conditioning frame kept
+    assert len(results[0]._bank["cond_frame_outputs"]) == 2
+    assert min(results[0]._bank["non_cond_frame_outputs"]) > max(results[0]._bank["cond_frame_outputs"])
+
+
+def test_token_prompt_decodes_without_touching_memory(blackswan):
+    frames, masks, _ = blackswan
+    tracker = make_tracker(128)
+    feats = tracker.encode(frames[0])
+    token = torch.randn(256, generator=torch.Generator().manual_seed(1))
+    before = tracker.state_size()
+    scored = tracker.decode_token(feats, token)
+    assert tracker.state_size() == before and not tracker.has_prompt
+    assert scored.low_res_logits.shape == (1, 1, 32, 32)
+    other = tracker.decode_token(feats, -token)
+    assert not torch.equal(scored.low_res_logits, other.low_res_logits), "the token must matter"
+    conditioned = tracker.condition(feats, TokenPrompt(token))
+    assert torch.equal(conditioned.low_res_logits, scored.low_res_logits)
+    assert tracker.has_prompt and tracker.state_size()[0] == 1
+    assert tracker.track(tracker.encode(frames[1])).mask().shape == masks[1].shape
+
+
+def test_token_prompt_is_appended_after_two_padding_points(blackswan):
+    """The decoder sees sparse prompts [NaP, NaP, token] (VRS-HQ), checked by intercepting it."""
+    frames, _, _ = blackswan
+    tracker = make_tracker(128)
+    seen = {}
+    decoder = tracker.model.sam_mask_decoder
+    handle = decoder.register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.update(sparse=kwargs["sparse_prompt_embeddings"]), with_kwargs=True)
+    token = torch.randn(256)
+    try:
+        tracker.decode_token(tracker.encode(frames[0]), token)
+    finally:
+        handle.remove()
+    sparse = seen["sparse"]
+    nap = tracker.model.sam_prompt_encoder.not_a_point_embed.weight[0]
+    assert sparse.shape == (1, 3, 256)
+    assert torch.allclose(sparse[0, 0], nap) and torch.allclose(sparse[0, 1], nap)
+    assert torch.equal(sparse[0, 2], token)
+
+
+def test_pad_transform_crops_padding_before_resizing():
+    """Pad mode: logits are cut to the content (h', w') of the S x S input before going to H x W."""
+    transform = SamImageTransform(64, "pad")
+    assert transform.valid_size(30, 60) == (32, 64)
+    low = torch.full((1, 1, 16, 16), -5.0)
+    low[..., :8, :] = 5.0   # the content rows (h' = 32 -> 8 low-res rows) are all "object"
+    result = TrackResult(low, 1.0, (30, 60), transform)
+    mask = result.mask()
+    assert mask.shape == (30, 60)
+    assert mask.all(), "padding rows leaked into the camera-resolution mask"
+    squash = TrackResult(low, 1.0, (30, 60), SamImageTransform(64, "squash")).mask()
+    assert not squash.all()
+
+
+def test_pad_transform_keeps_aspect_and_zero_pads():
+    image = np.full((30, 60, 3), 255, np.uint8)
+    x = SamImageTransform(64, "pad")(image)
+    assert x.shape == (1, 3, 64, 64)
+    assert torch.all(x[0, :, 32:, :] == 0) and torch.all(x[0, :, :32, :] > 0)
+
+
+def test_mask_prompt_of_wrong_size_is_refused(blackswan):
+    frames, masks, _ = blackswan
+    tracker = make_tracker(128)
+    with pytest.raises(ValueError, match="mask prompt"):
+        tracker.condition(tracker.encode(frames[0]), MaskPrompt(masks[0][:-1]))
+    with pytest.raises(RuntimeError, match="no prompt"):
+        tracker.track(tracker.encode(frames[0]))

@@ -1,0 +1,341 @@
+"""Streaming SAM-2 tracker: frames pushed one at a time into ``SAM2Base``, bounded memory bank.
+
+``sam2``'s ``SAM2VideoPredictor`` decodes a whole video up front and keeps every frame's output
+forever. :class:`StreamingTracker` drives the same ``SAM2Base`` one frame at a time and keeps only
+what ``SAM2Base._prepare_memory_conditioned_features`` can read:
+
+- at most ``max_cond_frames`` conditioning (prompted) frames, oldest dropped first;
+- the last ``keep`` non-conditioning outputs, where
+  ``keep = max(max_obj_ptrs_in_encoder - 1, 1 + (num_maskmem - 2) * memory_temporal_stride)``
+  (15 for every released config: 6 spatial memories, 15 object pointers);
+- one shared copy of ``maskmem_pos_enc`` (identical for every frame).
+
+Memory time is the tracker's own step counter (one step per prompt or tracked frame), not the
+camera frame number, so frames dropped upstream never leave holes in the memory that SAM-2 reads.
+
+Equivalence with the video predictor (same weights, same frames, prompt on the first frame):
+a prompt step runs ``track_step(is_init_cond_frame=True, run_mem_encoder=False)`` and then encodes
+memory from the low-res logits upsampled to S x S with ``is_mask_from_pts=True``, as
+``propagate_in_video_preflight`` does; memory features are stored in bf16 as
+``_run_single_frame_inference`` does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vrs_node.core.frames import check_image
+from vrs_node.models.sam2_build import SamImageTransform
+
+NO_OBJ_SCORE = -1024.0
+"""Logit SAM-2 writes into every mask pixel of a frame whose object score is <= 0."""
+
+DEFAULT_NUM_FRAMES = 1 << 30
+"""``num_frames`` given to ``track_step``: SAM-2 only uses it as min(num_frames, 16) and as an upper
+bound on frame indices, so a stream passes a number larger than any index."""
+
+
+@dataclass(frozen=True)
+class FrameFeatures:
+    """SAM-2 image features of one frame, in the flattened (HW, B, C) layout ``track_step`` takes.
+
+    ``vision_feats`` holds the three levels (the two high-resolution ones already projected by
+    the decoder's ``conv_s0``/``conv_s1``); ``top_pos_embed`` is the positional encoding of the
+    lowest-resolution level, the only one the tracker reads. ``image_hw`` is the camera size.
+    """
+
+    vision_feats: tuple[torch.Tensor, ...]
+    top_pos_embed: torch.Tensor
+    feat_sizes: tuple[tuple[int, int], ...]
+    image_hw: tuple[int, int]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the feature tensors."""
+        return sum(t.numel() * t.element_size() for t in (*self.vision_feats, self.top_pos_embed))
+
+
+@dataclass(frozen=True)
+class MaskPrompt:
+    """A binary mask at camera resolution (H x W, bool or 0/1)."""
+
+    mask: np.ndarray
+
+
+@dataclass(frozen=True)
+class PointsPrompt:
+    """Clicks and/or a box in camera pixels.
+
+    ``points``: (N, 2) x, y; ``labels``: (N,) 1 = positive, 0 = negative; ``box``: (x0, y0, x1, y1).
+    """
+
+    points: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    box: tuple[float, float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.points is None) != (self.labels is None):
+            raise ValueError("points and labels must be given together")
+        if self.points is None and self.box is None:
+            raise ValueError("a points prompt needs points or a box")
+        if self.points is not None and (
+            np.ndim(self.points) != 2 or np.shape(self.points)[1] != 2
+            or np.shape(self.labels) != (np.shape(self.points)[0],)
+        ):
+            raise ValueError(f"points must be (N, 2) with (N,) labels, got {np.shape(self.points)} "
+                             f"and {np.shape(self.labels)}")
+
+
+@dataclass(frozen=True)
+class TokenPrompt:
+    """A 256-d embedding appended to the decoder's sparse prompt (VRS-HQ's [NaP, NaP, token])."""
+
+    token: torch.Tensor
+
+
+Prompt = MaskPrompt | PointsPrompt | TokenPrompt
+
+
+@dataclass(frozen=True)
+class TrackResult:
+    """One frame's SAM-2 output: low-res mask logits (1 x 1 x S/4 x S/4) and the object-score logit.
+
+    The object-score (occlusion) logit > 0 means "target visible"; when it is <= 0 SAM-2 has
+    already set every mask logit to ``NO_OBJ_SCORE``.
+    """
+
+    low_res_logits: torch.Tensor
+    object_score: float
+    image_hw: tuple[int, int]
+    transform: SamImageTransform
+
+    def camera_logits(self) -> torch.Tensor:
+        """Mask logits at camera resolution (H x W, float32).
+
+        ``squash``: bilinear (align_corners=False) from S/4 straight to H x W, as the predictor
+        does. ``pad``: bilinear to S x S, crop the padding to the content (h', w'), bilinear to
+        H x W, as VRS-HQ does.
+        """
+        logits = self.low_res_logits.float()
+        if self.transform.resize == "pad":
+            size = self.transform.image_size
+            logits = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
+            valid_h, valid_w = self.transform.valid_size(*self.image_hw)
+            logits = logits[..., :valid_h, :valid_w]
+        logits = F.interpolate(logits, size=self.image_hw, mode="bilinear", align_corners=False)
+        return logits[0, 0]
+
+    def mask(self) -> np.ndarray:
+        """Binary mask at camera resolution (H x W bool): camera logits > 0."""
+        return (self.camera_logits() > 0).cpu().numpy()
+
+
+class StreamingTracker:
+    """Single-object SAM-2 tracking with frames pushed one at a time and a bounded memory bank.
+
+    Typical use: ``feats = tracker.encode(image)``; ``tracker.condition(feats, prompt)`` once;
+    then ``tracker.track(tracker.encode(next_image))`` per frame. ``catch_up`` re-conditions on a
+    past frame and tracks the buffered frames after it. ``decode_token`` scores a token prompt on a
+    frame without touching the memory (for keyframe selection).
+    """
+
+    def __init__(self, model: torch.nn.Module, transform: SamImageTransform, max_cond_frames: int = 4,
+                 num_frames: int = DEFAULT_NUM_FRAMES):
+        if max_cond_frames < 1:
+            raise ValueError(f"max_cond_frames must be >= 1, got {max_cond_frames}")
+        if transform.image_size != model.image_size:
+            raise ValueError(f"transform size {transform.image_size} != model size {model.image_size}")
+        self.model = model
+        self.transform = transform
+        self.max_cond_frames = max_cond_frames
+        self.num_frames = num_frames
+        stride = model.memory_temporal_stride_for_eval
+        self.keep_non_cond = max(model.max_obj_ptrs_in_encoder - 1 if model.use_obj_ptrs_in_encoder else 0,
+                                 1 + (model.num_maskmem - 2) * stride)
+        self.reset()
+
+    @property
+    def device(self) -> torch.device:
+        """Device the model (and all tracker tensors) live on."""
+        return self.model.device
+
+    @property
+    def has_prompt(self) -> bool:
+        """True once a prompt has conditioned the tracker (until ``reset``)."""
+        return bool(self._bank["cond_frame_outputs"])
+
+    def reset(self) -> None:
+        """Forget every prompt and memory."""
+        self._bank = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+        self._maskmem_pos_enc = None
+        self._step = 0
+
+    @torch.inference_mode()
+    def encode(self, image: np.ndarray) -> FrameFeatures:
+        """Run the image encoder on one camera frame (H x W x 3 uint8 RGB)."""
+        check_image(image)
+        x = self.transform(image, self.device)
+        backbone_out = self.model.forward_image(x)
+        _, feats, pos, sizes = self.model._prepare_backbone_features(backbone_out)
+        return FrameFeatures(tuple(feats), pos[-1], tuple(sizes), tuple(image.shape[:2]))
+
+    @torch.inference_mode()
+    def condition(self, feats: FrameFeatures, prompt: Prompt) -> TrackResult:
+        """Make this frame a conditioning frame from ``prompt``; the running track is superseded.
+
+        Non-conditioning memory is cleared (it belongs to the previous prompt); earlier
+        conditioning frames stay, up to ``max_cond_frames`` in all.
+        """
+        t = self._next_step()
+        self._bank["non_cond_frame_outputs"].clear()
+        if isinstance(prompt, TokenPrompt):
+            out = self._decode_token(feats, prompt.token)
+        else:
+            point_inputs, mask_inputs = None, None
+            if isinstance(prompt, MaskPrompt):
+                mask_inputs = self._mask_input(prompt.mask, feats.image_hw)
+            else:
+                point_inputs = self._point_input(prompt, feats.image_hw)
+            out = self.model.track_step(
+                frame_idx=t, is_init_cond_frame=True, current_vision_feats=list(feats.vision_feats),
+                current_vision_pos_embeds=[feats.top_pos_embed], feat_sizes=list(feats.feat_sizes),
+                point_inputs=point_inputs, mask_inputs=mask_inputs, output_dict=self._bank,
+                num_frames=self.num_frames, run_mem_encoder=False)
+        size = self.model.image_size
+        high_res = F.interpolate(out["pred_masks"], size=(size, size), mode="bilinear", align_corners=False)
+        maskmem, pos_enc = self.model._encode_new_memory(
+            current_vision_feats=list(feats.vision_feats), feat_sizes=list(feats.feat_sizes),
+            pred_masks_high_res=high_res, object_score_logits=out["object_score_logits"],
+            is_mask_from_pts=True)
+        out["maskmem_features"], out["maskmem_pos_enc"] = maskmem, pos_enc
+        cond = self._bank["cond_frame_outputs"]
+        cond[t] = self._compact(out)
+        while len(cond) > self.max_cond_frames:
+            del cond[min(cond)]
+        return self._result(out, feats)
+
+    @torch.inference_mode()
+    def track(self, feats: FrameFeatures) -> TrackResult:
+        """Track the target into a new frame from memory (requires a prompt first)."""
+        if not self.has_prompt:
+            raise RuntimeError("the tracker has no prompt yet: call condition() first")
+        t = self._next_step()
+        out = self.model.track_step(
+            frame_idx=t, is_init_cond_frame=False, current_vision_feats=list(feats.vision_feats),
+            current_vision_pos_embeds=[feats.top_pos_embed], feat_sizes=list(feats.feat_sizes),
+            point_inputs=None, mask_inputs=None, output_dict=self._bank,
+            num_frames=self.num_frames, run_mem_encoder=True)
+        non_cond = self._bank["non_cond_frame_outputs"]
+        non_cond[t] = self._compact(out)
+        for old in [k for k in non_cond if k <= t - self.keep_non_cond]:
+            del non_cond[old]
+        return self._result(out, feats)
+
+    def catch_up(self, keyframe: FrameFeatures, prompt: Prompt,
+                 following: list[FrameFeatures]) -> list[TrackResult]:
+        """Condition on a past ``keyframe`` and track the buffered ``following`` frames in order.
+
+        Returns the keyframe's result followed by one result per following frame; after it the
+        tracker is ready for the next live frame.
+        """
+        results = [self.condition(keyframe, prompt)]
+        results += [self.track(f) for f in following]
+        return results
+
+    @torch.inference_mode()
+    def decode_token(self, feats: FrameFeatures, token: torch.Tensor) -> TrackResult:
+        """Decode a token prompt on a frame as a fresh conditioning frame; memory is untouched."""
+        return self._result(self._decode_token(feats, token), feats)
+
+    def state_size(self) -> tuple[int, int]:
+        """(number of stored frame outputs, bytes of all tensors the memory bank holds)."""
+        outs = [*self._bank["cond_frame_outputs"].values(), *self._bank["non_cond_frame_outputs"].values()]
+        tensors = [v for out in outs for v in out.values() if isinstance(v, torch.Tensor)]
+        tensors += list(self._maskmem_pos_enc or [])
+        return len(outs), sum(t.numel() * t.element_size() for t in tensors)
+
+    def _next_step(self) -> int:
+        t, self._step = self._step, self._step + 1
+        return t
+
+    def _compact(self, out: dict) -> dict:
+        """What the memory bank keeps of a step (as the video predictor stores it)."""
+        if self._maskmem_pos_enc is None:
+            self._maskmem_pos_enc = [p[0:1].clone() for p in out["maskmem_pos_enc"]]
+        return {
+            "maskmem_features": out["maskmem_features"].to(torch.bfloat16),
+            "maskmem_pos_enc": self._maskmem_pos_enc,
+            "pred_masks": out["pred_masks"],
+            "obj_ptr": out["obj_ptr"],
+            "object_score_logits": out["object_score_logits"],
+        }
+
+    def _result(self, out: dict, feats: FrameFeatures) -> TrackResult:
+        return TrackResult(out["pred_masks"], float(out["object_score_logits"].reshape(-1)[0]),
+                           feats.image_hw, self.transform)
+
+    def _mask_input(self, mask: np.ndarray, image_hw: tuple[int, int]) -> torch.Tensor:
+        """Camera-resolution mask -> 1 x 1 x S x S {0, 1} float, as ``add_new_mask`` resizes it."""
+        mask = np.asarray(mask)
+        if mask.shape != tuple(image_hw):
+            raise ValueError(f"mask prompt is {mask.shape}, the frame is {tuple(image_hw)}")
+        m = torch.from_numpy(mask.astype(bool))[None, None].float().to(self.device)
+        size = self.model.image_size
+        valid_h, valid_w = self.transform.valid_size(*image_hw)
+        if (valid_h, valid_w) != m.shape[-2:]:
+            m = F.interpolate(m, size=(valid_h, valid_w), mode="bilinear", align_corners=False, antialias=True)
+            m = (m >= 0.5).float()
+        return F.pad(m, (0, size - valid_w, 0, size - valid_h))
+
+    def _point_input(self, prompt: PointsPrompt, image_hw: tuple[int, int]) -> dict:
+        """Camera-pixel clicks/box -> SAM-2 point inputs in S-pixel units (box = labels 2, 3 first)."""
+        coords, labels = [], []
+        if prompt.box is not None:
+            x0, y0, x1, y1 = prompt.box
+            coords += [[x0, y0], [x1, y1]]
+            labels += [2, 3]
+        if prompt.points is not None:
+            coords += np.asarray(prompt.points, dtype=np.float32).tolist()
+            labels += np.asarray(prompt.labels).astype(int).tolist()
+        h, w = image_hw
+        valid_h, valid_w = self.transform.valid_size(h, w)
+        # Same arithmetic as SAM2VideoPredictor.add_new_points_or_box: normalise, then scale.
+        xy = torch.tensor(coords, dtype=torch.float32) / torch.tensor([w, h])
+        xy = xy * torch.tensor([valid_w, valid_h], dtype=torch.float32)
+        return {"point_coords": xy[None].to(self.device),
+                "point_labels": torch.tensor(labels, dtype=torch.int32)[None].to(self.device)}
+
+    def _decode_token(self, feats: FrameFeatures, token: torch.Tensor) -> dict:
+        """SAM-2 heads with sparse prompt [NaP, NaP, token] on a fresh conditioning frame.
+
+        Mirrors ``SAM2Base._forward_sam_heads`` (single-mask output, as VRS-HQ sets it) with the
+        token appended after the prompt encoder's two padding points; the image feature is the
+        top level + ``no_mem_embed`` (no memory), dense prompt = ``no_mask_embed``.
+        """
+        model = self.model
+        token = token.reshape(1, 1, -1).to(self.device)
+        pix = model._prepare_memory_conditioned_features(
+            frame_idx=0, is_init_cond_frame=True, current_vision_feats=list(feats.vision_feats[-1:]),
+            current_vision_pos_embeds=[feats.top_pos_embed], feat_sizes=list(feats.feat_sizes[-1:]),
+            output_dict=self._bank, num_frames=self.num_frames)
+        high_res = [x.permute(1, 2, 0).view(x.size(1), x.size(2), *s)
+                    for x, s in zip(feats.vision_feats[:-1], feats.feat_sizes[:-1])]
+        no_point = (torch.zeros(1, 1, 2, device=self.device), -torch.ones(1, 1, dtype=torch.int32, device=self.device))
+        sparse, dense = model.sam_prompt_encoder(points=no_point, boxes=None, masks=None)
+        sparse = torch.cat([sparse, token.to(sparse.dtype)], dim=1)
+        low_res, _, out_tokens, object_score = model.sam_mask_decoder(
+            image_embeddings=pix, image_pe=model.sam_prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False,
+            repeat_image=False, high_res_features=high_res)
+        present = object_score > 0
+        low_res = torch.where(present[:, None, None], low_res, NO_OBJ_SCORE).float()
+        obj_ptr = model.obj_ptr_proj(out_tokens[:, 0])
+        weight = object_score.sigmoid() if model.soft_no_obj_ptr else present.float()
+        if model.fixed_no_obj_ptr:
+            obj_ptr = weight * obj_ptr
+        obj_ptr = obj_ptr + (1 - weight) * model.no_obj_ptr
+        return {"pred_masks": low_res, "obj_ptr": obj_ptr, "object_score_logits": object_score}

@@ -1,0 +1,92 @@
+"""Named model profiles: which SAM-2 architecture, resolution and weights a node or tool runs.
+
+No machine of this project can download weights, so the profiles come in two kinds:
+
+- ``*-random`` profiles build the real sam2 architectures with seeded random weights. They prove
+  plumbing, shapes, determinism, boundedness, speed ratios and equivalence with sam2's own video
+  predictor -- never segmentation quality. ``tiny-random`` (Hiera-T at 256 px) is what tests and
+  the bundled demo run; its object-score head is biased by +5 so that random weights report
+  "target present" and produce non-empty masks (still meaningless ones).
+- checkpoint profiles (``sam2.1-hiera-*``) need a SAM-2 checkpoint file (sam2's release ``.pt``),
+  given by the ``sam2_checkpoint`` argument; without one they refuse to build.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from vrs_node.models.sam2_build import Sam2Spec, SamImageTransform, build_sam2_model
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    """A named SAM-2 set-up. ``object_score_bias`` is added to the occlusion head's output bias."""
+
+    name: str
+    description: str
+    sam2: Sam2Spec
+    random_weights: bool
+    object_score_bias: float = 0.0
+
+
+PROFILES = {
+    p.name: p
+    for p in (
+        ModelProfile("tiny-random", "SAM-2.1 Hiera-T at 256 px, seeded random weights (tests, demo)",
+                     Sam2Spec("sam2.1-hiera-t", image_size=256), True, object_score_bias=5.0),
+        ModelProfile("hiera-t-512-random", "SAM-2.1 Hiera-T at 512 px, seeded random weights (benchmarks)",
+                     Sam2Spec("sam2.1-hiera-t", image_size=512), True, object_score_bias=5.0),
+        ModelProfile("hiera-l-1024-random", "SAM-2 Hiera-L at 1024 px with VRS-HQ's overrides, random weights",
+                     Sam2Spec("sam2-hiera-l", image_size=1024, resize="pad", vrshq=True), True,
+                     object_score_bias=5.0),
+        *(ModelProfile(f"sam2.1-hiera-{size}", f"SAM-2.1 Hiera-{size.upper()} at 1024 px from a checkpoint",
+                       Sam2Spec(f"sam2.1-hiera-{size}", image_size=1024), False)
+          for size in ("t", "s", "b+", "l")),
+    )
+}
+
+
+def get_profile(name: str) -> ModelProfile:
+    """Look a profile up by name (ValueError listing the known names otherwise)."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown model profile {name!r}; known profiles: {sorted(PROFILES)}") from None
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; any other string is passed to torch."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
+    return dev
+
+
+def build_sam2_for_profile(profile: ModelProfile, device: str | torch.device = "cpu",
+                           image_size: int | None = None, sam2_checkpoint: str | None = None,
+                           seed: int = 0) -> tuple[torch.nn.Module, SamImageTransform]:
+    """Build the profile's SAM-2 model (eval mode, on ``device``) and the matching image transform.
+
+    ``image_size`` overrides the profile's input resolution (multiple of 32); checkpoint profiles
+    require ``sam2_checkpoint``, random profiles refuse one (they would silently stop being random).
+    """
+    spec = profile.sam2
+    if image_size is not None:
+        spec = dataclasses.replace(spec, image_size=image_size)
+    if profile.random_weights and sam2_checkpoint:
+        raise ValueError(f"profile {profile.name!r} uses random weights; choose a checkpoint profile "
+                         f"({', '.join(n for n, p in PROFILES.items() if not p.random_weights)})")
+    if not profile.random_weights:
+        if not sam2_checkpoint:
+            raise ValueError(f"profile {profile.name!r} needs a SAM-2 checkpoint file (sam2_checkpoint)")
+        spec = dataclasses.replace(spec, checkpoint=sam2_checkpoint)
+    model = build_sam2_model(spec, device=device, seed=seed)
+    if profile.object_score_bias:
+        with torch.no_grad():
+            model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias += profile.object_score_bias
+    return model, SamImageTransform(spec.image_size, spec.resize)
