@@ -16,6 +16,10 @@ from PIL import Image
 from vrs_node.core.tracker import StreamingTracker
 from vrs_node.models.profiles import build_sam2_for_profile, get_profile
 
+# Keep DDS traffic on this machine and away from other test runs (set before rclpy.init).
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+os.environ.setdefault("ROS_DOMAIN_ID", str(10 + os.getpid() % 90))
+
 REPO = Path(__file__).resolve().parents[1]
 DAVIS = Path(os.environ.get("VRS_DAVIS_DIR", REPO.parent / "shared" / "data" / "davis2016"))
 

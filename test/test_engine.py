@@ -16,7 +16,7 @@ from vrs_node.core.tracker import MaskPrompt, PointsPrompt
 
 
 def run_sync(frames, prompts, **config):
-    """Push every frame through a sync engine; ``prompts`` maps push position -> (prompt, index)."""
+    """Push every frame through a sync engine; ``prompts``: push position -> set_prompt args."""
     engine = StreamingEngine(make_tracker(128), EngineConfig(**config))
     results = []
     for i, image in enumerate(frames):
@@ -57,6 +57,9 @@ def test_prompt_on_a_past_frame_catches_up(blackswan):
     late, late_results = run_sync(frames[:7], {5: (prompt, 1)})
     _, direct_results = run_sync(frames[:7], {1: (prompt, None)})
     assert late.stats.catchup_frames == 3
+    by_stamp, stamp_results = run_sync(frames[:7], {5: (prompt, None, 1_000 + 33_333_333)})
+    assert by_stamp.stats.catchup_frames == 3
+    assert np.array_equal(stamp_results[-1].mask, direct_results[-1].mask)
     assert [r.status for r in late_results[:5]] == [STATUS_NO_PROMPT] * 5
     for a, b in zip(late_results[5:], direct_results[5:]):
         assert np.array_equal(a.mask, b.mask) and a.object_score == b.object_score

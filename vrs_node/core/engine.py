@@ -88,8 +88,9 @@ class EngineStats:
 
 @dataclass
 class _PendingPrompt:
-    prompt: Prompt
-    frame_index: int | None
+    prompt: Prompt | None
+    frame_index: int | None = None
+    stamp_ns: int | None = None
 
 
 @dataclass
@@ -135,15 +136,17 @@ class StreamingEngine:
             self._worker = threading.Thread(target=self._run_live, name="vrs-tracking", daemon=True)
             self._worker.start()
 
-    def set_prompt(self, prompt: Prompt, frame_index: int | None = None) -> None:
-        """Condition on ``prompt`` at the next processed frame, or at past ``frame_index``."""
+    def set_prompt(self, prompt: Prompt, frame_index: int | None = None,
+                   stamp_ns: int | None = None) -> None:
+        """Condition on ``prompt`` at the next processed frame, or at a past frame of the window
+        named by its ``frame_index`` or its capture ``stamp_ns`` (then catch up)."""
         with self._prompt_lock:
-            self._pending = _PendingPrompt(prompt, frame_index)
+            self._pending = _PendingPrompt(prompt, frame_index, stamp_ns)
 
     def clear_prompt(self) -> None:
         """Forget the target: results are empty with status ``no_prompt`` until the next prompt."""
         with self._prompt_lock:
-            self._pending = _PendingPrompt(None, None)
+            self._pending = _PendingPrompt(None)
 
     def push(self, image: np.ndarray, stamp_ns: int, frame_id: str = "") -> FrameResult | None:
         """Hand over one camera frame (H x W x 3 uint8 RGB); see the module docstring for modes."""
@@ -217,9 +220,13 @@ class StreamingEngine:
 
     def _apply_prompt(self, pending: _PendingPrompt, frame: Frame, feats: FrameFeatures):
         """Condition now, or on a past frame and catch up to (and including) ``frame``."""
-        if pending.frame_index is None or pending.frame_index == frame.index:
-            return self.tracker.condition(feats, pending.prompt)
         key = pending.frame_index
+        if pending.stamp_ns is not None:
+            key = next((f.index for f in self.window.snapshot() if f.stamp_ns == pending.stamp_ns), None)
+            if key is None:
+                raise ValueError(f"no frame with stamp {pending.stamp_ns} ns in the window")
+        if key is None or key == frame.index:
+            return self.tracker.condition(feats, pending.prompt)
         if key not in self.window or not self.window.has_feature(key, FEATURES_KEY):
             raise ValueError(f"prompt frame {key} is no longer in the window "
                              f"(held: {self.window.indices()})")

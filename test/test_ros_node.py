@@ -1,0 +1,148 @@
+"""In-process ROS 2 test: DAVIS frames published on ``image``, one mask back per processed frame."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import rclpy
+from conftest import box_of, davis_sequence
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header, String
+from std_srvs.srv import Trigger
+
+from vrs_node.ros.image import image_msg_to_rgb, ns_to_stamp, rgb_to_msg, stamp_to_ns
+from vrs_node.ros.node import VrsNode, prompt_from_json
+
+RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+
+
+class Harness:
+    """A VrsNode plus a test node publishing frames/prompts and collecting masks and statuses."""
+
+    def __init__(self, **params):
+        params = {"image_size": 128, "mode": "sync", **params}
+        self.node = VrsNode(parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+        self.peer = rclpy.create_node("vrs_test_peer")
+        self.image_pub = self.peer.create_publisher(Image, "image", qos_profile_sensor_data)
+        self.prompt_pub = self.peer.create_publisher(String, "prompt", RELIABLE)
+        self.masks, self.statuses = [], []
+        self.peer.create_subscription(Image, "mask", self.masks.append, RELIABLE)
+        self.peer.create_subscription(String, "status", lambda m: self.statuses.append(json.loads(m.data)),
+                                      RELIABLE)
+        self.reset_client = self.peer.create_client(Trigger, "reset")
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.node)
+        self.executor.add_node(self.peer)
+        self.spin_until(lambda: self.image_pub.get_subscription_count() > 0
+                        and self.prompt_pub.get_subscription_count() > 0
+                        and self.node.mask_pub.get_subscription_count() > 0)
+
+    def spin_until(self, condition, timeout_s=30.0):
+        deadline = time.time() + timeout_s
+        while not condition():
+            assert time.time() < deadline, "timed out waiting on the ROS graph"
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def send_frame(self, msg):
+        """Publish one frame and wait for its status (lock-step, so no frame is dropped)."""
+        count = len(self.statuses)
+        self.image_pub.publish(msg)
+        self.spin_until(lambda: len(self.statuses) > count)
+        return self.statuses[-1]
+
+    def close(self):
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.peer.destroy_node()
+
+
+@pytest.fixture
+def ros():
+    rclpy.init()
+    harnesses = []
+    yield lambda **params: harnesses.append(Harness(**params)) or harnesses[-1]
+    for h in harnesses:
+        h.close()
+    rclpy.shutdown()
+
+
+def frame_msg(image, i):
+    header = Header(stamp=ns_to_stamp(1_700_000_000_000_000_000 + i * 33_333_333), frame_id=f"cam_{i % 3}")
+    return rgb_to_msg(image, header)
+
+
+def test_one_mask_per_frame_with_the_input_header(ros):
+    frames, masks, _ = davis_sequence("blackswan", 20)
+    h = ros()
+    sent = []
+    h.send_frame(frame_msg(frames[0], 0))
+    assert h.statuses[-1]["status"] == "no_prompt"
+    h.prompt_pub.publish(String(data=json.dumps({"box": box_of(masks[0])})))
+    h.spin_until(lambda: h.node.engine._pending is not None)
+    for i, image in enumerate(frames):
+        msg = frame_msg(image, i)
+        sent.append(msg.header)
+        status = h.send_frame(msg)
+        assert status["model_profile"] == "tiny-random"
+    h.spin_until(lambda: len(h.masks) == len(frames) + 1)
+    received = h.masks[1:]
+    assert [(m.header.stamp.sec, m.header.stamp.nanosec, m.header.frame_id) for m in received] == \
+        [(s.stamp.sec, s.stamp.nanosec, s.frame_id) for s in sent]
+    for m in received:
+        assert (m.encoding, m.height, m.width) == ("mono8", 480, 854)
+        assert set(np.unique(image_msg_to_rgb(m))) <= {0, 255}
+    assert all(s["status"] == "tracking" for s in h.statuses[1:])
+    assert h.statuses[-1]["processed"] == len(frames) + 1
+
+
+def test_bad_images_and_prompts_are_reported_and_the_node_keeps_running(ros):
+    frames, masks, _ = davis_sequence("blackswan", 3)
+    h = ros()
+    h.prompt_pub.publish(String(data="{not json"))
+    h.spin_until(lambda: h.statuses and "not JSON" in h.statuses[-1]["reason"])
+    h.prompt_pub.publish(String(data=json.dumps({"box": [10, 10, 5, 20]})))
+    h.spin_until(lambda: "x0 < x1" in h.statuses[-1]["reason"])
+    bad = frame_msg(frames[0], 0)
+    bad.encoding = "16UC1"
+    assert "16UC1" in h.send_frame(bad)["reason"]
+    truncated = frame_msg(frames[0], 1)
+    truncated.data = truncated.data[:1000]
+    assert h.send_frame(truncated)["status"] == "error"
+    h.prompt_pub.publish(String(data=json.dumps({"points": [[400, 250]], "labels": [1]})))
+    h.spin_until(lambda: h.node.engine._pending is not None)
+    status = h.send_frame(frame_msg(frames[2], 2))
+    assert status["status"] == "tracking"
+    h.spin_until(lambda: len(h.masks) == 1)
+    assert stamp_to_ns(h.masks[0].header.stamp) == stamp_to_ns(frame_msg(frames[2], 2).header.stamp)
+    future = h.reset_client.call_async(Trigger.Request())
+    h.spin_until(future.done)
+    assert future.result().success
+    assert h.send_frame(frame_msg(frames[2], 3))["status"] == "no_prompt"
+
+
+def test_missing_checkpoint_is_reported_not_fatal(ros, tmp_path):
+    frames, _, _ = davis_sequence("blackswan", 1)
+    h = ros(model_profile="sam2.1-hiera-t", sam2_checkpoint=str(tmp_path / "missing.pt"))
+    assert h.node.engine is None
+    status = h.send_frame(frame_msg(frames[0], 0))
+    assert status["status"] == "error" and "missing.pt" in status["reason"]
+
+
+def test_prompt_parsing():
+    prompt, stamp = prompt_from_json('{"box": [1, 2, 30, 40], "stamp_ns": 5}')
+    assert prompt.box == (1.0, 2.0, 30.0, 40.0) and stamp == 5 and prompt.points is None
+    prompt, stamp = prompt_from_json('{"points": [[3, 4], [5, 6]], "labels": [1, 0]}')
+    assert prompt.points.shape == (2, 2) and list(prompt.labels) == [1, 0] and stamp is None
+    for bad, words in [("[]", "JSON object"), ('{"box": [1, 2, 3]}', "x0, y0, x1, y1"),
+                       ('{"points": [[1, 2]], "labels": [7]}', "labels"),
+                       ('{"box": [0, 0, 5, 5], "colour": 1}', "unknown"),
+                       ('{"points": [[1, 2]]}', "labels"), ('{"box": [0, 0, 5, 5], "stamp_ns": "x"}', "stamp_ns"),
+                       ('{"box": [0, 0, NaN, 5]}', "finite")]:
+        with pytest.raises(ValueError, match=words):
+            prompt_from_json(bad)
