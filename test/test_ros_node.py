@@ -146,3 +146,23 @@ def test_prompt_parsing():
                        ('{"box": [0, 0, NaN, 5]}', "finite")]:
         with pytest.raises(ValueError, match=words):
             prompt_from_json(bad)
+
+
+def test_packaged_parameter_file_matches_the_declared_parameters(ros):
+    import yaml
+
+    from conftest import REPO
+
+    path = REPO / "config" / "vrs_node.yaml"
+    values = yaml.safe_load(path.read_text())["/**"]["ros__parameters"]
+    node = VrsNode(cli_args=["--ros-args", "--params-file", str(path), "-p", "image_size:=128"])
+    try:
+        builtin = {"use_sim_time", "start_type_description_service"}  # rclpy's own
+        declared = set(node._parameters) - builtin
+        assert declared == set(values), "config/vrs_node.yaml and the node's parameters differ"
+        for name, value in values.items():
+            expected = 128 if name == "image_size" else value
+            assert node.get_parameter(name).value == expected, name
+        assert node.engine is not None
+    finally:
+        node.destroy_node()
