@@ -15,6 +15,8 @@ setup(
         ("share/" + package_name, ["package.xml"]),
         ("share/" + package_name + "/launch", glob("launch/*.launch.py")),
         ("share/" + package_name + "/config", glob("config/*.yaml")),
+        ("share/" + package_name + "/sample/blackswan/JPEGImages", glob("sample/blackswan/JPEGImages/*.jpg")),
+        ("share/" + package_name + "/sample/blackswan/Annotations", glob("sample/blackswan/Annotations/*.png")),
     ],
     install_requires=["setuptools"],
     zip_safe=True,

@@ -29,8 +29,18 @@ from tqdm import tqdm
 from vrs_node.ros.image import image_msg_to_rgb, ns_to_stamp, overlay_mask, rgb_to_msg, stamp_to_ns
 from vrs_node.ros.node import VrsNode
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]
-SAMPLE = PACKAGE_ROOT / "sample" / "blackswan"
+
+def _sample_dir() -> Path:
+    """The bundled sample: in the source tree, else in the installed package's share folder."""
+    source = Path(__file__).resolve().parents[2] / "sample" / "blackswan"
+    if source.is_dir():
+        return source
+    from ament_index_python.packages import get_package_share_directory
+
+    return Path(get_package_share_directory("vrs_node")) / "sample" / "blackswan"
+
+
+SAMPLE = _sample_dir()
 RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 START_NS = 1_700_000_000_000_000_000
 
