@@ -154,6 +154,7 @@ class StreamingTracker:
         self.max_cond_frames = max_cond_frames
         self.num_frames = num_frames
         stride = model.memory_temporal_stride_for_eval
+        self._top_pos_embeds: dict[tuple[int, int], torch.Tensor] = {}
         self.keep_non_cond = max(model.max_obj_ptrs_in_encoder - 1 if model.use_obj_ptrs_in_encoder else 0,
                                  1 + (model.num_maskmem - 2) * stride)
         self.reset()
@@ -181,7 +182,9 @@ class StreamingTracker:
         x = self.transform(image, self.device)
         backbone_out = self.model.forward_image(x)
         _, feats, pos, sizes = self.model._prepare_backbone_features(backbone_out)
-        return FrameFeatures(tuple(feats), pos[-1], tuple(sizes), tuple(image.shape[:2]))
+        # The positional encoding depends only on the feature size: one tensor serves every frame.
+        top_pos = self._top_pos_embeds.setdefault(tuple(sizes[-1]), pos[-1])
+        return FrameFeatures(tuple(feats), top_pos, tuple(sizes), tuple(image.shape[:2]))
 
     @torch.inference_mode()
     def condition(self, feats: FrameFeatures, prompt: Prompt) -> TrackResult:
