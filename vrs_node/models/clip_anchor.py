@@ -1,0 +1,81 @@
+"""CLIP anchor-frame scorer (VRS-HQ stage A) on ``open_clip``.
+
+VRS-HQ scores every frame against the instruction with CLIP ViT-L/14-336 (OpenAI weights) and
+takes the argmax over frames as the anchor of its frame lattice (REFERENCE_VRSHQ_VIDEOLISA.md
+§1.2). Streaming, the same happens over the frame window: each frame's image embedding is computed
+once (the caller caches it with the frame) and the text embedding once per instruction.
+
+Real use: ``ClipAnchorScorer.from_pretrained("ViT-L-14-336", "openai")`` (weights from the
+open_clip / Hugging Face cache or a local file path; nothing is downloaded when
+``HF_HUB_OFFLINE=1``). Tests: ``ClipAnchorScorer.tiny()``, the same classes with a tiny
+configuration and seeded random weights.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+TINY_CLIP_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+"""A tiny CLIP (ViT vision tower, transformer text tower, OpenAI BPE vocabulary) for tests."""
+
+
+class ClipAnchorScorer:
+    """Image/text embeddings and the anchor = argmax_t cos(image_t, text) over a window."""
+
+    def __init__(self, model: torch.nn.Module, preprocess, tokenizer):
+        self.model = model.eval()
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.device = next(model.parameters()).device
+
+    @classmethod
+    def from_pretrained(cls, model_name: str = "ViT-L-14-336", pretrained: str = "openai",
+                        device: str | torch.device = "cpu", precision: str = "fp32") -> "ClipAnchorScorer":
+        """An open_clip model by name with ``pretrained`` weights (a tag such as "openai" or a
+        checkpoint file path)."""
+        import open_clip
+
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            model_name, pretrained=pretrained, device=device, precision=precision)
+        return cls(model, preprocess, open_clip.get_tokenizer(model_name))
+
+    @classmethod
+    def tiny(cls, seed: int = 0, device: str | torch.device = "cpu") -> "ClipAnchorScorer":
+        """:data:`TINY_CLIP_CONFIG` with seeded random weights and CLIP's own preprocessing."""
+        import open_clip
+
+        torch.manual_seed(seed)
+        model = open_clip.CLIP(**TINY_CLIP_CONFIG).to(device)
+        preprocess = open_clip.image_transform(TINY_CLIP_CONFIG["vision_cfg"]["image_size"], is_train=False)
+        return cls(model, preprocess, open_clip.get_tokenizer("ViT-B-32"))
+
+    @torch.inference_mode()
+    def embed_image(self, image: np.ndarray) -> torch.Tensor:
+        """Unit-norm image embedding (D,) of one H x W x 3 uint8 RGB frame."""
+        from PIL import Image
+
+        x = self.preprocess(Image.fromarray(image))[None].to(self.device)
+        return F.normalize(self.model.encode_image(x).float(), dim=-1)[0]
+
+    @torch.inference_mode()
+    def embed_text(self, text: str) -> torch.Tensor:
+        """Unit-norm text embedding (D,). Text longer than CLIP's context (77 tokens) is truncated
+        by the tokenizer (VRS-HQ's CLIPProcessor call did not truncate and would overflow)."""
+        tokens = self.tokenizer([text]).to(self.device)
+        return F.normalize(self.model.encode_text(tokens).float(), dim=-1)[0]
+
+    @staticmethod
+    def anchor(image_embeddings: torch.Tensor, text_embedding: torch.Tensor) -> int:
+        """Position of the frame most similar to the text: argmax_t cos(image_t, text).
+
+        (VRS-HQ takes the argmax of softmax over frames of logit_scale * cos: the same frame.)
+        """
+        if image_embeddings.ndim != 2 or len(image_embeddings) == 0:
+            raise ValueError(f"need (T>0, D) image embeddings, got {tuple(image_embeddings.shape)}")
+        return int(torch.argmax(image_embeddings @ text_embedding))
