@@ -84,7 +84,7 @@ def test_one_mask_per_frame_with_the_input_header(ros):
     h.send_frame(frame_msg(frames[0], 0))
     assert h.statuses[-1]["status"] == "no_prompt"
     h.prompt_pub.publish(String(data=json.dumps({"box": box_of(masks[0])})))
-    h.spin_until(lambda: h.node.engine._pending is not None)
+    h.spin_until(lambda: h.node.engine.prompt_pending)
     for i, image in enumerate(frames):
         msg = frame_msg(image, i)
         sent.append(msg.header)
@@ -115,7 +115,7 @@ def test_bad_images_and_prompts_are_reported_and_the_node_keeps_running(ros):
     truncated.data = truncated.data[:1000]
     assert h.send_frame(truncated)["status"] == "error"
     h.prompt_pub.publish(String(data=json.dumps({"points": [[400, 250]], "labels": [1]})))
-    h.spin_until(lambda: h.node.engine._pending is not None)
+    h.spin_until(lambda: h.node.engine.prompt_pending)
     status = h.send_frame(frame_msg(frames[2], 2))
     assert status["status"] == "tracking"
     h.spin_until(lambda: len(h.masks) == 1)

@@ -95,10 +95,10 @@ class _PendingPrompt:
 
 @dataclass
 class _Slot:
-    """The live-mode hand-over: the newest unprocessed frame and when it was pushed."""
+    """The live-mode hand-over: the newest unprocessed frame as (image, stamp_ns, frame_id,
+    pushed_at)."""
 
-    frame: Frame | None = None
-    pushed_at: float = 0.0
+    frame: tuple | None = None
     closed: bool = False
     cond: threading.Condition = field(default_factory=threading.Condition)
 
@@ -112,8 +112,7 @@ def catchup_schedule(num_buffered: int, max_frames: int) -> list[int]:
     if num_buffered <= max_frames:
         return list(range(num_buffered))
     stride = -(-num_buffered // max_frames)
-    positions = list(range(num_buffered - 1, -1, -stride))[::-1]
-    return positions
+    return list(range(num_buffered - 1, -1, -stride))[::-1]
 
 
 class StreamingEngine:
@@ -143,6 +142,12 @@ class StreamingEngine:
         with self._prompt_lock:
             self._pending = _PendingPrompt(prompt, frame_index, stamp_ns)
 
+    @property
+    def prompt_pending(self) -> bool:
+        """True while a prompt (or a clear) waits for the next processed frame."""
+        with self._prompt_lock:
+            return self._pending is not None
+
     def clear_prompt(self) -> None:
         """Forget the target: results are empty with status ``no_prompt`` until the next prompt."""
         with self._prompt_lock:
@@ -153,15 +158,15 @@ class StreamingEngine:
         pushed_at = time.perf_counter()
         check_image(image)
         self.stats.pushed += 1
-        frame = Frame(index=-1, stamp_ns=int(stamp_ns), image=image, frame_id=frame_id)
+        frame = (image, int(stamp_ns), frame_id, pushed_at)
         if self.config.mode == "sync":
-            return self._process(frame, pushed_at)
+            return self._process(*frame)
         with self._slot.cond:
             if self._slot.closed:
                 raise RuntimeError("the engine is closed")
             if self._slot.frame is not None:
                 self.stats.dropped += 1
-            self._slot.frame, self._slot.pushed_at = frame, pushed_at
+            self._slot.frame = frame
             self._slot.cond.notify()
         return None
 
@@ -180,17 +185,16 @@ class StreamingEngine:
                     self._slot.cond.wait()
                 if self._slot.closed:
                     return
-                frame, pushed_at = self._slot.frame, self._slot.pushed_at
-                self._slot.frame = None
-            result = self._process(frame, pushed_at)
+                frame, self._slot.frame = self._slot.frame, None
+            result = self._process(*frame)
             try:
                 self._on_result(result)
             except Exception:  # a failing consumer must not stop tracking
                 log.exception("on_result callback failed")
 
-    def _process(self, frame: Frame, pushed_at: float) -> FrameResult:
+    def _process(self, image: np.ndarray, stamp_ns: int, frame_id: str, pushed_at: float) -> FrameResult:
         """The hot path: store, encode, apply a pending prompt, track, upsample."""
-        frame = self.window.append(frame.image, frame.stamp_ns, frame.frame_id)
+        frame = self.window.append(image, stamp_ns, frame_id)
         try:
             feats = self.tracker.encode(frame.image)
             self.window.set_feature(frame.index, FEATURES_KEY, feats)

@@ -53,11 +53,6 @@ class FrameFeatures:
     feat_sizes: tuple[tuple[int, int], ...]
     image_hw: tuple[int, int]
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by the feature tensors."""
-        return sum(t.numel() * t.element_size() for t in (*self.vision_feats, self.top_pos_embed))
-
 
 @dataclass(frozen=True)
 class MaskPrompt:

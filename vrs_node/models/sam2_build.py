@@ -51,8 +51,8 @@ VRSHQ_OVERRIDES = (
     "++model.use_multimask_token_for_obj_ptr=false",
 )
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN = torch.tensor((0.485, 0.456, 0.406), dtype=torch.float32)[:, None, None]
+IMAGENET_STD = torch.tensor((0.229, 0.224, 0.225), dtype=torch.float32)[:, None, None]
 
 
 @dataclass(frozen=True)
@@ -167,9 +167,7 @@ class SamImageTransform:
         resample = Image.Resampling.BICUBIC if self.resize == "squash" else Image.Resampling.BILINEAR
         resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), resample))
         x = torch.from_numpy(resized / 255.0).permute(2, 0, 1).to(torch.float32)
-        mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32)[:, None, None]
-        std = torch.tensor(IMAGENET_STD, dtype=torch.float32)[:, None, None]
-        x = (x - mean) / std
+        x = (x - IMAGENET_MEAN) / IMAGENET_STD
         if (new_h, new_w) != (size, size):
             x = torch.nn.functional.pad(x, (0, size - new_w, 0, size - new_h))
         return x[None].to(device)

@@ -137,7 +137,7 @@ def run(argv=None) -> dict:
             time.sleep(0.05)
         prompt = box_prompt(args.prompt_mask)
         prompt_pub.publish(String(data=json.dumps(prompt)))
-        while node.engine is not None and node.engine._pending is None:
+        while node.engine is not None and not node.engine.prompt_pending:
             time.sleep(0.01)
         started = time.perf_counter()
         for i, image in enumerate(tqdm(frames, desc=f"publishing ({args.mode})", unit="frame")):

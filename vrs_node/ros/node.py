@@ -27,7 +27,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image
-from std_msgs.msg import String
+from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
 
 from vrs_node.core.engine import EngineConfig, FrameResult, StreamingEngine
@@ -186,8 +186,6 @@ class VrsNode(Node):
 
     def _publish_result(self, result: FrameResult) -> None:
         """Publish the mask (with the input frame's stamp and frame_id) and the status."""
-        from std_msgs.msg import Header
-
         header = Header(stamp=ns_to_stamp(result.stamp_ns), frame_id=result.frame_id)
         self.mask_pub.publish(mask_to_msg(result.mask, header))
         self._publish_status({
