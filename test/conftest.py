@@ -49,3 +49,12 @@ def make_tracker(image_size: int = 128, **kwargs) -> StreamingTracker:
     """A tracker over tiny-random SAM-2 (seeded: every call builds identical weights)."""
     model, transform = build_sam2_for_profile(get_profile("tiny-random"), image_size=image_size)
     return StreamingTracker(model, transform, **kwargs)
+
+
+def make_grounder(tracker: StreamingTracker, **config):
+    """A Grounder with the tiny-random profile's language models (seeded) over ``tracker``."""
+    from vrs_node.core.grounder import Grounder, GrounderConfig
+    from vrs_node.models.profiles import build_grounding_models
+
+    models = build_grounding_models(get_profile("tiny-random"))
+    return Grounder(models.mllm, models.tokenizer, models.anchor_scorer, tracker, GrounderConfig(**config))

@@ -13,6 +13,17 @@ with ``frame_index``, on a past frame still in the window, after which the track
 through the buffered frames (every ``k``-th one when more than ``max_catchup_frames`` are
 buffered) before processing the new frame. Before any prompt, and while the object score is
 <= ``score_threshold``, the mask is empty and the result says why.
+
+An instruction (``set_instruction``, needs a :class:`Grounder`) is grounded by queries over the
+window: one at once, one every ``period_s`` of stamp time, and one when the object score has been
+<= ``score_threshold`` for ``lost_after_frames`` processed frames. A finished query becomes a mask
+prompt on its keyframe (a past frame: the tracker catches up). The first query of an instruction
+starts a new target (the tracker's memory is reset); later ones add a conditioning frame, so the
+last ``max_cond_frames`` keyframes stay in memory. In sync mode a due query runs inside ``push``
+before the frame is tracked (reproducible); in live mode it runs on its own thread and the
+tracking thread never waits for it. Triggers that fire while a query runs are dropped, except an
+instruction change, which runs next; the answer of a query for a superseded instruction is
+discarded.
 """
 
 from __future__ import annotations
@@ -26,26 +37,36 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vrs_node.core.frames import Frame, FrameWindow, check_image
-from vrs_node.core.tracker import FrameFeatures, Prompt, StreamingTracker
+from vrs_node.core.grounder import SAM2_KEY, Grounder, Grounding
+from vrs_node.core.tracker import FrameFeatures, MaskPrompt, Prompt, StreamingTracker
+from vrs_node.models.prompt import Instruction, clean_instruction
 
 log = logging.getLogger(__name__)
 
-FEATURES_KEY = "sam2"
+FEATURES_KEY = SAM2_KEY
 
 STATUS_NO_PROMPT = "no_prompt"
 STATUS_TRACKING = "tracking"
 STATUS_TARGET_ABSENT = "target_absent"
 STATUS_ERROR = "error"
+STATUS_GROUNDING = "grounding"
+
+TRIGGER_INSTRUCTION = "instruction"
+TRIGGER_PERIOD = "period"
+TRIGGER_LOST = "lost"
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """Engine settings. ``score_threshold`` is on the object-score logit (SAM-2 uses 0)."""
+    """Engine settings. ``score_threshold`` is on the object-score logit (SAM-2 uses 0);
+    ``period_s`` (stamp time) and ``lost_after_frames`` schedule re-grounding (0 turns either off)."""
 
     mode: str = "sync"
     window_frames: int = 16
     max_catchup_frames: int = 16
     score_threshold: float = 0.0
+    period_s: float = 10.0
+    lost_after_frames: int = 15
 
     def __post_init__(self) -> None:
         if self.mode not in ("sync", "live"):
@@ -54,6 +75,10 @@ class EngineConfig:
             raise ValueError(f"window_frames must be >= 1, got {self.window_frames}")
         if self.max_catchup_frames < 1:
             raise ValueError(f"max_catchup_frames must be >= 1, got {self.max_catchup_frames}")
+        if self.period_s < 0:
+            raise ValueError(f"period_s must be >= 0 (0 = no periodic query), got {self.period_s}")
+        if self.lost_after_frames < 0:
+            raise ValueError(f"lost_after_frames must be >= 0 (0 = off), got {self.lost_after_frames}")
 
 
 @dataclass(frozen=True)
@@ -84,13 +109,49 @@ class EngineStats:
     dropped: int = 0
     errors: int = 0
     catchup_frames: int = 0
+    queries: int = 0
+    query_errors: int = 0
+
+
+@dataclass(frozen=True)
+class QueryReport:
+    """One finished grounding query: why it ran (``TRIGGER_*``), its ``grounding`` or ``error``,
+    its duration, and whether its answer was applied (False when the instruction changed meanwhile)."""
+
+    instruction: Instruction
+    trigger: str
+    grounding: Grounding | None
+    error: str | None
+    latency_s: float
+    applied: bool
 
 
 @dataclass
 class _PendingPrompt:
+    """A prompt waiting for the next processed frame; ``keyframe`` carries a grounding's keyframe
+    features (usable after the window evicted that frame); ``new_target`` resets the tracker first."""
+
     prompt: Prompt | None
     frame_index: int | None = None
     stamp_ns: int | None = None
+    keyframe: FrameFeatures | None = None
+    new_target: bool = True
+
+
+@dataclass
+class _QueryState:
+    """The instruction and the query schedule (guarded by ``cond``)."""
+
+    instruction: Instruction | None = None
+    generation: int = 0
+    due: str | None = None
+    running: bool = False
+    grounded: bool = False
+    last_stamp_ns: int | None = None
+    lost_frames: int = 0
+    last_error: str | None = None
+    closed: bool = False
+    cond: threading.Condition = field(default_factory=threading.Condition)
 
 
 @dataclass
@@ -119,28 +180,68 @@ class StreamingEngine:
     """Frames -> masks with a :class:`StreamingTracker`, a bounded :class:`FrameWindow` and prompts."""
 
     def __init__(self, tracker: StreamingTracker, config: EngineConfig = EngineConfig(),
-                 on_result: Callable[[FrameResult], None] | None = None):
+                 on_result: Callable[[FrameResult], None] | None = None, grounder: Grounder | None = None,
+                 on_query: Callable[[QueryReport], None] | None = None):
         if config.mode == "live" and on_result is None:
             raise ValueError("live mode delivers results through on_result; pass a callback")
+        if grounder is not None and grounder.tracker is not tracker:
+            raise ValueError("the grounder must score keyframes with the engine's tracker")
         self.tracker = tracker
         self.config = config
+        self.grounder = grounder
         self.window = FrameWindow(config.window_frames)
         self.stats = EngineStats()
         self._on_result = on_result
+        self._on_query = on_query
         self._prompt_lock = threading.Lock()
         self._pending: _PendingPrompt | None = None
         self._slot = _Slot()
-        self._worker: threading.Thread | None = None
+        self._query = _QueryState()
+        self._workers: list[threading.Thread] = []
         if config.mode == "live":
-            self._worker = threading.Thread(target=self._run_live, name="vrs-tracking", daemon=True)
-            self._worker.start()
+            self._workers.append(threading.Thread(target=self._run_live, name="vrs-tracking", daemon=True))
+            if grounder is not None:
+                self._workers.append(threading.Thread(target=self._run_queries, name="vrs-grounding", daemon=True))
+            for worker in self._workers:
+                worker.start()
 
-    def set_prompt(self, prompt: Prompt, frame_index: int | None = None,
-                   stamp_ns: int | None = None) -> None:
+    def set_prompt(self, prompt: Prompt, frame_index: int | None = None, stamp_ns: int | None = None,
+                   new_target: bool = True) -> None:
         """Condition on ``prompt`` at the next processed frame, or at a past frame of the window
-        named by its ``frame_index`` or its capture ``stamp_ns`` (then catch up)."""
+        named by its ``frame_index`` or its capture ``stamp_ns`` (then catch up). A prompt given
+        by hand replaces the instruction, if any. ``new_target=False`` keeps the earlier
+        conditioning frames (the same object seen again)."""
+        self._forget_instruction()
         with self._prompt_lock:
-            self._pending = _PendingPrompt(prompt, frame_index, stamp_ns)
+            self._pending = _PendingPrompt(prompt, frame_index, stamp_ns, new_target=new_target)
+
+    def set_instruction(self, text: str) -> Instruction:
+        """Follow ``text``: normalised and neutralised (ValueError if empty or too long), then
+        grounded by a query at once and re-grounded as the module docstring says."""
+        if self.grounder is None:
+            raise RuntimeError("this engine has no grounder (MLLM): it cannot follow instructions; "
+                               "use a model profile with language grounding")
+        instruction = clean_instruction(text)
+        self.grounder.text_embedding(instruction)  # fail here, not later, on a bad text model
+        with self._query.cond:
+            q = self._query
+            q.instruction, q.generation, q.grounded = instruction, q.generation + 1, False
+            q.lost_frames, q.last_stamp_ns, q.last_error = 0, None, None
+            q.due = TRIGGER_INSTRUCTION
+            q.cond.notify_all()
+        return instruction
+
+    @property
+    def instruction(self) -> Instruction | None:
+        """The instruction being followed (None when there is none)."""
+        with self._query.cond:
+            return self._query.instruction
+
+    @property
+    def query_running(self) -> bool:
+        """True while a grounding query is due or running."""
+        with self._query.cond:
+            return self._query.running or self._query.due is not None
 
     @property
     def prompt_pending(self) -> bool:
@@ -149,9 +250,16 @@ class StreamingEngine:
             return self._pending is not None
 
     def clear_prompt(self) -> None:
-        """Forget the target: results are empty with status ``no_prompt`` until the next prompt."""
+        """Forget the target and the instruction: results are empty with status ``no_prompt``
+        until the next prompt or instruction."""
+        self._forget_instruction()
         with self._prompt_lock:
             self._pending = _PendingPrompt(None)
+
+    def _forget_instruction(self) -> None:
+        with self._query.cond:
+            q = self._query
+            q.instruction, q.generation, q.due, q.grounded = None, q.generation + 1, None, False
 
     def push(self, image: np.ndarray, stamp_ns: int, frame_id: str = "") -> FrameResult | None:
         """Hand over one camera frame (H x W x 3 uint8 RGB); see the module docstring for modes."""
@@ -171,12 +279,15 @@ class StreamingEngine:
         return None
 
     def close(self, timeout_s: float = 10.0) -> None:
-        """Stop the live tracking thread (the frame it is processing is finished first)."""
+        """Stop the live threads (the frame or query in progress is finished first)."""
         with self._slot.cond:
             self._slot.closed = True
             self._slot.cond.notify()
-        if self._worker is not None:
-            self._worker.join(timeout_s)
+        with self._query.cond:
+            self._query.closed = True
+            self._query.cond.notify_all()
+        for worker in self._workers:
+            worker.join(timeout_s)
 
     def _run_live(self) -> None:
         while True:
@@ -192,12 +303,98 @@ class StreamingEngine:
             except Exception:  # a failing consumer must not stop tracking
                 log.exception("on_result callback failed")
 
+    def _run_queries(self) -> None:
+        """Live mode's grounding thread: run each due query, one at a time."""
+        while True:
+            with self._query.cond:
+                while self._query.due is None and not self._query.closed:
+                    self._query.cond.wait()
+                if self._query.closed:
+                    return
+                trigger, self._query.due = self._query.due, None
+                instruction, generation = self._query.instruction, self._query.generation
+                self._query.running = True
+            try:
+                self._ground(instruction, generation, trigger)
+            finally:
+                with self._query.cond:
+                    self._query.running = False
+
+    def _ground(self, instruction: Instruction, generation: int, trigger: str) -> None:
+        """Run one query; a current answer becomes the pending prompt on its keyframe."""
+        started = time.perf_counter()
+        latest = self.window.latest
+        grounding, error = None, None
+        try:
+            grounding = self.grounder.ground(self.window, instruction)
+        except Exception as exc:  # report, keep tracking, retry on the next trigger
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning("grounding %r failed: %s", instruction.text, error)
+        with self._query.cond:
+            q = self._query
+            applied = grounding is not None and generation == q.generation
+            self.stats.queries += 1
+            if error is not None:
+                self.stats.query_errors += 1
+            if generation == q.generation:
+                q.last_stamp_ns = latest.stamp_ns if latest is not None else None
+                q.last_error = error
+            if applied:
+                with self._prompt_lock:
+                    self._pending = _PendingPrompt(MaskPrompt(grounding.mask), grounding.keyframe,
+                                                   keyframe=grounding.keyframe_features,
+                                                   new_target=not q.grounded)
+                q.grounded = True
+        if self._on_query is not None:
+            try:
+                self._on_query(QueryReport(instruction, trigger, grounding, error,
+                                           time.perf_counter() - started, applied))
+            except Exception:
+                log.exception("on_query callback failed")
+
+    def _schedule_queries(self, frame: Frame) -> None:
+        """Mark a periodic query due when ``period_s`` of stamp time has passed since the last one;
+        in sync mode, run a due query now (before this frame is tracked)."""
+        with self._query.cond:
+            q = self._query
+            if q.instruction is None:
+                return
+            period_ns = self.config.period_s * 1e9
+            if (period_ns and q.due is None and not q.running and q.last_stamp_ns is not None
+                    and frame.stamp_ns - q.last_stamp_ns >= period_ns):
+                q.due = TRIGGER_PERIOD
+                q.cond.notify_all()
+            if self.config.mode != "sync" or q.due is None:
+                return
+            trigger, q.due = q.due, None
+            instruction, generation = q.instruction, q.generation
+        self._ground(instruction, generation, trigger)
+
+    def _count_lost(self, status: str) -> None:
+        """Count consecutive frames without the target; after ``lost_after_frames`` a query is due."""
+        with self._query.cond:
+            q = self._query
+            if q.instruction is None or not self.config.lost_after_frames:
+                return
+            q.lost_frames = q.lost_frames + 1 if status == STATUS_TARGET_ABSENT else 0
+            if q.lost_frames >= self.config.lost_after_frames:
+                q.lost_frames = 0
+                if q.due is None and not q.running:
+                    q.due = TRIGGER_LOST
+                    q.cond.notify_all()
+
     def _process(self, image: np.ndarray, stamp_ns: int, frame_id: str, pushed_at: float) -> FrameResult:
-        """The hot path: store, encode, apply a pending prompt, track, upsample."""
+        """The hot path: store, encode, (sync: ground), apply a pending prompt, track, upsample."""
         frame = self.window.append(image, stamp_ns, frame_id)
+        result = self._track(frame, pushed_at)
+        self._count_lost(result.status)
+        return result
+
+    def _track(self, frame: Frame, pushed_at: float) -> FrameResult:
         try:
             feats = self.tracker.encode(frame.image)
             self.window.set_feature(frame.index, FEATURES_KEY, feats)
+            self._schedule_queries(frame)
             with self._prompt_lock:
                 pending, self._pending = self._pending, None
             track = None
@@ -213,8 +410,13 @@ class StreamingEngine:
             return self._result(frame, pushed_at, None, STATUS_ERROR, f"{type(exc).__name__}: {exc}")
         self.stats.processed += 1
         if track is None:
+            with self._query.cond:
+                instruction, error = self._query.instruction, self._query.last_error
+            if instruction is not None:
+                reason = f"grounding {instruction.text!r}" + (f" (last query failed: {error})" if error else "")
+                return self._result(frame, pushed_at, None, STATUS_GROUNDING, reason)
             return self._result(frame, pushed_at, None, STATUS_NO_PROMPT,
-                                "no prompt yet: set a point, box or mask prompt")
+                                "no prompt yet: set an instruction, or a point, box or mask prompt")
         score = track.object_score
         if score <= self.config.score_threshold:
             return self._result(frame, pushed_at, None, STATUS_TARGET_ABSENT,
@@ -229,9 +431,12 @@ class StreamingEngine:
             key = next((f.index for f in self.window.snapshot() if f.stamp_ns == pending.stamp_ns), None)
             if key is None:
                 raise ValueError(f"no frame with stamp {pending.stamp_ns} ns in the window")
+        if pending.new_target:
+            self.tracker.reset()
         if key is None or key == frame.index:
             return self.tracker.condition(feats, pending.prompt)
-        if key not in self.window or not self.window.has_feature(key, FEATURES_KEY):
+        keyframe = pending.keyframe or self.window.get_feature(key, FEATURES_KEY)
+        if keyframe is None:
             raise ValueError(f"prompt frame {key} is no longer in the window "
                              f"(held: {self.window.indices()})")
         if key > frame.index:
@@ -241,7 +446,7 @@ class StreamingEngine:
         chosen = [buffered[p] for p in catchup_schedule(len(buffered), self.config.max_catchup_frames)]
         following = [self.window.get_feature(i, FEATURES_KEY) for i in chosen] + [feats]
         self.stats.catchup_frames += len(chosen)
-        return self.tracker.catch_up(self.window.get_feature(key, FEATURES_KEY), pending.prompt, following)[-1]
+        return self.tracker.catch_up(keyframe, pending.prompt, following)[-1]
 
     @staticmethod
     def _result(frame: Frame, pushed_at: float, mask: np.ndarray | None, status: str, reason: str,

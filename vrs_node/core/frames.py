@@ -251,10 +251,16 @@ def sparse_dense_sample(
         raise ValueError(f"num_sparse must be >= 1, got {num_sparse}")
     if not 1 <= num_dense < num_sparse:
         raise ValueError(f"num_dense must be in [1, num_sparse={num_sparse}), got {num_dense}")
+    return sparse_sample(num_frames, num_sparse), _bin_centres(num_sparse - 1, num_dense)
+
+
+def sparse_sample(num_frames: int, num_sparse: int) -> list[int]:
+    """The sparse half of :func:`sparse_dense_sample`: ``num_sparse`` frame indices over
+    [0, ``num_frames``), sorted (T > S: bin centres; T ≤ S: every frame ⌊S / T⌋ times plus
+    the centres of S mod T bins)."""
+    if num_frames < 1 or num_sparse < 1:
+        raise ValueError(f"need num_frames >= 1 and num_sparse >= 1, got {num_frames}, {num_sparse}")
     if num_frames > num_sparse:
-        sparse = _bin_centres(num_frames, num_sparse)
-    else:
-        repeats, extra = divmod(num_sparse, num_frames)
-        sparse = sorted(list(range(num_frames)) * repeats + _bin_centres(num_frames, extra))
-    dense = _bin_centres(num_sparse - 1, num_dense)
-    return sparse, dense
+        return _bin_centres(num_frames, num_sparse)
+    repeats, extra = divmod(num_sparse, num_frames)
+    return sorted(list(range(num_frames)) * repeats + _bin_centres(num_frames, extra))

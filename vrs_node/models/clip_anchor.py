@@ -38,7 +38,7 @@ class ClipAnchorScorer:
     def from_pretrained(cls, model_name: str = "ViT-L-14-336", pretrained: str = "openai",
                         device: str | torch.device = "cpu", precision: str = "fp32") -> "ClipAnchorScorer":
         """An open_clip model by name with ``pretrained`` weights (a tag such as "openai" or a
-        checkpoint file path)."""
+        checkpoint file path; None = open_clip's random initialisation, for benchmarks)."""
         import open_clip
 
         model, _, preprocess = open_clip.create_model_and_transforms(

@@ -9,6 +9,17 @@ No machine of this project can download weights, so the profiles come in two kin
   "target present" and produce non-empty masks (still meaningless ones).
 - checkpoint profiles (``sam2.1-hiera-*``) need a SAM-2 checkpoint file (sam2's release ``.pt``),
   given by the ``sam2_checkpoint`` argument; without one they refuse to build.
+
+A profile with ``language`` set also builds the grounding models (MLLM, tokenizer, CLIP anchor
+scorer) that turn an instruction into a target:
+
+- ``"tiny"``: a tiny MLLM with the real structure, the byte-level tokenizer and a tiny CLIP, all
+  seeded random (tests, demo);
+- ``"vrshq-7b-random"``: VRS-HQ-7B's real sizes (CLIP ViT-L/14-224 + LLaMA-7B + CLIP-336 anchor)
+  with random weights and the byte-level tokenizer (benchmarks; about 15 GB in bf16);
+- ``"vrshq-checkpoint"``: the released VRS-HQ checkpoint directory (``vrshq_checkpoint``), which
+  also holds the SAM-2 weights, plus open_clip's ViT-L-14-336 (``clip_anchor``: "openai" from the
+  local cache, or a weights file).
 """
 
 from __future__ import annotations
@@ -18,7 +29,10 @@ from dataclasses import dataclass
 
 import torch
 
+from vrs_node.models.clip_anchor import ClipAnchorScorer
+from vrs_node.models.mllm import VrshqMLLM, tiny_config, vrshq_7b_config
 from vrs_node.models.sam2_build import Sam2Spec, SamImageTransform, build_sam2_model
+from vrs_node.models.tokenizer import byte_tokenizer
 
 
 @dataclass(frozen=True)
@@ -30,18 +44,24 @@ class ModelProfile:
     sam2: Sam2Spec
     random_weights: bool
     object_score_bias: float = 0.0
+    language: str | None = None
 
 
 PROFILES = {
     p.name: p
     for p in (
-        ModelProfile("tiny-random", "SAM-2.1 Hiera-T at 256 px, seeded random weights (tests, demo)",
-                     Sam2Spec("sam2.1-hiera-t", image_size=256), True, object_score_bias=5.0),
+        ModelProfile("tiny-random", "SAM-2.1 Hiera-T at 256 px + a tiny MLLM, seeded random weights "
+                     "(tests, demo)", Sam2Spec("sam2.1-hiera-t", image_size=256), True, object_score_bias=5.0,
+                     language="tiny"),
         ModelProfile("hiera-t-512-random", "SAM-2.1 Hiera-T at 512 px, seeded random weights (benchmarks)",
                      Sam2Spec("sam2.1-hiera-t", image_size=512), True, object_score_bias=5.0),
         ModelProfile("hiera-l-1024-random", "SAM-2 Hiera-L at 1024 px with VRS-HQ's overrides, random weights",
                      Sam2Spec("sam2-hiera-l", image_size=1024, resize="pad", vrshq=True), True,
                      object_score_bias=5.0),
+        ModelProfile("vrshq-7b-random", "VRS-HQ-7B's architecture (SAM-2 Hiera-L, CLIP-224, LLaMA-7B, "
+                     "CLIP-336) with random weights (benchmarks)",
+                     Sam2Spec("sam2-hiera-l", image_size=1024, resize="pad", vrshq=True), True,
+                     object_score_bias=5.0, language="vrshq-7b-random"),
         *(ModelProfile(f"sam2.1-hiera-{size}", f"SAM-2.1 Hiera-{size.upper()} at 1024 px from a checkpoint",
                        Sam2Spec(f"sam2.1-hiera-{size}", image_size=1024), False)
           for size in ("t", "s", "b+", "l")),
@@ -90,3 +110,36 @@ def build_sam2_for_profile(profile: ModelProfile, device: str | torch.device = "
         with torch.no_grad():
             model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias += profile.object_score_bias
     return model, SamImageTransform(spec.image_size, spec.resize)
+
+
+@dataclass(frozen=True)
+class GroundingModels:
+    """What a grounding query needs besides the tracker."""
+
+    mllm: torch.nn.Module
+    tokenizer: object
+    anchor_scorer: ClipAnchorScorer
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 on CUDA (what VRS-HQ was evaluated in), float32 elsewhere."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def build_grounding_models(profile: ModelProfile, device: str | torch.device = "cpu",
+                           seed: int = 0) -> GroundingModels:
+    """The profile's random-weight grounding models (``language`` "tiny" or "vrshq-7b-random")."""
+    device = torch.device(device)
+    tokenizer = byte_tokenizer()
+    torch.manual_seed(seed)
+    if profile.language == "tiny":
+        mllm = VrshqMLLM(tiny_config(len(tokenizer)))
+        anchor = ClipAnchorScorer.tiny(seed=seed, device=device)
+    elif profile.language == "vrshq-7b-random":
+        mllm = VrshqMLLM(vrshq_7b_config(vocab_size=len(tokenizer)))
+        anchor = ClipAnchorScorer.from_pretrained("ViT-L-14-336", pretrained=None, device=device)
+    else:
+        raise ValueError(f"profile {profile.name!r} has no random-weight language models "
+                         f"(language={profile.language!r})")
+    mllm = mllm.to(device=device, dtype=default_dtype(device)).eval()
+    return GroundingModels(mllm, tokenizer, anchor)

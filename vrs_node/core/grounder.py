@@ -1,0 +1,159 @@
+"""One grounding query: the frame window + an instruction -> a keyframe and its mask.
+
+The VRS-HQ inference pipeline (REFERENCE_VRSHQ_VIDEOLISA.md §1.2-1.9) made causal over the
+window of recent frames:
+
+1. CLIP anchor: anchor = argmax_t cos(CLIP-336 image_t, CLIP text) over the window's frames;
+2. dense frames = the VRS-HQ lattice through the anchor (≤ 11 frames, one ``[SEG]`` each);
+   optional sparse frames = VideoLISA's uniform sparse sample of the whole window (one pooled
+   token each; 0 by default, which is VRS-HQ's input exactly);
+3. one MLLM prefill -> per-dense-frame SEG tokens and the TAK token;
+4. TDA fuses SEG into TAK'; TKS decodes TAK' on every dense frame's cached SAM-2 features and
+   picks the keyframe; its decoded mask is the result.
+
+Every per-frame input (CLIP-336 embedding, the MLLM's merged tokens, SAM-2 features) is computed
+at most once per frame and cached in the :class:`FrameWindow` with the frame, so it is evicted with
+it; the text embedding is computed once per instruction. ``ground`` only reads the window and the
+tracker's weights (``decode_token`` touches no memory), so it can run on its own thread while the
+tracking thread goes on.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from vrs_node.core.frames import Frame, FrameWindow, anchor_lattice, sparse_sample
+from vrs_node.core.grounding import TDA_ALPHA, select_keyframe, temporal_dynamic_aggregation
+from vrs_node.core.tracker import FrameFeatures, StreamingTracker
+from vrs_node.models.clip_anchor import ClipAnchorScorer
+from vrs_node.models.mllm import VrshqMLLM, special_token_ids
+from vrs_node.models.prompt import Instruction, build_prompt, tokenize_prompt
+
+SAM2_KEY = "sam2"
+"""Window feature key of a frame's SAM-2 :class:`FrameFeatures` (written by the engine)."""
+CLIP_KEY = "clip_anchor"
+MLLM_KEY = "mllm_tokens"
+
+
+@dataclass(frozen=True)
+class GrounderConfig:
+    """``max_dense_frames``: VRS-HQ's lattice budget (11); ``sparse_frames``: pooled context frames
+    (0 = VRS-HQ's input); ``tda_alpha``: TDA's alpha."""
+
+    max_dense_frames: int = 11
+    sparse_frames: int = 0
+    tda_alpha: float = TDA_ALPHA
+
+    def __post_init__(self) -> None:
+        if self.max_dense_frames < 1:
+            raise ValueError(f"max_dense_frames must be >= 1, got {self.max_dense_frames}")
+        if self.sparse_frames < 0:
+            raise ValueError(f"sparse_frames must be >= 0, got {self.sparse_frames}")
+
+
+@dataclass(frozen=True)
+class Grounding:
+    """A query's answer. Frame numbers are window sequence numbers.
+
+    ``dense_frames[i]`` is the frame of SEG token i (the explicit SEG -> frame mapping);
+    ``keyframe_features`` lets the tracker condition on the keyframe even after the window has
+    evicted it; ``mask`` is the keyframe's mask at camera resolution, ``object_score`` its
+    object-score logit. ``timings_s`` holds the stages' durations.
+    """
+
+    instruction: Instruction
+    keyframe: int
+    keyframe_stamp_ns: int
+    keyframe_features: FrameFeatures
+    mask: np.ndarray
+    object_score: float
+    anchor: int
+    dense_frames: list[int]
+    sparse_frames: list[int]
+    tks_scores: list[float]
+    tda_weights: list[float]
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+class Grounder:
+    """Runs grounding queries over a :class:`FrameWindow` with the MLLM, CLIP anchor and tracker."""
+
+    def __init__(self, mllm: VrshqMLLM, tokenizer, anchor_scorer: ClipAnchorScorer,
+                 tracker: StreamingTracker, config: GrounderConfig = GrounderConfig()):
+        self.mllm = mllm
+        self.tokenizer = tokenizer
+        self.anchor_scorer = anchor_scorer
+        self.tracker = tracker
+        self.config = config
+        self.seg_id, self.tak_id = special_token_ids(tokenizer)
+        self._text_lock = threading.Lock()
+        self._text: tuple[str, torch.Tensor] | None = None
+
+    def text_embedding(self, instruction: Instruction) -> torch.Tensor:
+        """CLIP text embedding of the instruction, computed once per instruction."""
+        with self._text_lock:
+            if self._text is None or self._text[0] != instruction.text:
+                self._text = (instruction.text, self.anchor_scorer.embed_text(instruction.text))
+            return self._text[1]
+
+    def ground(self, window: FrameWindow, instruction: Instruction) -> Grounding:
+        """Run one query on the frames the window holds now (those with SAM-2 features)."""
+        timings: dict[str, float] = {}
+        frames = [f for f in window.snapshot() if window.has_feature(f.index, SAM2_KEY)]
+        if not frames:
+            raise ValueError("no encoded frame in the window yet: grounding needs at least one")
+
+        start = time.perf_counter()
+        text = self.text_embedding(instruction)
+        images = self._cached(window, frames, CLIP_KEY,
+                              lambda fs: [self.anchor_scorer.embed_image(f.image) for f in fs])
+        anchor = ClipAnchorScorer.anchor(torch.stack(images), text.to(images[0]))
+        timings["clip_anchor"] = time.perf_counter() - start
+
+        dense = anchor_lattice(len(frames), anchor, self.config.max_dense_frames)
+        sparse = sparse_sample(len(frames), self.config.sparse_frames) if self.config.sparse_frames else []
+        needed = sorted(set(dense) | set(sparse))
+        start = time.perf_counter()
+        tokens = dict(zip(needed, self._cached(window, [frames[p] for p in needed], MLLM_KEY,
+                                               lambda fs: self.mllm.frame_tokens([f.image for f in fs]))))
+        timings["mllm_frame_tokens"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        ids = tokenize_prompt(build_prompt(instruction, len(dense)), self.tokenizer)
+        out = self.mllm(ids, [tokens[p] for p in dense], self.seg_id, self.tak_id,
+                        sparse=[tokens[p] for p in sparse])
+        timings["mllm_prefill"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        tak, weights = temporal_dynamic_aggregation(out.seg, out.tak, self.config.tda_alpha)
+        candidates = [window.get_feature(frames[p].index, SAM2_KEY) for p in dense]
+        key = select_keyframe(self.tracker, candidates, tak, weights)
+        timings["tks"] = time.perf_counter() - start
+
+        keyframe = frames[dense[key.position]]
+        return Grounding(
+            instruction=instruction, keyframe=keyframe.index, keyframe_stamp_ns=keyframe.stamp_ns,
+            keyframe_features=candidates[key.position], mask=key.result.mask(),
+            object_score=key.result.object_score, anchor=frames[anchor].index,
+            dense_frames=[frames[p].index for p in dense], sparse_frames=[frames[p].index for p in sparse],
+            tks_scores=key.scores.tolist(), tda_weights=weights.tolist(), timings_s=timings)
+
+    @staticmethod
+    def _cached(window: FrameWindow, frames: list[Frame], key: str, compute) -> list:
+        """Per-frame values under ``key``: cached ones reused, the others computed in one call
+        and cached (unless the frame has left the window meanwhile)."""
+        values = {f.index: window.get_feature(f.index, key) for f in frames}
+        missing = [f for f in frames if values[f.index] is None]
+        if missing:
+            for frame, value in zip(missing, compute(missing)):
+                values[frame.index] = value
+                try:
+                    window.set_feature(frame.index, key, value)
+                except KeyError:  # the frame left the window meanwhile: nothing to cache
+                    pass
+        return [values[f.index] for f in frames]

@@ -1,0 +1,202 @@
+"""The VRS-HQ MLLM (Chat-UniVi-7B architecture) on ``transformers``: frames + prompt -> SEG/TAK tokens.
+
+Architecture (REFERENCE_VRSHQ_VIDEOLISA.md §1.0, §1.5-1.6), with the module names of the released
+checkpoint so that its keys map one to one (``models/vrshq_checkpoint.py``):
+
+- ``vision_tower``: ``CLIPVisionModel`` (ViT-L/14 at 224 px for the real model); a frame's tokens are
+  the hidden states of layer ``vision_select_layer`` (-2) without the CLS token (256 x 1024);
+- parameter-free Chat-UniVi DPC-KNN merging, 256 -> [64 | 32 | 16] = 112 tokens per frame
+  (:mod:`vrs_node.models.dpc_knn`);
+- ``mm_projector``: Linear(1024, 4096);
+- ``llm``: ``LlamaModel`` (LLaMA-7B dimensions for the real model); its last hidden state (after the
+  final RMSNorm) is the reference's ``hidden_states[-1]``;
+- ``text_hidden_fcs``: Linear(4096, 4096) -> ReLU -> Linear(4096, 256) -> Dropout(0), shared by
+  ``[SEG]`` and ``[TAK]``.
+
+One prefill, no generation: the prompt already holds the answer with its ``[SEG]``/``[TAK]``
+tokens. Each token's embedding is read from the hidden state of the token *before* it (the
+one-token offset LISA and VRS-HQ use: that state predicts the special token). VRS-HQ finds those
+positions by assuming exactly 112 tokens per ``<image>``; here they are tracked explicitly while the
+visual tokens are spliced in, which gives the same positions and stays right when sparse tokens
+are added.
+
+Sparse-dense input (VideoLISA's idea on VRS-HQ's prompt): the dense frames (the anchor lattice)
+keep their 112 tokens and one ``[SEG]`` each; optional sparse frames over the whole window give one
+token each, the mean of the frame's projected CLIP patch tokens (VideoLISA's pooling; the projector
+is affine, so this equals projecting the mean patch token). As in VideoLISA the sparse tokens come
+first, in time order, directly before the dense tokens: they fill the front of the first
+``<image>`` slot. With no sparse frames the input is exactly VRS-HQ's.
+
+Deviation: DPC-KNN's 1e-6 density noise is off unless a seeded generator is given (see
+:mod:`vrs_node.models.dpc_knn`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaModel
+
+from vrs_node.models.dpc_knn import CHAT_UNIVI_LEVELS, merge_visual_tokens
+from vrs_node.models.prompt import IMAGE_TOKEN_INDEX, SEG_TOKEN, TAK_TOKEN
+
+TOKENS_PER_FRAME = sum(n for n, _ in CHAT_UNIVI_LEVELS)
+"""Visual tokens per dense frame after merging: 64 + 32 + 16 = 112."""
+
+
+@dataclass(frozen=True)
+class MllmConfig:
+    """Sizes of the MLLM's parts; ``out_dim`` must equal the SAM-2 prompt dimension (256)."""
+
+    vision: CLIPVisionConfig
+    llm: LlamaConfig
+    out_dim: int = 256
+    vision_select_layer: int = -2
+
+
+@dataclass(frozen=True)
+class FrameTokens:
+    """What the MLLM needs of one frame, computed once per frame and cached with it.
+
+    ``merged``: (112, C_vision) Chat-UniVi tokens; ``pooled``: (C_vision,) mean patch token.
+    """
+
+    merged: torch.Tensor
+    pooled: torch.Tensor
+
+
+@dataclass(frozen=True)
+class GroundingTokens:
+    """The prefill's output: one SEG embedding per dense frame, in prompt order, and the TAK."""
+
+    seg: torch.Tensor
+    tak: torch.Tensor
+
+
+def seg_tak_positions(input_ids: Sequence[int], seg_id: int, tak_id: int,
+                      image_lengths: Sequence[int]) -> tuple[list[int], int]:
+    """Positions in the expanded sequence of the hidden states that give the SEG and TAK tokens.
+
+    The expanded sequence replaces the k-th ``IMAGE_TOKEN_INDEX`` by ``image_lengths[k]`` visual
+    tokens. For each ``[SEG]`` (in order) and the one ``[TAK]`` the position returned is the
+    expanded position of the token itself minus one (the one-token offset).
+    """
+    images = [i for i, t in enumerate(input_ids) if t == IMAGE_TOKEN_INDEX]
+    if len(images) != len(image_lengths):
+        raise ValueError(f"{len(images)} image slots in the prompt but {len(image_lengths)} visual inputs")
+    seg, tak, shift, k = [], [], 0, 0
+    for i, token in enumerate(input_ids):
+        if token == IMAGE_TOKEN_INDEX:
+            shift += image_lengths[k] - 1
+            k += 1
+        elif token == seg_id:
+            seg.append(i + shift - 1)
+        elif token == tak_id:
+            tak.append(i + shift - 1)
+    if len(tak) != 1 or len(seg) != len(images):
+        raise ValueError(f"the prompt must hold one [SEG] per image ({len(images)}) and one [TAK]; "
+                         f"found {len(seg)} [SEG] and {len(tak)} [TAK]")
+    return seg, tak[0]
+
+
+class VrshqMLLM(nn.Module):
+    """Chat-UniVi vision tower + token merging + projector + LLaMA + SEG/TAK head."""
+
+    def __init__(self, config: MllmConfig):
+        super().__init__()
+        self.config = config
+        self.vision_tower = CLIPVisionModel(config.vision)
+        self.mm_projector = nn.Linear(config.vision.hidden_size, config.llm.hidden_size)
+        self.llm = LlamaModel(config.llm)
+        hidden = config.llm.hidden_size
+        self.text_hidden_fcs = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
+                                             nn.Linear(hidden, config.out_dim), nn.Dropout(0.0))
+        self.image_processor = CLIPImageProcessor(
+            size={"shortest_edge": config.vision.image_size},
+            crop_size={"height": config.vision.image_size, "width": config.vision.image_size})
+
+    @property
+    def device(self) -> torch.device:
+        return self.mm_projector.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.mm_projector.weight.dtype
+
+    @torch.inference_mode()
+    def frame_tokens(self, images: Sequence[np.ndarray],
+                     generator: torch.Generator | None = None) -> list[FrameTokens]:
+        """CLIP-224 preprocessing (short side resize, centre crop, CLIP mean/std), the vision tower
+        at ``vision_select_layer`` without CLS, then the DPC-KNN merge, for H x W x 3 RGB frames."""
+        # Copies: window frames are read-only views, which torch.from_numpy warns about.
+        pixels = self.image_processor(images=[np.array(im) for im in images], return_tensors="pt")["pixel_values"]
+        out = self.vision_tower(pixel_values=pixels.to(self.device, self.dtype), output_hidden_states=True)
+        patches = out.hidden_states[self.config.vision_select_layer][:, 1:]
+        merged = merge_visual_tokens(patches, generator=generator)
+        pooled = patches.mean(dim=1)
+        return [FrameTokens(m, p) for m, p in zip(merged, pooled)]
+
+    @torch.inference_mode()
+    def forward(self, input_ids: Sequence[int], dense: Sequence[FrameTokens], seg_id: int, tak_id: int,
+                sparse: Sequence[FrameTokens] = ()) -> GroundingTokens:
+        """One prefill over the prompt with the dense frames' 112 tokens in its image slots (and the
+        sparse frames' pooled tokens in front of the first slot); returns the 256-d SEG/TAK tokens."""
+        if not dense:
+            raise ValueError("the MLLM needs at least one dense frame")
+        visual = [self.mm_projector(f.merged.to(self.device, self.dtype)) for f in dense]
+        if sparse:
+            pooled = torch.stack([f.pooled for f in sparse]).to(self.device, self.dtype)
+            visual[0] = torch.cat([self.mm_projector(pooled), visual[0]])
+        seg_pos, tak_pos = seg_tak_positions(input_ids, seg_id, tak_id, [len(v) for v in visual])
+        ids = torch.tensor(input_ids, device=self.device)
+        text = self.llm.embed_tokens(ids.clamp(min=0))
+        pieces, start, k = [], 0, 0
+        for i in (ids == IMAGE_TOKEN_INDEX).nonzero().flatten().tolist():
+            pieces += [text[start:i], visual[k]]
+            start, k = i + 1, k + 1
+        pieces.append(text[start:])
+        embeds = torch.cat(pieces)[None]
+        hidden = self.llm(inputs_embeds=embeds, use_cache=False).last_hidden_state[0]
+        tokens = self.text_hidden_fcs(hidden[seg_pos + [tak_pos]]).float()
+        return GroundingTokens(seg=tokens[:-1], tak=tokens[-1])
+
+
+def special_token_ids(tokenizer) -> tuple[int, int]:
+    """(``[SEG]`` id, ``[TAK]`` id) looked up by name; an error if the tokenizer lacks either."""
+    ids = []
+    for name in (SEG_TOKEN, TAK_TOKEN):
+        token_id = tokenizer.convert_tokens_to_ids(name)
+        if token_id is None or token_id == tokenizer.unk_token_id:
+            raise ValueError(f"the tokenizer has no {name} token; a VRS-HQ tokenizer adds [SEG] and [TAK]")
+        ids.append(token_id)
+    return ids[0], ids[1]
+
+
+def clip_l14_224_config() -> CLIPVisionConfig:
+    """OpenAI CLIP ViT-L/14 at 224 px (``openai/clip-vit-large-patch14``'s vision tower)."""
+    return CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                            num_attention_heads=16, image_size=224, patch_size=14, projection_dim=768,
+                            hidden_act="quick_gelu", layer_norm_eps=1e-5)
+
+
+def vrshq_7b_config(vocab_size: int = 32002, num_hidden_layers: int = 32) -> MllmConfig:
+    """VRS-HQ-7B's sizes: CLIP ViT-L/14-224, LLaMA-7B (4096 wide, 32 layers) with [SEG]/[TAK]
+    added (vocab 32002). Fewer ``num_hidden_layers`` give a proportionally cheaper model of the
+    same width (benchmarks: prefill time scales with the layer count)."""
+    llm = LlamaConfig(vocab_size=vocab_size, hidden_size=4096, intermediate_size=11008,
+                      num_hidden_layers=num_hidden_layers, num_attention_heads=32, num_key_value_heads=32,
+                      max_position_embeddings=2048, rms_norm_eps=1e-6)
+    return MllmConfig(vision=clip_l14_224_config(), llm=llm)
+
+
+def tiny_config(vocab_size: int) -> MllmConfig:
+    """A tiny MLLM with the real structure (224 px, 14 px patches: 256 patch tokens per frame)."""
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=224, patch_size=14, hidden_act="quick_gelu")
+    llm = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=4096)
+    return MllmConfig(vision=vision, llm=llm)
