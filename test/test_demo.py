@@ -20,7 +20,18 @@ def test_demo_on_the_bundled_sample_in_sync_mode(tmp_path, capsys):
     video = cv2.VideoCapture(str(tmp_path / "overlay.mp4"))
     assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 6
     statuses = [json.loads(line) for line in (tmp_path / "status.jsonl").read_text().splitlines()]
-    assert [s["status"] for s in statuses] == ["tracking"] * 6
+    frames = [s for s in statuses if s.get("event") != "query"]
+    queries = [s for s in statuses if s.get("event") == "query"]
+    assert [s["status"] for s in frames] == ["tracking"] * 6
+    assert all(s["instruction"] == "the black swan" for s in frames)
+    assert [q["trigger"] for q in queries][:1] == ["instruction"] and summary["grounding_queries"] == len(queries)
     assert json.loads((tmp_path / "summary.json").read_text())["masks_received"] == 6
     printed = capsys.readouterr().out
     assert str(tmp_path / "masks") in printed and "6 masks for 6 frames" in printed
+
+
+def test_demo_with_a_box_prompt_instead_of_an_instruction(tmp_path):
+    summary = run(["--out", str(tmp_path), "--mode", "sync", "--limit", "3", "--image-size", "128",
+                   "--prompt-mask", str(SAMPLE / "Annotations" / "00000.png")])
+    assert summary["masks_received"] == 3 and summary["grounding_queries"] == 0
+    assert summary["prompt"]["box"][2] > summary["prompt"]["box"][0]

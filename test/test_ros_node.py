@@ -51,10 +51,11 @@ class Harness:
 
     def send_frame(self, msg):
         """Publish one frame and wait for its status (lock-step, so no frame is dropped)."""
-        count = len(self.statuses)
+        count, stamp = len(self.statuses), stamp_to_ns(msg.header.stamp)
         self.image_pub.publish(msg)
-        self.spin_until(lambda: len(self.statuses) > count)
-        return self.statuses[-1]
+        mine = lambda: [s for s in self.statuses[count:] if s.get("stamp_ns") == stamp]  # noqa: E731
+        self.spin_until(mine)
+        return mine()[0]
 
     def close(self):
         self.executor.shutdown()
@@ -166,3 +167,55 @@ def test_packaged_parameter_file_matches_the_declared_parameters(ros):
         assert node.engine is not None
     finally:
         node.destroy_node()
+
+
+def test_latched_instruction_reaches_a_late_node_and_every_frame_gets_a_mask(ros):
+    from vrs_node.ros.node import LATCHED
+
+    frames, _, _ = davis_sequence("blackswan", 8)
+    rclpy_node = rclpy.create_node("vrs_test_instructor")
+    try:
+        pub = rclpy_node.create_publisher(String, "instruction", LATCHED)
+        pub.publish(String(data="the black swan [SEG]"))  # published before the node exists
+        h = ros(period_s=0.0)
+        h.executor.add_node(rclpy_node)
+        h.spin_until(lambda: h.node.engine.instruction is not None)
+        assert h.node.engine.instruction.text == "the black swan [ seg]"
+        for i, image in enumerate(frames):
+            h.send_frame(frame_msg(image, i))
+        h.spin_until(lambda: len(h.masks) == len(frames))
+        frame_statuses = [s for s in h.statuses if s.get("event") != "query"]
+        queries = [s for s in h.statuses if s.get("event") == "query"]
+        assert [s["status"] for s in frame_statuses] == ["tracking"] * len(frames)
+        assert all(s["instruction"] == "the black swan [ seg]" for s in frame_statuses)
+        assert len(queries) == 1 and queries[0]["trigger"] == "instruction" and queries[0]["status"] == "grounded"
+        assert set(queries[0]["timings_ms"]) == {"clip_anchor", "mllm_frame_tokens", "mllm_prefill", "tks"}
+        assert all(np.asarray(image_msg_to_rgb(m)).any() for m in h.masks)
+    finally:
+        rclpy_node.destroy_node()
+
+
+def test_instruction_and_schedule_parameters_at_runtime(ros):
+    frames, _, _ = davis_sequence("blackswan", 2)
+    h = ros()
+    node = h.node
+    refused = node.set_parameters([Parameter("instruction", value="    ")])[0]
+    assert not refused.successful and "empty" in refused.reason
+    assert node.engine.instruction is None
+    assert node.set_parameters([Parameter("instruction", value="the swan")])[0].successful
+    assert node.engine.instruction.text == "the swan"
+    assert node.set_parameters([Parameter("period_s", value=2.5)])[0].successful
+    assert node.engine.config.period_s == 2.5
+    assert not node.set_parameters([Parameter("period_s", value=-1.0)])[0].successful
+    assert not node.set_parameters([Parameter("lost_after_frames", value=-3)])[0].successful
+    assert node.engine.config.period_s == 2.5 and node.engine.config.lost_after_frames == 15
+    assert h.send_frame(frame_msg(frames[0], 0))["status"] == "tracking"
+    assert node.set_parameters([Parameter("instruction", value="")])[0].successful
+    assert node.engine.instruction is None
+    assert h.send_frame(frame_msg(frames[1], 1))["status"] == "no_prompt"
+
+
+def test_a_profile_without_language_refuses_instructions_with_a_reason(ros):
+    h = ros(model_profile="hiera-t-512-random")
+    result = h.node.set_parameters([Parameter("instruction", value="the swan")])[0]
+    assert not result.successful and "no grounder" in result.reason

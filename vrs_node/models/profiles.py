@@ -62,6 +62,10 @@ PROFILES = {
                      "CLIP-336) with random weights (benchmarks)",
                      Sam2Spec("sam2-hiera-l", image_size=1024, resize="pad", vrshq=True), True,
                      object_score_bias=5.0, language="vrshq-7b-random"),
+        ModelProfile("vrshq-7b", "the released VRS-HQ-7B (SAM-2 Hiera-L, CLIP-224, Chat-UniVi-7B) from "
+                     "vrshq_checkpoint, CLIP-336 anchor from clip_anchor",
+                     Sam2Spec("sam2-hiera-l", image_size=1024, resize="pad", vrshq=True), False,
+                     language="vrshq-checkpoint"),
         *(ModelProfile(f"sam2.1-hiera-{size}", f"SAM-2.1 Hiera-{size.upper()} at 1024 px from a checkpoint",
                        Sam2Spec(f"sam2.1-hiera-{size}", image_size=1024), False)
           for size in ("t", "s", "b+", "l")),
@@ -143,3 +147,43 @@ def build_grounding_models(profile: ModelProfile, device: str | torch.device = "
                          f"(language={profile.language!r})")
     mllm = mllm.to(device=device, dtype=default_dtype(device)).eval()
     return GroundingModels(mllm, tokenizer, anchor)
+
+
+@dataclass(frozen=True)
+class LoadedModels:
+    """Everything a node or tool runs: SAM-2, its image transform, and the grounding models
+    (None for a profile without language)."""
+
+    sam2: torch.nn.Module
+    transform: SamImageTransform
+    grounding: GroundingModels | None
+
+
+def load_models(profile: ModelProfile, device: str | torch.device = "cpu", image_size: int | None = None,
+                sam2_checkpoint: str | None = None, vrshq_checkpoint: str | None = None,
+                clip_anchor: str = "openai", seed: int = 0) -> LoadedModels:
+    """Build or load every model of ``profile`` on ``device``.
+
+    ``vrshq_checkpoint`` (a directory in the released VRS-HQ layout) is required by, and only
+    accepted for, ``language="vrshq-checkpoint"`` profiles; it provides SAM-2, the MLLM and the
+    tokenizer. ``clip_anchor`` is open_clip's ``pretrained`` for the CLIP-336 anchor scorer there.
+    """
+    device = torch.device(device)
+    if profile.language != "vrshq-checkpoint":
+        if vrshq_checkpoint:
+            raise ValueError(f"profile {profile.name!r} does not load a VRS-HQ checkpoint; use profile 'vrshq-7b'")
+        sam2, transform = build_sam2_for_profile(profile, device, image_size, sam2_checkpoint, seed)
+        grounding = build_grounding_models(profile, device, seed) if profile.language else None
+        return LoadedModels(sam2, transform, grounding)
+    if not vrshq_checkpoint:
+        raise ValueError(f"profile {profile.name!r} needs vrshq_checkpoint: the directory of the released "
+                         "VRS-HQ weights (Hugging Face SitongGong/VRS-HQ)")
+    from vrs_node.models.vrshq_checkpoint import load_vrshq_checkpoint
+
+    spec = profile.sam2 if image_size is None else dataclasses.replace(profile.sam2, image_size=image_size)
+    dtype = default_dtype(device)
+    ckpt = load_vrshq_checkpoint(vrshq_checkpoint, device=device, dtype=dtype, sam2_spec=spec)
+    anchor = ClipAnchorScorer.from_pretrained("ViT-L-14-336", clip_anchor, device=device,
+                                              precision="bf16" if dtype == torch.bfloat16 else "fp32")
+    return LoadedModels(ckpt.sam2_model, SamImageTransform(spec.image_size, spec.resize),
+                        GroundingModels(ckpt.mllm, ckpt.tokenizer, anchor))

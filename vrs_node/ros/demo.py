@@ -1,9 +1,9 @@
 """``vrs-demo``: run the node on a folder of frames, as a camera would feed it, and save what it publishes.
 
-One process, real ROS 2 topics: a player publishes the frames on ``image`` (stamped at
-``--rate``), sends a box prompt taken from a ground-truth mask on ``prompt``, and a recorder
-saves every ``mask`` message as a PNG named after its frame, an overlay video and the ``status``
-stream. ``--mode live`` (default) runs the node as on a robot (newest frame wins, drops counted);
+One process, real ROS 2 topics: a player sends an instruction on ``instruction`` (or, with
+``--prompt-mask``, a box prompt taken from a ground-truth mask on ``prompt``), publishes the frames
+on ``image`` (stamped at ``--rate``), and a recorder saves every ``mask`` message as a PNG named
+after its frame, an overlay video and the ``status`` stream (frame results and grounding queries). ``--mode live`` (default) runs the node as on a robot (newest frame wins, drops counted);
 ``--mode sync`` waits for each frame's answer before sending the next, so every frame gets a mask.
 """
 
@@ -27,7 +27,7 @@ from std_msgs.msg import Header, String
 from tqdm import tqdm
 
 from vrs_node.ros.image import image_msg_to_rgb, ns_to_stamp, overlay_mask, rgb_to_msg, stamp_to_ns
-from vrs_node.ros.node import VrsNode
+from vrs_node.ros.node import LATCHED, VrsNode
 
 
 def _sample_dir() -> Path:
@@ -48,8 +48,10 @@ START_NS = 1_700_000_000_000_000_000
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="vrs-demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=Path, default=SAMPLE / "JPEGImages", help="folder of JPEG/PNG frames")
-    parser.add_argument("--prompt-mask", type=Path, default=SAMPLE / "Annotations" / "00000.png",
-                        help="mask whose bounding box is the prompt (on the first frame)")
+    parser.add_argument("--instruction", default="the black swan", help="what to segment")
+    parser.add_argument("--prompt-mask", type=Path, default=None,
+                        help="instead of the instruction: a mask whose bounding box is the prompt (first frame), "
+                             f"e.g. {SAMPLE / 'Annotations' / '00000.png'}")
     parser.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
     parser.add_argument("--rate", type=float, default=5.0, help="camera rate in Hz (live mode)")
     parser.add_argument("--mode", choices=("live", "sync"), default="live")
@@ -67,6 +69,7 @@ class Recorder:
         self.out, self.names = out, names_by_stamp
         self.masks: dict[str, np.ndarray] = {}
         self.statuses: list[dict] = []
+        self.answered: set[int] = set()  # stamps of the frames the node has answered
         self.lock = threading.Lock()
         node.create_subscription(Image, "mask", self.on_mask, RELIABLE)
         node.create_subscription(String, "status", self.on_status, RELIABLE)
@@ -79,8 +82,11 @@ class Recorder:
             self.masks[name] = mask > 0
 
     def on_status(self, msg: String) -> None:
+        status = json.loads(msg.data)
         with self.lock:
-            self.statuses.append(json.loads(msg.data))
+            self.statuses.append(status)
+            if "stamp_ns" in status:
+                self.answered.add(status["stamp_ns"])
 
 
 def box_prompt(mask_path: Path) -> dict:
@@ -126,6 +132,7 @@ def run(argv=None) -> dict:
     recorder = Recorder(player, args.out, dict(zip(stamps, names)))
     image_pub = player.create_publisher(Image, "image", qos_profile_sensor_data)
     prompt_pub = player.create_publisher(String, "prompt", RELIABLE)
+    instruction_pub = player.create_publisher(String, "instruction", LATCHED)
     executor = MultiThreadedExecutor(num_threads=2)
     executor.add_node(node)
     executor.add_node(player)
@@ -135,23 +142,29 @@ def run(argv=None) -> dict:
         while not (image_pub.get_subscription_count() and prompt_pub.get_subscription_count()
                    and node.mask_pub.get_subscription_count()):
             time.sleep(0.05)
-        prompt = box_prompt(args.prompt_mask)
-        prompt_pub.publish(String(data=json.dumps(prompt)))
-        while node.engine is not None and not node.engine.prompt_pending:
-            time.sleep(0.01)
+        if args.prompt_mask is not None:
+            prompt = box_prompt(args.prompt_mask)
+            prompt_pub.publish(String(data=json.dumps(prompt)))
+            while node.engine is not None and not node.engine.prompt_pending:
+                time.sleep(0.01)
+        else:
+            prompt = {"instruction": args.instruction}
+            instruction_pub.publish(String(data=args.instruction))
+            deadline = time.time() + 10
+            while node.engine is not None and node.engine.instruction is None and time.time() < deadline:
+                time.sleep(0.01)
         started = time.perf_counter()
         for i, image in enumerate(tqdm(frames, desc=f"publishing ({args.mode})", unit="frame")):
             msg = rgb_to_msg(image, Header(stamp=ns_to_stamp(stamps[i]), frame_id="camera"))
-            answered = len(recorder.statuses)
             image_pub.publish(msg)
             if args.mode == "sync":
-                while len(recorder.statuses) == answered:
+                while stamps[i] not in recorder.answered:
                     time.sleep(0.002)
             else:
                 time.sleep(max(0.0, started + (i + 1) / args.rate - time.perf_counter()))
         # let the node finish the frame it is on, then stop
         deadline = time.time() + 30
-        while time.time() < deadline and not any(s.get("stamp_ns") == stamps[-1] for s in recorder.statuses):
+        while time.time() < deadline and stamps[-1] not in recorder.answered:
             if args.mode == "live" and node.engine is not None and node.engine.stats.processed + \
                     node.engine.stats.dropped >= len(frames):
                 time.sleep(0.5)
@@ -166,10 +179,11 @@ def run(argv=None) -> dict:
 
     write_overlay_video(args.out / "overlay.mp4", frames, names, recorder.masks, min(args.rate, 30.0))
     (args.out / "status.jsonl").write_text("".join(json.dumps(s) + "\n" for s in recorder.statuses))
-    last = recorder.statuses[-1] if recorder.statuses else {}
+    last = next((s for s in reversed(recorder.statuses) if "dropped" in s), {})
     summary = {
         "profile": args.profile, "mode": args.mode, "frames_published": len(frames),
         "masks_received": len(recorder.masks), "dropped": last.get("dropped"),
+        "grounding_queries": sum(1 for s in recorder.statuses if s.get("event") == "query"),
         "prompt": prompt, "masks_dir": str((args.out / "masks").resolve()),
         "overlay_video": str((args.out / "overlay.mp4").resolve()),
         "status_log": str((args.out / "status.jsonl").resolve()),

@@ -6,10 +6,15 @@ Interface (all names relative, so they can be remapped):
 - sub ``prompt`` (std_msgs/String, JSON): ``{"box": [x0, y0, x1, y1]}`` and/or
   ``{"points": [[x, y], ...], "labels": [1, 0, ...]}`` in camera pixels, optionally
   ``"stamp_ns"`` to place the prompt on a past frame still in the window (then catch up);
-- srv ``reset`` (std_srvs/Trigger): forget the target;
+- sub ``instruction`` (std_msgs/String; reliable, transient-local, so a late-joining node gets
+  the last one): the language instruction to follow (an empty string stops following it);
+- parameter ``instruction`` (runtime-settable): the same through ROS 2's parameter service, which
+  answers success or the reason of a refusal (``ros2 param set /vrs_node instruction "..."``);
+- srv ``reset`` (std_srvs/Trigger): forget the target and the instruction;
 - pub ``mask`` (sensor_msgs/Image mono8 0/255, the input frame's header);
 - pub ``status`` (std_msgs/String, JSON): status, reason, object score, latency, counters,
-  model profile and device, per processed frame and on every error.
+  instruction, model profile and device, per processed frame, per grounding query
+  (``"event": "query"`` with its trigger, keyframe and stage timings) and on every error.
 
 Bad input (an unsupported encoding, a malformed image or prompt, a model that failed to load) is
 logged and reported on ``status``; the node keeps running.
@@ -25,17 +30,21 @@ import numpy as np
 import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
 
-from vrs_node.core.engine import EngineConfig, FrameResult, StreamingEngine
+from vrs_node.core.engine import EngineConfig, FrameResult, QueryReport, StreamingEngine
+from vrs_node.core.grounder import Grounder, GrounderConfig
 from vrs_node.core.tracker import PointsPrompt, StreamingTracker
-from vrs_node.models.profiles import build_sam2_for_profile, get_profile, resolve_device
+from vrs_node.models.profiles import get_profile, load_models, resolve_device
 from vrs_node.ros.image import ImageConversionError, image_msg_to_rgb, mask_to_msg, ns_to_stamp, stamp_to_ns
 
 RELIABLE_5 = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+"""QoS of the ``instruction`` topic: the last instruction reaches subscribers that start later."""
+RUNTIME_ENGINE_PARAMETERS = ("score_threshold", "period_s", "lost_after_frames")
 
 
 def prompt_from_json(text: str) -> tuple[PointsPrompt, int | None]:
@@ -89,9 +98,11 @@ class VrsNode(Node):
         self.mask_pub = self.create_publisher(Image, "mask", RELIABLE_5)
         self.status_pub = self.create_publisher(String, "status", RELIABLE_5)
         self._load_engine()
+        self._apply_instruction(self.get_parameter("instruction").value)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.create_subscription(Image, "image", self._on_image, qos_profile_sensor_data)
         self.create_subscription(String, "prompt", self._on_prompt, RELIABLE_5)
+        self.create_subscription(String, "instruction", self._on_instruction, LATCHED)
         self.create_service(Trigger, "reset", self._on_reset)
 
     def _declare_parameters(self) -> None:
@@ -117,37 +128,92 @@ class VrsNode(Node):
         self.declare_parameter("score_threshold", 0.0, desc(
             "object-score logit at or below which the target counts as absent", read_only=False,
             floating_point_range=[FloatingPointRange(from_value=-50.0, to_value=50.0)]))
+        self.declare_parameter("instruction", "", desc(
+            "language instruction to follow ('' = none); also settable on the instruction topic",
+            read_only=False))
+        self.declare_parameter("period_s", 10.0, desc(
+            "re-ground the instruction every period_s seconds of camera time (0 = never)", read_only=False,
+            floating_point_range=[FloatingPointRange(from_value=0.0, to_value=3600.0)]))
+        self.declare_parameter("lost_after_frames", 15, desc(
+            "re-ground after this many processed frames without the target (0 = never)", read_only=False,
+            integer_range=[IntegerRange(from_value=0, to_value=10000)]))
+        self.declare_parameter("sparse_frames", 0, desc(
+            "pooled context frames over the window given to the MLLM besides the dense lattice (0 = VRS-HQ)",
+            integer_range=[IntegerRange(from_value=0, to_value=64)]))
+        self.declare_parameter("vrshq_checkpoint", "", desc(
+            "directory of the released VRS-HQ weights (profile vrshq-7b)"))
+        self.declare_parameter("clip_anchor", "openai", desc(
+            "open_clip weights of the CLIP ViT-L-14-336 anchor scorer (profile vrshq-7b): a tag or a file"))
 
     def _load_engine(self) -> None:
-        """Build the model and engine; on failure keep running and report the error on status."""
+        """Build the models and engine; on failure keep running and report the error on status."""
         p = {name: self.get_parameter(name).value for name in (
-            "image_size", "sam2_checkpoint", "mode", "window_frames", "max_cond_frames",
-            "max_catchup_frames", "score_threshold")}
+            "image_size", "sam2_checkpoint", "mode", "window_frames", "max_cond_frames", "max_catchup_frames",
+            "score_threshold", "period_s", "lost_after_frames", "sparse_frames", "vrshq_checkpoint", "clip_anchor")}
         try:
             profile = get_profile(self.profile_name)
             device = resolve_device(self.device)
-            model, transform = build_sam2_for_profile(
-                profile, device, image_size=p["image_size"] or None, sam2_checkpoint=p["sam2_checkpoint"] or None)
-            tracker = StreamingTracker(model, transform, max_cond_frames=p["max_cond_frames"])
+            models = load_models(profile, device, image_size=p["image_size"] or None,
+                                 sam2_checkpoint=p["sam2_checkpoint"] or None,
+                                 vrshq_checkpoint=p["vrshq_checkpoint"] or None, clip_anchor=p["clip_anchor"])
+            tracker = StreamingTracker(models.sam2, models.transform, max_cond_frames=p["max_cond_frames"])
+            grounder = None
+            if models.grounding is not None:
+                g = models.grounding
+                grounder = Grounder(g.mllm, g.tokenizer, g.anchor_scorer, tracker,
+                                    GrounderConfig(sparse_frames=p["sparse_frames"]))
             config = EngineConfig(mode=p["mode"], window_frames=p["window_frames"],
-                                  max_catchup_frames=p["max_catchup_frames"], score_threshold=p["score_threshold"])
-            self.engine = StreamingEngine(tracker, config, on_result=self._publish_result)
+                                  max_catchup_frames=p["max_catchup_frames"], score_threshold=p["score_threshold"],
+                                  period_s=p["period_s"], lost_after_frames=p["lost_after_frames"])
+            self.engine = StreamingEngine(tracker, config, on_result=self._publish_result, grounder=grounder,
+                                          on_query=self._publish_query)
         except Exception as exc:  # noqa: BLE001 -- any load failure is reported, the node stays up
             self.model_error = f"model could not be loaded: {type(exc).__name__}: {exc}"
             self.get_logger().error(self.model_error)
             return
         self.device = str(device)
         weights = "RANDOM weights: masks prove plumbing only, not segmentation quality" \
-            if profile.random_weights else f"checkpoint {p['sam2_checkpoint']}"
+            if profile.random_weights else f"checkpoint {p['vrshq_checkpoint'] or p['sam2_checkpoint']}"
+        language = "follows instructions" if grounder is not None else "prompts only (no language model)"
         self.get_logger().info(
             f"model profile {profile.name!r} ({profile.description}) on {self.device}, "
-            f"{transform.image_size} px, {weights}; mode {p['mode']}")
+            f"{models.transform.image_size} px, {weights}; mode {p['mode']}; {language}")
 
     def _on_set_parameters(self, params) -> SetParametersResult:
+        """Apply runtime parameters; a refused instruction is answered with the reason."""
         for param in params:
-            if param.name == "score_threshold" and self.engine is not None:
-                self.engine.config = dataclasses.replace(self.engine.config, score_threshold=param.value)
+            if param.name == "instruction":
+                error = self._apply_instruction(param.value)
+                if error:
+                    return SetParametersResult(successful=False, reason=error)
+            elif param.name in RUNTIME_ENGINE_PARAMETERS and self.engine is not None:
+                try:
+                    self.engine.config = dataclasses.replace(self.engine.config, **{param.name: param.value})
+                except ValueError as exc:
+                    return SetParametersResult(successful=False, reason=str(exc))
         return SetParametersResult(successful=True)
+
+    def _apply_instruction(self, text: str) -> str | None:
+        """Follow ``text`` ('' stops following); returns the reason of a refusal, or None."""
+        if not text:
+            if self.engine is not None and self.engine.instruction is not None:
+                self.engine.clear_prompt()
+                self.get_logger().info("instruction cleared")
+            return None
+        if self.engine is None:
+            return self.model_error
+        try:
+            instruction = self.engine.set_instruction(text)
+        except (ValueError, RuntimeError) as exc:
+            self.get_logger().warning(f"instruction refused: {exc}")
+            self._report_error(None, f"instruction refused: {exc}")
+            return str(exc)
+        note = " (reserved token text in it was neutralised)" if instruction.neutralised else ""
+        self.get_logger().info(f"following instruction {instruction.text!r}{note}")
+        return None
+
+    def _on_instruction(self, msg: String) -> None:
+        self._apply_instruction(msg.data)
 
     def _on_image(self, msg: Image) -> None:
         if self.engine is None:
@@ -181,7 +247,7 @@ class VrsNode(Node):
             response.success, response.message = False, self.model_error
         else:
             self.engine.clear_prompt()
-            response.success, response.message = True, "target forgotten; waiting for a prompt"
+            response.success, response.message = True, "target and instruction forgotten; waiting for a prompt"
         return response
 
     def _publish_result(self, result: FrameResult) -> None:
@@ -193,6 +259,19 @@ class VrsNode(Node):
             "status": result.status, "reason": result.reason, "object_score": result.object_score,
             "target_present": bool(result.mask.any()), "latency_ms": round(result.latency_s * 1e3, 2)})
 
+    def _publish_query(self, report: QueryReport) -> None:
+        """Status message for a finished grounding query."""
+        fields = {"event": "query", "trigger": report.trigger, "instruction": report.instruction.text,
+                  "applied": report.applied, "latency_ms": round(report.latency_s * 1e3, 2)}
+        if report.error is not None:
+            fields.update(status="error", reason=f"grounding failed: {report.error}")
+        else:
+            g = report.grounding
+            fields.update(status="grounded", keyframe_stamp_ns=g.keyframe_stamp_ns,
+                          keyframe_object_score=g.object_score,
+                          timings_ms={k: round(v * 1e3, 2) for k, v in g.timings_s.items()})
+        self._publish_status(fields)
+
     def _report_error(self, header, reason: str) -> None:
         status = {"status": "error", "reason": reason}
         if header is not None:
@@ -203,8 +282,10 @@ class VrsNode(Node):
         stats = self.engine.stats if self.engine is not None else None
         fields.update(model_profile=self.profile_name, device=self.device)
         if stats is not None:
+            instruction = self.engine.instruction
             fields.update(pushed=stats.pushed, processed=stats.processed, dropped=stats.dropped,
-                          errors=stats.errors)
+                          errors=stats.errors, queries=stats.queries, query_errors=stats.query_errors,
+                          instruction=instruction.text if instruction is not None else None)
         with self._status_lock:
             self.status_pub.publish(String(data=json.dumps(fields)))
 
