@@ -161,10 +161,12 @@ def test_live_query_runs_concurrently_with_tracking(frames):
                              on_result=results.append, on_query=reports.append)
     try:
         engine.set_instruction("the black swan")
-        assert inside.wait(30)
+        time.sleep(0.5)
+        assert not inside.is_set(), "a query must wait for the first frame"
         for i, image in enumerate(frames[:6]):
             engine.push(image, i * FRAME_NS)
             time.sleep(0.3)
+        assert inside.wait(30)
         deadline = time.time() + 30
         while time.time() < deadline and len(results) < 3:
             time.sleep(0.05)
@@ -186,3 +188,20 @@ def test_live_query_runs_concurrently_with_tracking(frames):
     assert reports and reports[0].applied and reports[0].error is None
     assert results[-1].status == STATUS_TRACKING and results[-1].mask.any()
     assert engine.stats.catchup_frames >= 1
+
+
+def test_a_failed_query_is_retried_at_the_next_period(frames):
+    engine, reports = grounding_engine(period_s=2 * FRAME_NS / 1e9, window_frames=4)
+    real_ground, calls = engine.grounder.ground, []
+
+    def flaky(window, instruction):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("transient failure")
+        return real_ground(window, instruction)
+
+    engine.grounder.ground = flaky
+    engine.set_instruction("the swan")
+    results = push_all(engine, frames[:4])
+    assert [(q.trigger, q.error is None) for q in reports] == [(TRIGGER_INSTRUCTION, False), (TRIGGER_PERIOD, True)]
+    assert [r.status for r in results] == [STATUS_GROUNDING, STATUS_GROUNDING, STATUS_TRACKING, STATUS_TRACKING]

@@ -21,9 +21,10 @@ prompt on its keyframe (a past frame: the tracker catches up). The first query o
 starts a new target (the tracker's memory is reset); later ones add a conditioning frame, so the
 last ``max_cond_frames`` keyframes stay in memory. In sync mode a due query runs inside ``push``
 before the frame is tracked (reproducible); in live mode it runs on its own thread and the
-tracking thread never waits for it. Triggers that fire while a query runs are dropped, except an
-instruction change, which runs next; the answer of a query for a superseded instruction is
-discarded.
+tracking thread never waits for it (a query waits for the first encoded frame). Triggers that
+fire while a query runs are dropped, except an instruction change, which runs next; the answer of
+a query for a superseded instruction is discarded. A failed query is reported (``on_query``, and
+in the reason of the frames still waiting) and retried by the next periodic trigger.
 """
 
 from __future__ import annotations
@@ -150,6 +151,7 @@ class _QueryState:
     last_stamp_ns: int | None = None
     lost_frames: int = 0
     last_error: str | None = None
+    frames_seen: bool = False
     closed: bool = False
     cond: threading.Condition = field(default_factory=threading.Condition)
 
@@ -304,10 +306,10 @@ class StreamingEngine:
                 log.exception("on_result callback failed")
 
     def _run_queries(self) -> None:
-        """Live mode's grounding thread: run each due query, one at a time."""
+        """Live mode's grounding thread: run each due query, one at a time, once a frame is in."""
         while True:
             with self._query.cond:
-                while self._query.due is None and not self._query.closed:
+                while (self._query.due is None or not self._query.frames_seen) and not self._query.closed:
                     self._query.cond.wait()
                 if self._query.closed:
                     return
@@ -357,6 +359,9 @@ class StreamingEngine:
         in sync mode, run a due query now (before this frame is tracked)."""
         with self._query.cond:
             q = self._query
+            if not q.frames_seen:
+                q.frames_seen = True
+                q.cond.notify_all()
             if q.instruction is None:
                 return
             period_ns = self.config.period_s * 1e9
