@@ -29,6 +29,7 @@ setup(
             "vrs-node = vrs_node.ros.node:main",
             "vrs_node = vrs_node.ros.node:main",
             "vrs-demo = vrs_node.ros.demo:main",
+            "vrs-bag = vrs_node.eval.bag:main",
         ],
     },
 )
