@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PretrainedConfig, PreTrainedTokenizerFast
 
 from vrs_node.models.prompt import SEG_TOKEN, TAK_TOKEN
 
@@ -43,4 +43,6 @@ def load_vrshq_tokenizer(checkpoint_dir: str | Path):
     if not (path / "tokenizer.model").is_file() and not (path / "tokenizer.json").is_file():
         raise FileNotFoundError(f"{path} has no tokenizer.model or tokenizer.json: not a VRS-HQ checkpoint "
                                 "directory (expected the files of Hugging Face SitongGong/VRS-HQ)")
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    # An empty config stops AutoTokenizer from reading config.json, whose model_type "ChatUniVi"
+    # transformers does not know (it would only warn; the tokenizer files say what to build).
+    return AutoTokenizer.from_pretrained(str(path), config=PretrainedConfig(), local_files_only=True)
