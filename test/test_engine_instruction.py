@@ -205,3 +205,17 @@ def test_a_failed_query_is_retried_at_the_next_period(frames):
     results = push_all(engine, frames[:4])
     assert [(q.trigger, q.error is None) for q in reports] == [(TRIGGER_INSTRUCTION, False), (TRIGGER_PERIOD, True)]
     assert [r.status for r in results] == [STATUS_GROUNDING, STATUS_GROUNDING, STATUS_TRACKING, STATUS_TRACKING]
+
+
+def test_a_new_instruction_drops_the_old_target_until_it_is_grounded(frames):
+    engine, reports = grounding_engine(period_s=0, window_frames=4)
+    engine.set_prompt(MaskPrompt(np.ones(frames[0].shape[:2], bool)))
+    assert push_all(engine, frames[:2])[-1].status == STATUS_TRACKING
+
+    def broken(window, instruction):
+        raise RuntimeError("not yet")
+
+    engine.grounder.ground = broken
+    engine.set_instruction("the water")
+    result = push_all(engine, frames[2:3], start=2)[0]
+    assert result.status == STATUS_GROUNDING and not result.mask.any()

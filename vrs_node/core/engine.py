@@ -219,7 +219,8 @@ class StreamingEngine:
 
     def set_instruction(self, text: str) -> Instruction:
         """Follow ``text``: normalised and neutralised (ValueError if empty or too long), then
-        grounded by a query at once and re-grounded as the module docstring says."""
+        grounded by a query at once and re-grounded as the module docstring says. The current
+        target is dropped: frames report ``grounding`` until the first answer."""
         if self.grounder is None:
             raise RuntimeError("this engine has no grounder (MLLM): it cannot follow instructions; "
                                "use a model profile with language grounding")
@@ -231,6 +232,8 @@ class StreamingEngine:
             q.lost_frames, q.last_stamp_ns, q.last_error = 0, None, None
             q.due = TRIGGER_INSTRUCTION
             q.cond.notify_all()
+        with self._prompt_lock:  # the old target is not what the new instruction asks for
+            self._pending = _PendingPrompt(None)
         return instruction
 
     @property
