@@ -30,6 +30,7 @@ setup(
             "vrs_node = vrs_node.ros.node:main",
             "vrs-demo = vrs_node.ros.demo:main",
             "vrs-bag = vrs_node.eval.bag:main",
+            "vrs-replay = vrs_node.eval.replay:main",
         ],
     },
 )

@@ -52,7 +52,7 @@ MASK_TOPIC = "/camera/gt_mask"
 START_NS = 1_700_000_000_000_000_000
 """Default stamp of the first frame (2023-11-14T22:13:20Z), as ``vrs-demo`` uses."""
 
-_TYPES = get_typestore(Stores.ROS2_KILTED)
+TYPESTORE = get_typestore(Stores.ROS2_KILTED)
 _NS_PER_S = 1_000_000_000
 
 
@@ -132,7 +132,7 @@ def _messages(bag: Path, topic: str) -> Iterator[tuple[str, object]]:
         while True:
             try:
                 connection, _, raw = next(stream)
-                msg = _TYPES.deserialize_cdr(raw, connection.msgtype)
+                msg = TYPESTORE.deserialize_cdr(raw, connection.msgtype)
             except StopIteration:
                 if read < listed:
                     raise BagError(
@@ -183,18 +183,18 @@ def read_masks(bag: Path | str, topic: str) -> Iterator[tuple[int, str, np.ndarr
         yield stamp_ns, frame_id, rgb.any(axis=2)
 
 
-def _header(stamp_ns: int, frame_id: str):
+def header_msg(stamp_ns: int, frame_id: str):
     """A rosbags ``std_msgs/msg/Header``."""
     sec, nanosec = divmod(stamp_ns, _NS_PER_S)
-    time = _TYPES.types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec)
-    return _TYPES.types["std_msgs/msg/Header"](stamp=time, frame_id=frame_id)
+    time = TYPESTORE.types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec)
+    return TYPESTORE.types["std_msgs/msg/Header"](stamp=time, frame_id=frame_id)
 
 
-def _image_msg(pixels: np.ndarray, encoding: str, header):
+def image_msg(pixels: np.ndarray, encoding: str, header):
     """An unpadded rosbags ``sensor_msgs/msg/Image`` of a uint8 (H, W) or (H, W, C) array."""
     height, width = pixels.shape[:2]
     data = np.ascontiguousarray(pixels).reshape(-1)
-    return _TYPES.types[IMAGE](
+    return TYPESTORE.types[IMAGE](
         header=header, height=height, width=width, encoding=encoding, is_bigendian=0,
         step=data.size // height, data=data,
     )
@@ -210,7 +210,7 @@ def _compressed_msg(path: Path, fmt: str, header):
         if not ok:
             raise BagError(f"cannot encode {path} as {fmt}")
         data = encoded.reshape(-1)
-    return _TYPES.types[COMPRESSED](header=header, format=fmt, data=data)
+    return TYPESTORE.types[COMPRESSED](header=header, format=fmt, data=data)
 
 
 def _gt_mask(path: Path) -> np.ndarray:
@@ -263,20 +263,20 @@ def write_bag(
     try:
         with Writer(bag, version=9, storage_plugin=STORAGES[storage]) as writer:
             image_type = IMAGE if compressed is None else COMPRESSED
-            image_conn = writer.add_connection(image_topic, image_type, typestore=_TYPES)
-            mask_conn = writer.add_connection(mask_topic, IMAGE, typestore=_TYPES) if masks else None
+            image_conn = writer.add_connection(image_topic, image_type, typestore=TYPESTORE)
+            mask_conn = writer.add_connection(mask_topic, IMAGE, typestore=TYPESTORE) if masks else None
             for index, path in enumerate(tqdm(frames, desc=f"writing {bag.name}", unit="frame")):
                 stamp_ns = start_ns + round(index * _NS_PER_S / rate_hz)
-                header = _header(stamp_ns, frame_id)
+                header = header_msg(stamp_ns, frame_id)
                 if compressed is None:
-                    msg = _image_msg(read_rgb(path), "rgb8", header)
+                    msg = image_msg(read_rgb(path), "rgb8", header)
                 else:
                     msg = _compressed_msg(path, compressed, header)
-                writer.write(image_conn, stamp_ns, _TYPES.serialize_cdr(msg, image_type))
+                writer.write(image_conn, stamp_ns, TYPESTORE.serialize_cdr(msg, image_type))
                 if path.stem in masks:
                     pixels = _gt_mask(masks[path.stem]).view(np.uint8) * np.uint8(255)
-                    mask = _image_msg(pixels, "mono8", header)
-                    writer.write(mask_conn, stamp_ns, _TYPES.serialize_cdr(mask, IMAGE))
+                    mask = image_msg(pixels, "mono8", header)
+                    writer.write(mask_conn, stamp_ns, TYPESTORE.serialize_cdr(mask, IMAGE))
     except BaseException as error:
         shutil.rmtree(bag, ignore_errors=True)
         if isinstance(error, Exception) and not isinstance(error, BagError):
