@@ -7,9 +7,8 @@ import pytest
 import torch
 
 from conftest import davis_sequence, make_grounder, make_tracker
-from vrs_node.core.engine import FEATURES_KEY
 from vrs_node.core.frames import FrameWindow, anchor_lattice, sparse_sample
-from vrs_node.core.grounder import CLIP_KEY, MLLM_KEY, GrounderConfig
+from vrs_node.core.grounder import CLIP_KEY, MLLM_KEY, SAM2_KEY, GrounderConfig
 from vrs_node.core.grounding import keyframe_scores, temporal_dynamic_aggregation
 from vrs_node.models.prompt import build_prompt, clean_instruction, tokenize_prompt
 
@@ -23,7 +22,7 @@ def filled_window(tracker, frames, capacity=None):
     window = FrameWindow(capacity or len(frames))
     for i, image in enumerate(frames):
         frame = window.append(image, 1000 * i)
-        window.set_feature(frame.index, FEATURES_KEY, tracker.encode(image))
+        window.set_feature(frame.index, SAM2_KEY, tracker.encode(image))
     return window
 
 
@@ -56,13 +55,13 @@ def test_query_follows_the_vrshq_pipeline(frames):
     out = grounder.mllm(ids, dense_tokens, grounder.seg_id, grounder.tak_id)
     tak, weights = temporal_dynamic_aggregation(out.seg, out.tak)
     torch.testing.assert_close(torch.tensor(g.tda_weights), weights)
-    scores = keyframe_scores(torch.tensor([tracker.decode_token(window.get_feature(i, FEATURES_KEY), tak).object_score
+    scores = keyframe_scores(torch.tensor([tracker.decode_token(window.get_feature(i, SAM2_KEY), tak).object_score
                                            for i in g.dense_frames]), weights)
     torch.testing.assert_close(torch.tensor(g.tks_scores), scores)
     assert g.keyframe == g.dense_frames[int(torch.argmax(scores))]
     assert g.keyframe_stamp_ns == 1000 * g.keyframe
     assert g.mask.shape == frames[0].shape[:2] and g.mask.dtype == bool
-    assert g.keyframe_features is window.get_feature(g.keyframe, FEATURES_KEY)
+    assert g.keyframe_features is window.get_feature(g.keyframe, SAM2_KEY)
     assert set(g.timings_s) == {"clip_anchor", "mllm_frame_tokens", "mllm_prefill", "tks"}
 
 
@@ -84,7 +83,7 @@ def test_per_frame_inputs_are_computed_once_and_sam2_never_again(frames):
     # New frames: only they are computed; evicted frames take their cache entries along.
     for i, image in enumerate(frames[8:11]):
         frame = window.append(image, 10_000 + i)
-        window.set_feature(frame.index, FEATURES_KEY, tracker.encode(image))
+        window.set_feature(frame.index, SAM2_KEY, tracker.encode(image))
     grounder.ground(window, instruction)
     assert clip.count == 11 and tokens.count <= 11 and text.count == 1
     assert window.feature_count() <= 3 * window.capacity
@@ -108,7 +107,7 @@ def test_frames_without_sam2_features_are_left_out_and_an_empty_window_is_an_err
     with pytest.raises(ValueError, match="no encoded frame"):
         grounder.ground(window, clean_instruction("the swan"))
     frame = window.append(frames[1], 1)
-    window.set_feature(frame.index, FEATURES_KEY, tracker.encode(frames[1]))
+    window.set_feature(frame.index, SAM2_KEY, tracker.encode(frames[1]))
     g = grounder.ground(window, clean_instruction("the swan"))
     assert g.dense_frames == [frame.index] and g.keyframe == frame.index
 

@@ -44,8 +44,6 @@ from vrs_node.models.prompt import Instruction, clean_instruction
 
 log = logging.getLogger(__name__)
 
-FEATURES_KEY = SAM2_KEY
-
 STATUS_NO_PROMPT = "no_prompt"
 STATUS_TRACKING = "tracking"
 STATUS_TARGET_ABSENT = "target_absent"
@@ -401,7 +399,7 @@ class StreamingEngine:
     def _track(self, frame: Frame, pushed_at: float) -> FrameResult:
         try:
             feats = self.tracker.encode(frame.image)
-            self.window.set_feature(frame.index, FEATURES_KEY, feats)
+            self.window.set_feature(frame.index, SAM2_KEY, feats)
             self._schedule_queries(frame)
             with self._prompt_lock:
                 pending, self._pending = self._pending, None
@@ -443,16 +441,16 @@ class StreamingEngine:
             self.tracker.reset()
         if key is None or key == frame.index:
             return self.tracker.condition(feats, pending.prompt)
-        keyframe = pending.keyframe or self.window.get_feature(key, FEATURES_KEY)
+        keyframe = pending.keyframe or self.window.get_feature(key, SAM2_KEY)
         if keyframe is None:
             raise ValueError(f"prompt frame {key} is no longer in the window "
                              f"(held: {self.window.indices()})")
         if key > frame.index:
             raise ValueError(f"prompt frame {key} is in the future (current frame {frame.index})")
         buffered = [i for i in self.window.indices() if key < i < frame.index
-                    and self.window.has_feature(i, FEATURES_KEY)]
+                    and self.window.has_feature(i, SAM2_KEY)]
         chosen = [buffered[p] for p in catchup_schedule(len(buffered), self.config.max_catchup_frames)]
-        following = [self.window.get_feature(i, FEATURES_KEY) for i in chosen] + [feats]
+        following = [self.window.get_feature(i, SAM2_KEY) for i in chosen] + [feats]
         self.stats.catchup_frames += len(chosen)
         return self.tracker.catch_up(keyframe, pending.prompt, following)[-1]
 
