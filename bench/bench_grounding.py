@@ -200,6 +200,7 @@ def plot(report, path):
         q = report["queries"][size]
         stages = dict(q["first_query_stages_s"])
         if "prefill_32_layers_extrapolated_s" in q:
+            stages[f"mllm_prefill ({q['prefill_measured_layers']} layers, measured)"] = stages.pop("mllm_prefill")
             stages["mllm_prefill (32 layers, extrap.)"] = q["prefill_32_layers_extrapolated_s"]
         stages["catch_up"] = q["catch_up_s"]
         stages["tks re-encoding (reference)"] = q["tks_reencode_s"]
