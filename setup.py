@@ -31,6 +31,7 @@ setup(
             "vrs-demo = vrs_node.ros.demo:main",
             "vrs-bag = vrs_node.eval.bag:main",
             "vrs-replay = vrs_node.eval.replay:main",
+            "vrs-camera = vrs_node.ros.camera:main",
         ],
     },
 )
