@@ -31,6 +31,7 @@ import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
@@ -100,7 +101,11 @@ class VrsNode(Node):
         self._load_engine()
         self._apply_instruction(self.get_parameter("instruction").value)
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        self.create_subscription(Image, "image", self._on_image, qos_profile_sensor_data)
+        # Sensor-data QoS by default; overridable per deployment with ROS 2's standard parameter
+        # qos_overrides.<topic>.subscription.reliability (e.g. reliable for large raw images
+        # between processes, which best-effort UDP loses in fragments).
+        self.create_subscription(Image, "image", self._on_image, qos_profile_sensor_data,
+                                 qos_overriding_options=QoSOverridingOptions.with_default_policies())
         self.create_subscription(String, "prompt", self._on_prompt, RELIABLE_5)
         self.create_subscription(String, "instruction", self._on_instruction, LATCHED)
         self.create_service(Trigger, "reset", self._on_reset)
