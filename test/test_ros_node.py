@@ -159,7 +159,7 @@ def test_packaged_parameter_file_matches_the_declared_parameters(ros):
     node = VrsNode(cli_args=["--ros-args", "--params-file", str(path), "-p", "image_size:=128"])
     try:
         builtin = {"use_sim_time", "start_type_description_service"}  # rclpy's own
-        declared = set(node._parameters) - builtin
+        declared = {n for n in node._parameters if not n.startswith("qos_overrides.")} - builtin
         assert declared == set(values), "config/vrs_node.yaml and the node's parameters differ"
         for name, value in values.items():
             expected = 128 if name == "image_size" else value
@@ -219,3 +219,19 @@ def test_a_profile_without_language_refuses_instructions_with_a_reason(ros):
     h = ros(model_profile="hiera-t-512-random")
     result = h.node.set_parameters([Parameter("instruction", value="the swan")])[0]
     assert not result.successful and "no grounder" in result.reason
+
+
+def test_image_reliability_is_overridable_with_qos_overrides(ros):
+    from rclpy.qos import ReliabilityPolicy
+
+    def image_reliability(*overrides):
+        node = VrsNode(cli_args=["--ros-args", "-p", "image_size:=128", *overrides])
+        try:
+            (info,) = node.get_subscriptions_info_by_topic("/image")
+            return info.qos_profile.reliability
+        finally:
+            node.destroy_node()
+
+    assert image_reliability() == ReliabilityPolicy.BEST_EFFORT
+    assert image_reliability("-p", "qos_overrides./image.subscription.reliability:=reliable") == \
+        ReliabilityPolicy.RELIABLE
