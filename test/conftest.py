@@ -58,3 +58,16 @@ def make_grounder(tracker: StreamingTracker, **config):
 
     models = build_grounding_models(get_profile("tiny-random"))
     return Grounder(models.mllm, models.tokenizer, models.anchor_scorer, tracker, GrounderConfig(**config))
+
+
+@pytest.fixture
+def ros_nodes():
+    """rclpy initialised for one test; nodes appended to the yielded list are destroyed after it."""
+    import rclpy
+
+    rclpy.init()
+    nodes = []
+    yield nodes
+    for node in nodes:
+        node.destroy_node()
+    rclpy.shutdown()

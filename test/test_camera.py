@@ -23,16 +23,6 @@ from vrs_node.ros.image import image_msg_to_rgb, stamp_to_ns
 FRAMES = DAVIS / "blackswan" / "JPEGImages"
 
 
-@pytest.fixture
-def ros():
-    rclpy.init()
-    nodes = []
-    yield nodes
-    for node in nodes:
-        node.destroy_node()
-    rclpy.shutdown()
-
-
 def spin_until(executor, condition, timeout_s=15.0):
     deadline = time.time() + timeout_s
     while not condition():
@@ -49,14 +39,14 @@ def folder_of(tmp_path, count):
     return folder
 
 
-def test_folder_frames_in_order_with_increasing_stamps(ros, tmp_path):
+def test_folder_frames_in_order_with_increasing_stamps(ros_nodes, tmp_path):
     folder = folder_of(tmp_path, 4)
     (folder / "notes.txt").write_text("not a frame")
     camera = CameraNode(cli_args=["--ros-args", "-r", "image:=/cam/image_raw", "-p", "rate:=50",
                                   "-p", f"source:={folder}", "-p", "frame_id:=cam0", "-p", "encoding:=bgr8"],
                         parameter_overrides=[Parameter("wait_for_subscribers", value=1)])
     peer = rclpy.create_node("camera_test_peer")
-    ros += [camera, peer]
+    ros_nodes += [camera, peer]
     received = []
     peer.create_subscription(Image, "/cam/image_raw", received.append, qos_profile_sensor_data)
     assert camera.publisher.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
@@ -77,10 +67,10 @@ def test_folder_frames_in_order_with_increasing_stamps(ros, tmp_path):
     assert abs(stamps[-1] - time.time_ns()) < 5e9
 
 
-def test_loop_and_limit(ros, tmp_path):
+def test_loop_and_limit(ros_nodes, tmp_path):
     camera = CameraNode(parameter_overrides=[Parameter(k, value=v) for k, v in dict(
         source=str(folder_of(tmp_path, 2)), rate=100.0, loop=True, limit=5).items()])
-    ros.append(camera)
+    ros_nodes.append(camera)
     executor = SingleThreadedExecutor()
     executor.add_node(camera)
     spin_until(executor, lambda: camera.done)
@@ -93,7 +83,7 @@ def run_camera(*args, timeout=20):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def test_video_file_through_the_console_entry(ros, tmp_path):
+def test_video_file_through_the_console_entry(ros_nodes, tmp_path):
     video = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (64, 48))
     assert writer.isOpened()
@@ -101,7 +91,7 @@ def test_video_file_through_the_console_entry(ros, tmp_path):
         writer.write(np.full((48, 64, 3), (30 * i, 100, 200 - 20 * i), np.uint8))
     writer.release()
     peer = rclpy.create_node("camera_video_peer")
-    ros.append(peer)
+    ros_nodes.append(peer)
     received = []
     peer.create_subscription(Image, "/video/image", received.append,
                              QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))

@@ -27,24 +27,14 @@ CONFIG = REPO / "config" / "vrs_node.yaml"
 SMALL = [Parameter("image_size", value=128)]  # tiny models build faster; not set by any launch file
 
 
-@pytest.fixture
-def ros():
-    rclpy.init()
-    nodes = []
-    yield nodes
-    for node in nodes:
-        node.destroy_node()
-    rclpy.shutdown()
-
-
 def launch(path, tmp_path, **arguments):
     with launch_shim():
         return evaluate(path, arguments, tmp_dir=tmp_path)
 
 
-def vrs_node(ros, cmd, overrides=SMALL):
+def vrs_node(ros_nodes, cmd, overrides=SMALL):
     node = VrsNode(cli_args=cmd.ros_args, parameter_overrides=list(overrides))
-    ros.append(node)
+    ros_nodes.append(node)
     return node
 
 
@@ -76,8 +66,8 @@ def test_vrs_launch_declares_its_arguments(tmp_path):
         "model_profile": "tiny-random", "device": "auto", "instruction": "", "vrshq_checkpoint": ""}}}
 
 
-def test_vrs_launch_defaults_give_a_node_with_the_config_values(ros, tmp_path):
-    node = vrs_node(ros, launch(VRS_LAUNCH, tmp_path).node("vrs_node"))
+def test_vrs_launch_defaults_give_a_node_with_the_config_values(ros_nodes, tmp_path):
+    node = vrs_node(ros_nodes, launch(VRS_LAUNCH, tmp_path).node("vrs_node"))
     assert node.get_fully_qualified_name() == "/vrs/vrs_node"
     config = yaml.safe_load(CONFIG.read_text())["/**"]["ros__parameters"]
     config["image_size"] = 128  # the test's override
@@ -89,13 +79,13 @@ def test_vrs_launch_defaults_give_a_node_with_the_config_values(ros, tmp_path):
     assert [(s.node_name, s.node_namespace) for s in subscribers] == [("vrs_node", "/vrs")]
 
 
-def test_vrs_launch_arguments_change_the_node(ros, tmp_path):
+def test_vrs_launch_arguments_change_the_node(ros_nodes, tmp_path):
     params_file = tmp_path / "mine.yaml"
     params_file.write_text(yaml.dump({"/**": {"ros__parameters": {
         "image_size": 96, "window_frames": 7, "mode": "sync", "model_profile": "ignored-by-launch-dict"}}}))
     cmd = launch(VRS_LAUNCH, tmp_path, image="/robot/cam", instruction="the cup", namespace="perception",
                  device="cpu", params_file=str(params_file)).node("vrs_node")
-    node = vrs_node(ros, cmd, overrides=[])
+    node = vrs_node(ros_nodes, cmd, overrides=[])
     assert node.get_fully_qualified_name() == "/perception/vrs_node"
     assert params(node, "instruction", "device", "model_profile", "image_size", "window_frames", "mode") == {
         "instruction": "the cup", "device": "cpu", "model_profile": "tiny-random", "image_size": 96,
@@ -124,24 +114,24 @@ def test_camera_demo_declares_its_arguments_and_two_nodes(tmp_path):
     assert launch(DEMO_LAUNCH, tmp_path, source="0").node("vrs-camera").parameters[0]["source"] == "0"
 
 
-def test_camera_demo_nodes_get_the_arguments_and_are_connected(ros, tmp_path):
+def test_camera_demo_nodes_get_the_arguments_and_are_connected(ros_nodes, tmp_path):
     frames = DAVIS / "blackswan" / "JPEGImages"
     result = launch(DEMO_LAUNCH, tmp_path, source=str(frames), rate="20", loop="false", image="/robot/cam",
                     instruction="the black swan", model_profile="tiny-random", device="cpu", frame_id="cam0")
     camera = CameraNode(cli_args=result.node("vrs-camera").ros_args,
                         parameter_overrides=[Parameter("limit", value=3), Parameter("wait_for_subscribers", value=1)])
-    ros.append(camera)
+    ros_nodes.append(camera)
     assert params(camera, "source", "rate", "loop", "frame_id") == {
         "source": str(frames), "rate": 20.0, "loop": False, "frame_id": "cam0"}
     assert camera.rate == 20.0 and camera.frames.kind == "folder"
     assert camera.publisher.topic_name == "/robot/cam"
-    node = vrs_node(ros, result.node("vrs_node"), overrides=SMALL + [Parameter("mode", value="sync")])
+    node = vrs_node(ros_nodes, result.node("vrs_node"), overrides=SMALL + [Parameter("mode", value="sync")])
     assert params(node, "instruction", "device", "model_profile") == {
         "instruction": "the black swan", "device": "cpu", "model_profile": "tiny-random"}
     assert node.resolve_topic_name("image") == "/robot/cam"
     # End to end: the camera's frames reach the segmentation node, which reports on status.
     peer = rclpy.create_node("launch_test_peer")
-    ros.append(peer)
+    ros_nodes.append(peer)
     statuses = []
     peer.create_subscription(String, "/vrs/status", lambda m: statuses.append(json.loads(m.data)),
                              QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
