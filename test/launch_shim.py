@@ -42,6 +42,7 @@ import importlib.util
 import itertools
 import sys
 import types
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,9 +52,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 # --- substitutions -------------------------------------------------------------------------------
-class Substitution:
+class Substitution(ABC):
+    @abstractmethod
     def perform(self, context: "Context") -> str:
-        raise NotImplementedError
+        """The substitution's text in ``context``."""
 
 
 class LaunchConfiguration(Substitution):
