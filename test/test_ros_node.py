@@ -235,3 +235,39 @@ def test_image_reliability_is_overridable_with_qos_overrides(ros):
     assert image_reliability() == ReliabilityPolicy.BEST_EFFORT
     assert image_reliability("-p", "qos_overrides./image.subscription.reliability:=reliable") == \
         ReliabilityPolicy.RELIABLE
+
+
+def test_diagnostics_report_rates_latency_and_health(ros):
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+
+    frames, masks, _ = davis_sequence("blackswan", 4)
+    h = ros()
+    reports = []
+    h.peer.create_subscription(DiagnosticArray, "/diagnostics", reports.append, RELIABLE)
+    h.spin_until(lambda: reports)  # a period without images: WARN
+    (idle,) = reports[-1].status
+    assert idle.level == DiagnosticStatus.WARN and "no image" in idle.message
+    h.prompt_pub.publish(String(data=json.dumps({"box": box_of(masks[0])})))
+    h.spin_until(lambda: h.node.engine.prompt_pending)
+    count = len(reports)
+    for i, image in enumerate(frames):
+        h.send_frame(frame_msg(image, i))
+    h.spin_until(lambda: len(reports) > count)
+    (status,) = reports[-1].status
+    values = {kv.key: kv.value for kv in status.values}
+    assert status.level == DiagnosticStatus.OK and status.message == "tracking"
+    assert status.hardware_id == "cpu" and values["model_profile"] == "tiny-random" and values["device"] == "cpu"
+    assert float(values["input_rate_hz"]) > 0 and float(values["processed_rate_hz"]) > 0
+    assert values["dropped"] == "0" and values["target_present"] == "true"
+    assert 0 < float(values["hot_path_latency_p50_ms"]) <= float(values["hot_path_latency_max_ms"])
+
+
+def test_diagnostics_say_error_when_the_model_failed(ros, tmp_path):
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+
+    h = ros(model_profile="sam2.1-hiera-t", sam2_checkpoint=str(tmp_path / "missing.pt"))
+    reports = []
+    h.peer.create_subscription(DiagnosticArray, "/diagnostics", reports.append, RELIABLE)
+    h.spin_until(lambda: reports)
+    (status,) = reports[-1].status
+    assert status.level == DiagnosticStatus.ERROR and "missing.pt" in status.message

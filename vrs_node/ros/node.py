@@ -14,7 +14,9 @@ Interface (all names relative, so they can be remapped):
 - pub ``mask`` (sensor_msgs/Image mono8 0/255, the input frame's header);
 - pub ``status`` (std_msgs/String, JSON): status, reason, object score, latency, counters,
   instruction, model profile and device, per processed frame, per grounding query
-  (``"event": "query"`` with its trigger, keyframe and stage timings) and on every error.
+  (``"event": "query"`` with its trigger, keyframe and stage timings) and on every error;
+- pub ``/diagnostics`` (diagnostic_msgs/DiagnosticArray, every second): rates, drops, latencies,
+  profile, device, target present (:mod:`vrs_node.ros.diagnostics`).
 
 Bad input (an unsupported encoding, a malformed image or prompt, a model that failed to load) is
 logged and reported on ``status``; the node keeps running.
@@ -28,6 +30,7 @@ import threading
 
 import numpy as np
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -40,12 +43,14 @@ from vrs_node.core.engine import EngineConfig, FrameResult, QueryReport, Streami
 from vrs_node.core.grounder import Grounder, GrounderConfig
 from vrs_node.core.tracker import PointsPrompt, StreamingTracker
 from vrs_node.models.profiles import get_profile, load_models, resolve_device
+from vrs_node.ros.diagnostics import HealthMonitor
 from vrs_node.ros.image import ImageConversionError, image_msg_to_rgb, mask_to_msg, ns_to_stamp, stamp_to_ns
 
 RELIABLE_5 = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 """QoS of the ``instruction`` topic: the last instruction reaches subscribers that start later."""
 RUNTIME_ENGINE_PARAMETERS = ("score_threshold", "period_s", "lost_after_frames")
+DIAGNOSTICS_PERIOD_S = 1.0
 
 
 def prompt_from_json(text: str) -> tuple[PointsPrompt, int | None]:
@@ -99,6 +104,9 @@ class VrsNode(Node):
         self.mask_pub = self.create_publisher(Image, "mask", RELIABLE_5)
         self.status_pub = self.create_publisher(String, "status", RELIABLE_5)
         self._load_engine()
+        self.health = HealthMonitor(self.profile_name, self.device)
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE_5)
+        self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
         self._apply_instruction(self.get_parameter("instruction").value)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         # Sensor-data QoS by default; overridable per deployment with ROS 2's standard parameter
@@ -257,6 +265,7 @@ class VrsNode(Node):
 
     def _publish_result(self, result: FrameResult) -> None:
         """Publish the mask (with the input frame's stamp and frame_id) and the status."""
+        self.health.on_result(result)
         header = Header(stamp=ns_to_stamp(result.stamp_ns), frame_id=result.frame_id)
         self.mask_pub.publish(mask_to_msg(result.mask, header))
         self._publish_status({
@@ -266,6 +275,7 @@ class VrsNode(Node):
 
     def _publish_query(self, report: QueryReport) -> None:
         """Status message for a finished grounding query."""
+        self.health.on_query(report)
         fields = {"event": "query", "trigger": report.trigger, "instruction": report.instruction.text,
                   "applied": report.applied, "latency_ms": round(report.latency_s * 1e3, 2)}
         if report.error is not None:
@@ -276,6 +286,16 @@ class VrsNode(Node):
                           keyframe_object_score=g.object_score,
                           timings_ms={k: round(v * 1e3, 2) for k, v in g.timings_s.items()})
         self._publish_status(fields)
+
+    def _publish_diagnostics(self) -> None:
+        instruction = self.engine.instruction if self.engine is not None else None
+        health = self.health.report(self.engine.stats if self.engine is not None else None,
+                                    instruction.text if instruction is not None else None, self.model_error)
+        status = DiagnosticStatus(level=bytes([health.level]), name=f"{self.get_name()}: segmentation",
+                                  message=health.message, hardware_id=self.device,
+                                  values=[KeyValue(key=k, value=v) for k, v in health.values.items()])
+        self.diagnostics_pub.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()),
+                                                     status=[status]))
 
     def _report_error(self, header, reason: str) -> None:
         status = {"status": "error", "reason": reason}
