@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import shutil
@@ -72,6 +73,7 @@ from vrs_node.eval.report import format_report, write_plots
 from vrs_node.models.prompt import clean_instruction
 
 if TYPE_CHECKING:  # torch-side imports stay lazy: errors and --help answer without loading torch
+    from vrs_node.core.engine import EngineConfig
     from vrs_node.core.grounder import Grounder
     from vrs_node.core.tracker import Prompt, StreamingTracker
 
@@ -306,26 +308,6 @@ def _is_prompt_frame(frame: InputFrame) -> bool:
     return frame.gt is not None and bool(frame.gt.any())
 
 
-@dataclass(frozen=True)
-class EngineSettings:
-    """Engine/grounding settings shared by the model-driven predictors."""
-
-    window_frames: int = 16
-    period_s: float = 10.0
-    lost_after_frames: int = 15
-    score_threshold: float = 0.0
-    max_catchup_frames: int = 16
-    max_cond_frames: int = 4
-    speed: float = 1.0
-
-    def engine_config(self, mode: str):
-        from vrs_node.core.engine import EngineConfig
-
-        return EngineConfig(mode=mode, window_frames=self.window_frames, max_catchup_frames=self.max_catchup_frames,
-                            score_threshold=self.score_threshold, period_s=self.period_s,
-                            lost_after_frames=self.lost_after_frames)
-
-
 @dataclass
 class Models:
     """A tracker and (profile with language) its grounder, loaded once for every sequence."""
@@ -366,14 +348,19 @@ def load_replay_models(profile_name: str, device: str = "auto", image_size: int 
 class _ModelPredictor:
     """Shared set-up of the three model-driven predictors. ``info`` describes the last sequence."""
 
-    def __init__(self, models: Models, prompt: str, settings: EngineSettings = EngineSettings(),
+    def __init__(self, models: Models, prompt: str, config: EngineConfig | None = None, speed: float = 1.0,
                  progress: bool = True):
+        """``config``: the engine settings (its ``mode`` is set by each predictor); ``speed``:
+        the realtime replay speed factor."""
+        from vrs_node.core.engine import EngineConfig
+
         if prompt not in PROMPTS:
             raise ReplayError(f"prompt must be one of {', '.join(PROMPTS)}, got {prompt!r}")
         if prompt == "instruction" and models.grounder is None:
             raise ReplayError(f"profile {models.profile!r} has no language model: it cannot follow instructions; "
                               "use --prompt gt-box or gt-mask, or a profile with language (tiny-random, vrshq-7b)")
-        self.models, self.prompt, self.settings, self.progress = models, prompt, settings, progress
+        self.models, self.prompt, self.progress = models, prompt, progress
+        self.config, self.speed = config or EngineConfig(), speed
         self.info: dict = {}
 
     def _instruction(self, seq: ReplaySequence) -> str:
@@ -402,7 +389,7 @@ class StreamPredictor(_ModelPredictor):
         reports = []
         tracker = self.models.tracker
         tracker.reset()
-        engine = StreamingEngine(tracker, self.settings.engine_config("sync"), grounder=self.models.grounder,
+        engine = StreamingEngine(tracker, dataclasses.replace(self.config, mode="sync"), grounder=self.models.grounder,
                                  on_query=reports.append)
         prompted = None
         if self.prompt == "instruction":
@@ -457,13 +444,13 @@ class RealtimePredictor(_ModelPredictor):
 
         tracker = self.models.tracker
         tracker.reset()
-        engine = StreamingEngine(tracker, self.settings.engine_config("live"), on_result=on_result,
+        engine = StreamingEngine(tracker, dataclasses.replace(self.config, mode="live"), on_result=on_result,
                                  grounder=self.models.grounder, on_query=reports.append)
         shown, arrivals, prompted = [], [], None
         try:
             if self.prompt == "instruction":
                 engine.set_instruction(self._instruction(seq))
-            s0, speed = frames[0].stamp_ns, self.settings.speed
+            s0, speed = frames[0].stamp_ns, self.speed
             bar = tqdm(total=len(frames), desc=f"{seq.name}: realtime x{speed:g}", unit="frame", leave=False,
                        disable=not self.progress)
             t0 = time.perf_counter()
@@ -569,7 +556,7 @@ class OfflinePredictor(_ModelPredictor):
                 bar.update()
         bar.close()
         self.info = info
-        threshold = self.settings.score_threshold
+        threshold = self.config.score_threshold
         for frame, result, seconds in zip(frames, results, compute):
             score = result.object_score
             present = score > threshold
@@ -911,15 +898,17 @@ def replay(args: argparse.Namespace, predictor: Predictor | None = None) -> dict
     sequences = _sequences(args)
     meta = {"profile": args.profile, "random_weights": None, "device": args.device, "image_size": args.image_size or None}
     if predictor is None:
-        settings = EngineSettings(args.window_frames, args.period_s, args.lost_after_frames, args.score_threshold,
-                                  args.max_catchup_frames, args.max_cond_frames, args.speed)
-        try:
-            settings.engine_config("sync")  # refuse bad engine settings before loading models
+        from vrs_node.core.engine import EngineConfig
+
+        try:  # refuse bad engine settings before loading models
+            config = EngineConfig(window_frames=args.window_frames, max_catchup_frames=args.max_catchup_frames,
+                                  score_threshold=args.score_threshold, period_s=args.period_s,
+                                  lost_after_frames=args.lost_after_frames)
         except ValueError as error:
             raise ReplayError(str(error)) from None
         models = load_replay_models(args.profile, args.device, args.image_size, args.sam2_checkpoint,
                                     args.vrshq_checkpoint, args.clip_anchor, args.max_cond_frames)
-        predictor = PREDICTORS[args.mode](models, args.prompt, settings, progress=not args.quiet)
+        predictor = PREDICTORS[args.mode](models, args.prompt, config, speed=args.speed, progress=not args.quiet)
         meta.update(profile=models.profile, random_weights=models.random_weights, device=models.device,
                     image_size=models.image_size)
     else:
