@@ -25,6 +25,21 @@ tracking thread never waits for it (a query waits for the first encoded frame). 
 fire while a query runs are dropped, except an instruction change, which runs next; the answer of
 a query for a superseded instruction is discarded. A failed query is reported (``on_query``, and
 in the reason of the frames still waiting) and retried by the next periodic trigger.
+
+Stream discontinuities are handled, not refused, and each is reported in the ``notice`` of the
+frame where it is seen (and logged):
+
+- a stamp more than ``TIME_JUMP_BACK_S`` earlier than the previous frame's (a bag looping, a
+  simulator or driver restarting) starts a new timeline: the window is emptied (so prompts by
+  stamp, catch-up and keyframes never mix two timelines) and the periodic query schedule restarts
+  at this frame; the tracker's memory of the target is kept. A smaller step back (frames of two
+  publishers, or delivered out of order) is processed as it comes;
+- a resolution change is accepted: each frame's mask has that frame's size, the window may hold
+  both sizes (features are at SAM-2's fixed input size), and the target is kept.
+
+Equal stamps are accepted as they come. Memory is bounded whatever the input rate: the window
+holds ``window_frames`` frames, live mode holds one waiting frame, the tracker ``max_cond_frames``
+conditioning plus its recent memories.
 """
 
 from __future__ import annotations
@@ -33,7 +48,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -49,6 +64,10 @@ STATUS_TRACKING = "tracking"
 STATUS_TARGET_ABSENT = "target_absent"
 STATUS_ERROR = "error"
 STATUS_GROUNDING = "grounding"
+
+MODES = ("sync", "live")
+TIME_JUMP_BACK_S = 1.0
+"""A stamp this much earlier than the previous frame's starts a new timeline (module docstring)."""
 
 TRIGGER_INSTRUCTION = "instruction"
 TRIGGER_PERIOD = "period"
@@ -68,7 +87,7 @@ class EngineConfig:
     lost_after_frames: int = 15
 
     def __post_init__(self) -> None:
-        if self.mode not in ("sync", "live"):
+        if self.mode not in MODES:
             raise ValueError(f"mode must be 'sync' or 'live', got {self.mode!r}")
         if self.window_frames < 1:
             raise ValueError(f"window_frames must be >= 1, got {self.window_frames}")
@@ -86,7 +105,9 @@ class FrameResult:
 
     ``mask`` is H x W bool at camera resolution; ``object_score`` the SAM-2 object-score logit
     (None before any prompt); ``status`` one of the ``STATUS_*`` strings and ``reason`` a sentence
-    for people; ``latency_s`` from ``push`` to the result.
+    for people; ``latency_s`` from ``push`` to the result; ``image`` the frame itself (a read-only
+    view of the pushed array, no copy); ``notice`` a sentence about a stream
+    discontinuity first seen at this frame ("" when none; see the module docstring).
     """
 
     index: int
@@ -97,6 +118,8 @@ class FrameResult:
     status: str
     reason: str
     latency_s: float
+    image: np.ndarray
+    notice: str = ""
 
 
 @dataclass
@@ -110,6 +133,8 @@ class EngineStats:
     catchup_frames: int = 0
     queries: int = 0
     query_errors: int = 0
+    time_jumps: int = 0
+    resolution_changes: int = 0
 
 
 @dataclass(frozen=True)
@@ -391,10 +416,33 @@ class StreamingEngine:
 
     def _process(self, image: np.ndarray, stamp_ns: int, frame_id: str, pushed_at: float) -> FrameResult:
         """The hot path: store, encode, (sync: ground), apply a pending prompt, track, upsample."""
+        notice = self._check_continuity(image, stamp_ns)
         frame = self.window.append(image, stamp_ns, frame_id)
         result = self._track(frame, pushed_at)
         self._count_lost(result.status)
-        return result
+        return replace(result, notice=notice) if notice else result
+
+    def _check_continuity(self, image: np.ndarray, stamp_ns: int) -> str:
+        """Handle a stamp going backwards or a resolution change (module docstring); the notice."""
+        previous = self.window.latest
+        if previous is None:
+            return ""
+        notices = []
+        if previous.stamp_ns - stamp_ns > TIME_JUMP_BACK_S * 1e9:
+            self.stats.time_jumps += 1
+            self.window.clear()
+            with self._query.cond:
+                if self._query.last_stamp_ns is not None:
+                    self._query.last_stamp_ns = stamp_ns
+            notices.append(f"time jumped back {(previous.stamp_ns - stamp_ns) / 1e9:.3f} s (stamp {stamp_ns} < "
+                           f"previous {previous.stamp_ns}): new timeline, window emptied, target kept")
+        if image.shape != previous.image.shape:
+            self.stats.resolution_changes += 1
+            notices.append(f"resolution changed from {previous.width}x{previous.height} to "
+                           f"{image.shape[1]}x{image.shape[0]}: target kept, masks follow the new size")
+        for notice in notices:
+            log.warning(notice)
+        return "; ".join(notices)
 
     def _track(self, frame: Frame, pushed_at: float) -> FrameResult:
         try:
@@ -461,4 +509,4 @@ class StreamingEngine:
         if mask is None:
             mask = np.zeros(frame.image.shape[:2], bool)
         return FrameResult(frame.index, frame.stamp_ns, frame.frame_id, mask, score, status, reason,
-                           time.perf_counter() - pushed_at)
+                           time.perf_counter() - pushed_at, frame.image)
