@@ -28,6 +28,8 @@ setup(
         "console_scripts": [
             "vrs-node = vrs_node.ros.node:main",
             "vrs_node = vrs_node.ros.node:main",
+            "vrs-lifecycle-node = vrs_node.ros.node:lifecycle_main",
+            "vrs_lifecycle_node = vrs_node.ros.node:lifecycle_main",
             "vrs-demo = vrs_node.ros.demo:main",
             "vrs-bag = vrs_node.eval.bag:main",
             "vrs-replay = vrs_node.eval.replay:main",

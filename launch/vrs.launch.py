@@ -2,20 +2,29 @@
 
 ros2 launch vrs_node vrs.launch.py image:=/camera/image_raw model_profile:=tiny-random \
     instruction:="the cup it should pick up"
+ros2 launch vrs_node vrs.launch.py lifecycle:=true autostart:=false   # a lifecycle manager drives it
 """
 
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition, UnlessCondition
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
 
 def generate_launch_description():
-    """The node in namespace ``namespace``, its ``image`` input remapped to ``image``."""
+    """The node (plain, or the lifecycle variant with ``lifecycle:=true``) in namespace
+    ``namespace``, its ``image`` input remapped to ``image``."""
     args = [
         DeclareLaunchArgument("namespace", default_value="vrs", description="node namespace"),
         DeclareLaunchArgument("image", default_value="/camera/image_raw", description="input image topic"),
+        DeclareLaunchArgument("image_transport", default_value="raw", choices=["raw", "compressed"],
+                              description="raw: Image on image; compressed: CompressedImage on <image>/compressed"),
+        DeclareLaunchArgument("lifecycle", default_value="false", choices=["true", "false"],
+                              description="run the lifecycle node (vrs_lifecycle_node) instead of the plain one"),
+        DeclareLaunchArgument("autostart", default_value="true", choices=["true", "false"],
+                              description="lifecycle node: configure and activate itself"),
         DeclareLaunchArgument("model_profile", default_value="tiny-random", description="model profile"),
         DeclareLaunchArgument("device", default_value="auto", description="torch device"),
         DeclareLaunchArgument("instruction", default_value="", description="what to segment ('' = none yet)"),
@@ -25,16 +34,21 @@ def generate_launch_description():
             "params_file", description="parameter YAML",
             default_value=PathJoinSubstitution([FindPackageShare("vrs_node"), "config", "vrs_node.yaml"])),
     ]
-    node = Node(
-        package="vrs_node", executable="vrs_node", name="vrs_node",
-        namespace=LaunchConfiguration("namespace"),
-        parameters=[LaunchConfiguration("params_file"),
-                    {"model_profile": LaunchConfiguration("model_profile"),
-                     "device": LaunchConfiguration("device"),
-                     "instruction": LaunchConfiguration("instruction"),
-                     "vrshq_checkpoint": LaunchConfiguration("vrshq_checkpoint")}],
+    common = dict(
+        package="vrs_node", name="vrs_node", namespace=LaunchConfiguration("namespace"),
         remappings=[("image", LaunchConfiguration("image"))],
         additional_env={"OMP_WAIT_POLICY": "PASSIVE"},
         output="screen",
     )
-    return LaunchDescription([*args, node])
+    parameters = [LaunchConfiguration("params_file"),
+                  {"model_profile": LaunchConfiguration("model_profile"),
+                   "device": LaunchConfiguration("device"),
+                   "image_transport": LaunchConfiguration("image_transport"),
+                   "instruction": LaunchConfiguration("instruction"),
+                   "vrshq_checkpoint": LaunchConfiguration("vrshq_checkpoint")}]
+    plain = Node(executable="vrs_node", parameters=parameters,
+                 condition=UnlessCondition(LaunchConfiguration("lifecycle")), **common)
+    managed = Node(executable="vrs_lifecycle_node",
+                   parameters=[*parameters, {"autostart": LaunchConfiguration("autostart")}],
+                   condition=IfCondition(LaunchConfiguration("lifecycle")), **common)
+    return LaunchDescription([*args, plain, managed])

@@ -71,3 +71,18 @@ def ros_nodes():
     for node in nodes:
         node.destroy_node()
     rclpy.shutdown()
+
+
+@pytest.fixture
+def ros():
+    """rclpy initialised for one test; ``ros(**params)`` starts a :class:`ros_harness.Harness`
+    (a VrsNode with ``params`` beside a peer node), closed after the test."""
+    import rclpy
+    from ros_harness import Harness
+
+    rclpy.init()
+    harnesses = []
+    yield lambda **params: harnesses.append(Harness(**params)) or harnesses[-1]
+    for h in harnesses:
+        h.close()
+    rclpy.shutdown()

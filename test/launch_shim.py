@@ -3,7 +3,7 @@
 ``launch``/``launch_ros`` cannot be installed from pip (shared/design/ROS2_FROM_PIP.md §1.4), so
 the launch files are written against the real API and tested through this shim:
 ``launch_shim()`` puts stub modules ``launch``, ``launch.actions``, ``launch.substitutions``,
-``launch.launch_description_sources``, ``launch_ros``, ``launch_ros.actions``,
+``launch.launch_description_sources``, ``launch.conditions``, ``launch_ros``, ``launch_ros.actions``,
 ``launch_ros.substitutions`` and ``launch_ros.parameter_descriptions`` into ``sys.modules`` for the
 duration of a ``with`` block (restoring whatever was there before), and ``evaluate()`` loads a
 launch file, calls its ``generate_launch_description()`` and returns what it would start: the
@@ -28,7 +28,10 @@ How this differs from a real ``ros2 launch`` run:
   instead of ``<prefix>/share/<pkg>``, so files are the repo's, not the installed copies;
 - launch configurations are one flat dictionary: ``IncludeLaunchDescription`` sets its
   ``launch_arguments`` there and evaluates the included file in the same context (as real launch
-  does without a ``GroupAction(scoped=True)``); no ``GroupAction``/``PushRosNamespace``/conditions;
+  does without a ``GroupAction(scoped=True)``); no ``GroupAction``/``PushRosNamespace``;
+- ``IfCondition``/``UnlessCondition`` on a ``Node`` are evaluated like launch's (``true``/``1`` and
+  ``false``/``0``, case-insensitive; anything else is an error) and a node whose condition is false
+  is left out;
 - a launch argument given to ``evaluate`` that no evaluated file declares is an error (real
   ``ros2 launch`` only warns or ignores), so typos in tests fail;
 - only the subset of the API the repository's launch files use exists; anything else fails with an
@@ -125,6 +128,22 @@ class IncludeLaunchDescription:
         self.launch_arguments = list(launch_arguments or [])
 
 
+class IfCondition:
+    def __init__(self, predicate_expression):
+        self.predicate_expression = predicate_expression
+
+    def evaluate(self, context) -> bool:
+        text = resolve(self.predicate_expression, context).strip().lower()
+        if text not in ("true", "1", "false", "0"):
+            raise ValueError(f"condition expects true/false/1/0, got {text!r}")
+        return text in ("true", "1")
+
+
+class UnlessCondition(IfCondition):
+    def evaluate(self, context) -> bool:
+        return not super().evaluate(context)
+
+
 class ParameterValue:
     def __init__(self, value, value_type=None):
         self.value, self.value_type = value, value_type
@@ -132,11 +151,12 @@ class ParameterValue:
 
 class Node:
     def __init__(self, executable, package=None, name=None, namespace=None, parameters=None, remappings=None,
-                 arguments=None, additional_env=None, output=None, **others):
+                 arguments=None, additional_env=None, output=None, condition=None, **others):
         self.executable, self.package, self.name, self.namespace = executable, package, name, namespace
         self.parameters, self.remappings = list(parameters or []), list(remappings or [])
         self.arguments, self.additional_env, self.output, self.others = list(arguments or []), additional_env, \
             output, others
+        self.condition = condition
 
 
 # --- evaluation ----------------------------------------------------------------------------------
@@ -251,7 +271,8 @@ def _visit(path: Path, context: Context, result: LaunchResult) -> None:
             if entity.choices is not None and context.configurations[entity.name] not in entity.choices:
                 raise ValueError(f"{entity.name}:={context.configurations[entity.name]} not in {entity.choices}")
         elif isinstance(entity, Node):
-            result.nodes.append(_node_command(entity, context))
+            if entity.condition is None or entity.condition.evaluate(context):
+                result.nodes.append(_node_command(entity, context))
         elif isinstance(entity, IncludeLaunchDescription):
             included = Path(resolve(entity.source.launch_file_path, context))
             for key, value in entity.launch_arguments:
@@ -289,6 +310,7 @@ _MODULES = {
     "launch.substitutions": {"LaunchConfiguration": LaunchConfiguration,
                              "PathJoinSubstitution": PathJoinSubstitution},
     "launch.launch_description_sources": {"PythonLaunchDescriptionSource": PythonLaunchDescriptionSource},
+    "launch.conditions": {"IfCondition": IfCondition, "UnlessCondition": UnlessCondition},
     "launch_ros": {},
     "launch_ros.actions": {"Node": Node},
     "launch_ros.substitutions": {"FindPackageShare": FindPackageShare},

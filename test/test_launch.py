@@ -14,12 +14,13 @@ import yaml
 from conftest import DAVIS, REPO
 from launch_shim import evaluate, launch_shim
 from rclpy.executors import SingleThreadedExecutor
+from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
 from vrs_node.ros.camera import CameraNode
-from vrs_node.ros.node import VrsNode
+from vrs_node.ros.node import VrsLifecycleNode, VrsNode
 
 VRS_LAUNCH = REPO / "launch" / "vrs.launch.py"
 DEMO_LAUNCH = REPO / "launch" / "camera_demo.launch.py"
@@ -53,8 +54,10 @@ def test_shim_is_only_installed_inside_the_block(tmp_path):
 def test_vrs_launch_declares_its_arguments(tmp_path):
     result = launch(VRS_LAUNCH, tmp_path)
     defaults = {name: arg.default for name, arg in result.arguments.items()}
-    assert defaults == {"namespace": "vrs", "image": "/camera/image_raw", "model_profile": "tiny-random",
+    assert defaults == {"namespace": "vrs", "image": "/camera/image_raw", "image_transport": "raw",
+                        "lifecycle": "false", "autostart": "true", "model_profile": "tiny-random",
                         "device": "auto", "instruction": "", "vrshq_checkpoint": "", "params_file": str(CONFIG)}
+    assert [n.executable for n in result.nodes] == ["vrs_node"], "the plain node unless lifecycle:=true"
     cmd = result.node("vrs_node")
     assert cmd.argv[:6] == ["vrs_node", "--ros-args", "-r", "__node:=vrs_node", "-r", "__ns:=/vrs"]
     assert cmd.argv[6:8] == ["--params-file", str(CONFIG)]
@@ -63,7 +66,25 @@ def test_vrs_launch_declares_its_arguments(tmp_path):
     # The dict parameters go to a YAML keyed by the node's full name, as launch_ros writes it.
     written = yaml.safe_load(open(cmd.argv[cmd.argv.index("--params-file", 8) + 1]))
     assert written == {"/vrs/vrs_node": {"ros__parameters": {
-        "model_profile": "tiny-random", "device": "auto", "instruction": "", "vrshq_checkpoint": ""}}}
+        "model_profile": "tiny-random", "device": "auto", "image_transport": "raw", "instruction": "",
+        "vrshq_checkpoint": ""}}}
+
+
+def test_vrs_launch_lifecycle_variant(ros_nodes, tmp_path):
+    result = launch(VRS_LAUNCH, tmp_path, lifecycle="true", autostart="false", image_transport="compressed")
+    assert [n.executable for n in result.nodes] == ["vrs_lifecycle_node"]
+    cmd = result.node("vrs_lifecycle_node")
+    assert cmd.parameters[-1] == {"autostart": False}
+    node = VrsLifecycleNode(cli_args=cmd.ros_args, parameter_overrides=list(SMALL))
+    ros_nodes.append(node)
+    assert node.get_fully_qualified_name() == "/vrs/vrs_node"
+    assert params(node, "autostart", "image_transport") == {"autostart": False, "image_transport": "compressed"}
+    assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    (info,) = node.get_subscriptions_info_by_topic("/camera/image_raw/compressed")
+    assert info.node_namespace == "/vrs"
+    with pytest.raises(ValueError, match="lifecycle:=maybe not in"):
+        launch(VRS_LAUNCH, tmp_path, lifecycle="maybe")
 
 
 def test_vrs_launch_defaults_give_a_node_with_the_config_values(ros_nodes, tmp_path):

@@ -3,79 +3,19 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
 import rclpy
 from conftest import box_of, davis_sequence
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from sensor_msgs.msg import Image
-from std_msgs.msg import Header, String
+from ros_harness import RELIABLE, frame_msg
+from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
-from vrs_node.ros.image import image_msg_to_rgb, ns_to_stamp, rgb_to_msg, stamp_to_ns
+from vrs_node.ros.image import image_msg_to_rgb, stamp_to_ns
 from vrs_node.ros.node import VrsNode, prompt_from_json
 
-RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-
-
-class Harness:
-    """A VrsNode plus a test node publishing frames/prompts and collecting masks and statuses."""
-
-    def __init__(self, **params):
-        params = {"image_size": 128, "mode": "sync", **params}
-        self.node = VrsNode(parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
-        self.peer = rclpy.create_node("vrs_test_peer")
-        self.image_pub = self.peer.create_publisher(Image, "image", qos_profile_sensor_data)
-        self.prompt_pub = self.peer.create_publisher(String, "prompt", RELIABLE)
-        self.masks, self.statuses = [], []
-        self.peer.create_subscription(Image, "mask", self.masks.append, RELIABLE)
-        self.peer.create_subscription(String, "status", lambda m: self.statuses.append(json.loads(m.data)),
-                                      RELIABLE)
-        self.reset_client = self.peer.create_client(Trigger, "reset")
-        self.executor = SingleThreadedExecutor()
-        self.executor.add_node(self.node)
-        self.executor.add_node(self.peer)
-        self.spin_until(lambda: self.image_pub.get_subscription_count() > 0
-                        and self.prompt_pub.get_subscription_count() > 0
-                        and self.node.mask_pub.get_subscription_count() > 0)
-
-    def spin_until(self, condition, timeout_s=30.0):
-        deadline = time.time() + timeout_s
-        while not condition():
-            assert time.time() < deadline, "timed out waiting on the ROS graph"
-            self.executor.spin_once(timeout_sec=0.05)
-
-    def send_frame(self, msg):
-        """Publish one frame and wait for its status (lock-step, so no frame is dropped)."""
-        count, stamp = len(self.statuses), stamp_to_ns(msg.header.stamp)
-        self.image_pub.publish(msg)
-        mine = lambda: [s for s in self.statuses[count:] if s.get("stamp_ns") == stamp]  # noqa: E731
-        self.spin_until(mine)
-        return mine()[0]
-
-    def close(self):
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self.peer.destroy_node()
-
-
-@pytest.fixture
-def ros():
-    rclpy.init()
-    harnesses = []
-    yield lambda **params: harnesses.append(Harness(**params)) or harnesses[-1]
-    for h in harnesses:
-        h.close()
-    rclpy.shutdown()
-
-
-def frame_msg(image, i):
-    header = Header(stamp=ns_to_stamp(1_700_000_000_000_000_000 + i * 33_333_333), frame_id=f"cam_{i % 3}")
-    return rgb_to_msg(image, header)
 
 
 def test_one_mask_per_frame_with_the_input_header(ros):
@@ -222,7 +162,7 @@ def test_a_profile_without_language_refuses_instructions_with_a_reason(ros):
 
 
 def test_image_reliability_is_overridable_with_qos_overrides(ros):
-    from rclpy.qos import ReliabilityPolicy
+    from rclpy.qos import ReliabilityPolicy, qos_profile_sensor_data
 
     def image_reliability(*overrides):
         node = VrsNode(cli_args=["--ros-args", "-p", "image_size:=128", *overrides])
@@ -235,6 +175,8 @@ def test_image_reliability_is_overridable_with_qos_overrides(ros):
     assert image_reliability() == ReliabilityPolicy.BEST_EFFORT
     assert image_reliability("-p", "qos_overrides./image.subscription.reliability:=reliable") == \
         ReliabilityPolicy.RELIABLE
+    assert qos_profile_sensor_data.reliability == ReliabilityPolicy.BEST_EFFORT, \
+        "the override must not leak into rclpy's shared profile"
 
 
 def test_diagnostics_report_rates_latency_and_health(ros):

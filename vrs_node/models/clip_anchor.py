@@ -32,7 +32,11 @@ class ClipAnchorScorer:
         self.model = model.eval()
         self.preprocess = preprocess
         self.tokenizer = tokenizer
-        self.device = next(model.parameters()).device
+
+    @property
+    def device(self) -> torch.device:
+        """Where the CLIP weights are (they may be moved, e.g. by :meth:`LoadedModels.to`)."""
+        return next(self.model.parameters()).device
 
     @classmethod
     def from_pretrained(cls, model_name: str = "ViT-L-14-336", pretrained: str = "openai",

@@ -25,6 +25,7 @@ scorer) that turn an instruction into a target:
 from __future__ import annotations
 
 import dataclasses
+import gc
 from dataclasses import dataclass
 
 import torch
@@ -157,6 +158,23 @@ class LoadedModels:
     sam2: torch.nn.Module
     transform: SamImageTransform
     grounding: GroundingModels | None
+
+    def to(self, device: str | torch.device) -> None:
+        """Move every model's weights to ``device`` in place (dtypes kept), e.g. to host memory
+        while a lifecycle node is inactive and back when it is activated again."""
+        modules = [self.sam2]
+        if self.grounding is not None:
+            modules += [self.grounding.mllm, self.grounding.anchor_scorer.model]
+        for module in modules:
+            module.to(device)
+
+
+def release_accelerator_memory(device: str | torch.device) -> None:
+    """Collect unreferenced tensors and return the allocator's cached blocks on ``device`` to the
+    driver (CUDA's caching allocator keeps freed memory otherwise); nothing to do on CPU."""
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def load_models(profile: ModelProfile, device: str | torch.device = "cpu", image_size: int | None = None,

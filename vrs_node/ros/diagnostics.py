@@ -9,8 +9,9 @@ reporting period, turns them into one status: a level, a message and key/value p
 - ``query_latency_ms`` of the last grounding query and ``queries`` in all;
 - ``model_profile``, ``device``, ``instruction``, ``target_present`` (the last result's mask).
 
-Level: ERROR when the model failed to load; WARN when no frame arrived during the period or the
-last frame's status is ``error``; OK otherwise.
+Level: ERROR when the model failed to load; OK with the reason when the node is not processing by
+design (an inactive lifecycle node); WARN when no frame arrived during the period or the last
+frame's status is ``error``; OK otherwise.
 """
 
 from __future__ import annotations
@@ -56,8 +57,10 @@ class HealthMonitor:
         with self._lock:
             self._query = report
 
-    def report(self, stats: EngineStats | None, instruction: str | None, model_error: str | None) -> Health:
-        """The status of the period since the previous call (see the module docstring)."""
+    def report(self, stats: EngineStats | None, instruction: str | None, model_error: str | None,
+               inactive: str | None = None) -> Health:
+        """The status of the period since the previous call (see the module docstring);
+        ``inactive`` is why the node is not processing by design (a lifecycle state), if it is not."""
         now = time.monotonic()
         with self._lock:
             latencies, self._latencies = self._latencies, []
@@ -77,6 +80,8 @@ class HealthMonitor:
         }
         if model_error:
             return Health(ERROR, model_error, values)
+        if inactive:
+            return Health(OK, inactive, values)
         if not pushed:
             return Health(WARN, "no image received in the last period", values)
         if last is not None and last.status == STATUS_ERROR:

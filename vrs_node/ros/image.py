@@ -1,4 +1,4 @@
-"""Conversions between ``sensor_msgs/Image`` messages and numpy arrays.
+"""Conversions between ``sensor_msgs/Image`` / ``CompressedImage`` messages and numpy arrays.
 
 No ``cv_bridge``: it is not installable from pip for ROS 2 (see ``ROS2_FROM_PIP.md`` §1.1), and
 ``rosbags-image`` ignores ``step``. The readers here are duck-typed on the message attributes
@@ -9,6 +9,7 @@ the numpy side of this module works without ROS installed.
 
 import array
 
+import cv2
 import numpy as np
 
 SUPPORTED_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
@@ -84,6 +85,32 @@ def image_msg_to_rgb(msg) -> np.ndarray:
     for target, source in enumerate(sources):
         rgb[:, :, target] = pixels[:, :, source]
     return rgb
+
+
+def compressed_msg_to_rgb(msg) -> np.ndarray:
+    """Decode a ``sensor_msgs/CompressedImage`` (JPEG, PNG or anything ``cv2.imdecode`` reads)
+    into a new ``uint8`` RGB array ``(H, W, 3)``; grey and alpha images become RGB.
+
+    ``msg`` is any object with ``format`` and ``data`` (a byte buffer). The bytes decide the codec,
+    as ``image_transport``'s compressed plugin does; ``format`` (e.g. ``"jpeg"``, ``"rgb8; jpeg
+    compressed bgr8"``) is only quoted in errors. Raises ``ImageConversionError`` for empty data
+    or bytes that do not decode.
+    """
+    try:
+        buffer = np.frombuffer(msg.data, dtype=np.uint8)
+    except (TypeError, ValueError) as error:
+        raise ImageConversionError(
+            f"compressed image data of type {type(msg.data).__name__} is not a byte buffer: {error}"
+        ) from error
+    if buffer.size == 0:
+        raise ImageConversionError(f"compressed image (format {msg.format!r}) has no data")
+    bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    if bgr is None or bgr.size == 0:
+        raise ImageConversionError(
+            f"compressed image (format {msg.format!r}, {buffer.size} bytes) does not decode: "
+            "truncated or not an image OpenCV reads"
+        )
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def rgb_to_msg(image: np.ndarray, header):
