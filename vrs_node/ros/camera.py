@@ -173,7 +173,7 @@ class CameraNode(Node):
             else qos_profile_sensor_data
         self.publisher = self.create_publisher(Image, "image", qos)
         self.published, self.done, self.error = 0, False, None
-        self._started = time.monotonic()
+        self._first_published_at = None  # the rate is measured from the first frame, after any wait
         self.timer = self.create_timer(1.0 / self.rate, self._tick)
         self.get_logger().info(
             f"publishing {self.frames.kind} {self.frames.source} on {self.publisher.topic_name} at "
@@ -197,9 +197,12 @@ class CameraNode(Node):
         header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self.frame_id)
         self.publisher.publish(bgr_to_msg(frame, self.encoding, header))
         self.published += 1
+        if self._first_published_at is None:
+            self._first_published_at = time.monotonic()
         if self.log_every and self.published % self.log_every == 0:
-            elapsed = time.monotonic() - self._started
-            self.get_logger().info(f"{self.published} frames published ({self.published / elapsed:.1f} Hz)")
+            elapsed = time.monotonic() - self._first_published_at
+            rate = f" ({(self.published - 1) / elapsed:.1f} Hz)" if elapsed > 0 else ""
+            self.get_logger().info(f"{self.published} frames published{rate}")
         if self.limit and self.published >= self.limit:
             self._finish(None)
 
