@@ -104,7 +104,10 @@ class Grounder:
     def ground(self, window: FrameWindow, instruction: Instruction) -> Grounding:
         """Run one query on the frames the window holds now (those with SAM-2 features)."""
         timings: dict[str, float] = {}
-        frames = [f for f in window.snapshot() if window.has_feature(f.index, SAM2_KEY)]
+        # The SAM-2 features are taken now: the window may evict these frames during the query.
+        held = window.snapshot()
+        encoded = {f.index: window.get_feature(f.index, SAM2_KEY) for f in held}
+        frames = [f for f in held if encoded[f.index] is not None]
         if not frames:
             raise ValueError("no encoded frame in the window yet: grounding needs at least one")
 
@@ -131,7 +134,7 @@ class Grounder:
 
         start = time.perf_counter()
         tak, weights = temporal_dynamic_aggregation(out.seg, out.tak, self.config.tda_alpha)
-        candidates = [window.get_feature(frames[p].index, SAM2_KEY) for p in dense]
+        candidates = [encoded[frames[p].index] for p in dense]
         key = select_keyframe(self.tracker, candidates, tak, weights)
         timings["tks"] = time.perf_counter() - start
 
