@@ -157,3 +157,19 @@ def test_a_burst_far_above_camera_rate_keeps_the_node_publishing_and_bounded(ros
     print(f"burst: 300 frames published in {publish_s:.2f} s, {engine.stats.pushed} pushed, "
           f"{engine.stats.processed} processed, {engine.stats.dropped} dropped")
 
+
+
+def test_core_log_records_reach_the_ros_logger_once(ros_nodes, capfd):
+    import logging
+
+    root_handler = logging.StreamHandler()  # as a library calling logging.basicConfig() would add
+    logging.getLogger().addHandler(root_handler)
+    try:
+        node = VrsNode(parameter_overrides=[Parameter("image_size", value=128)])
+        ros_nodes.append(node)
+        capfd.readouterr()
+        logging.getLogger("vrs_node.core.engine").warning("grounding 'x' failed: a test record")
+        lines = [line for line in capfd.readouterr().err.splitlines() if "a test record" in line]
+        assert len(lines) == 1 and "[WARN]" in lines[0] and "[vrs_node]" in lines[0], lines
+    finally:
+        logging.getLogger().removeHandler(root_handler)

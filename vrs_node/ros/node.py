@@ -168,7 +168,9 @@ class _VrsInterface:
         self._inputs: list = []
         self._outputs: list = []
         self._log_handler = RosLogHandler(self.get_logger())
-        logging.getLogger("vrs_node").addHandler(self._log_handler)
+        core_logger = logging.getLogger("vrs_node")
+        core_logger.addHandler(self._log_handler)
+        core_logger.propagate = False  # not also through a root handler a library may have set up
         self.health = HealthMonitor(self.profile_name, self.device)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE_5)
         self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
@@ -299,7 +301,9 @@ class _VrsInterface:
     def destroy_node(self) -> None:
         """Stop the tracking thread and the log forwarding before the node goes away."""
         self._stop()
-        logging.getLogger("vrs_node").removeHandler(self._log_handler)
+        core_logger = logging.getLogger("vrs_node")
+        core_logger.removeHandler(self._log_handler)
+        core_logger.propagate = not core_logger.handlers
         super().destroy_node()
 
     def _subscribe_image(self):
