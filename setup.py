@@ -34,6 +34,7 @@ setup(
             "vrs-bag = vrs_node.eval.bag:main",
             "vrs-replay = vrs_node.eval.replay:main",
             "vrs-camera = vrs_node.ros.camera:main",
+            "vrs-view = vrs_node.ros.viewer:main",
         ],
     },
 )

@@ -1,14 +1,19 @@
-"""Camera (or video / folder of frames) into vrs_node: ``vrs-camera`` plus ``vrs.launch.py``.
+"""Camera (or video / folder of frames) into vrs_node, and the overlay on screen: ``vrs-camera``,
+``vrs.launch.py`` and ``vrs-view`` on the node's ``overlay``.
 
 ros2 launch vrs_node camera_demo.launch.py source:=0 instruction:="the cup" device:=cuda
-ros2 launch vrs_node camera_demo.launch.py source:=/data/clip.mp4 rate:=15.0 image:=/robot/cam
+ros2 launch vrs_node camera_demo.launch.py source:=/data/clip.mp4 rate:=15.0 image:=/robot/cam view:=false
 
 The default source is the packaged blackswan sample frames, looped at 10 Hz. The camera's
-``image`` output is remapped to ``image``, the topic vrs.launch.py's node reads.
+``image`` output is remapped to ``image``, the topic vrs.launch.py's node reads. The camera
+publishes reliable and the node subscribes reliable (full-size raw frames between processes are
+mostly lost best effort). ``view:=false`` leaves the window out (e.g. without a display; watch
+``/<namespace>/overlay`` with rqt_image_view or ``vrs-view`` then).
 """
 
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
+from launch.conditions import IfCondition
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
@@ -17,7 +22,8 @@ from launch_ros.substitutions import FindPackageShare
 
 
 def generate_launch_description():
-    """``vrs_camera`` publishing on ``image``; vrs_node (namespace ``namespace``) subscribed to it."""
+    """``vrs_camera`` publishing on ``image``; vrs_node (namespace ``namespace``) subscribed to it;
+    ``vrs-view`` showing the node's overlay."""
     share = FindPackageShare("vrs_node")
     args = [
         DeclareLaunchArgument(
@@ -32,6 +38,8 @@ def generate_launch_description():
         DeclareLaunchArgument("instruction", default_value="", description="what to segment ('' = none yet)"),
         DeclareLaunchArgument("model_profile", default_value="tiny-random", description="model profile"),
         DeclareLaunchArgument("device", default_value="auto", description="torch device"),
+        DeclareLaunchArgument("view", default_value="true", choices=["true", "false"],
+                              description="show the node's overlay in a vrs-view window"),
     ]
     camera = Node(
         package="vrs_node", executable="vrs-camera", name="vrs_camera",
@@ -41,6 +49,7 @@ def generate_launch_description():
             "rate": ParameterValue(LaunchConfiguration("rate"), value_type=float),
             "loop": ParameterValue(LaunchConfiguration("loop"), value_type=bool),
             "frame_id": ParameterValue(LaunchConfiguration("frame_id"), value_type=str),
+            "reliable": True,
         }],
         remappings=[("image", LaunchConfiguration("image"))],
         output="screen",
@@ -53,6 +62,10 @@ def generate_launch_description():
             "instruction": LaunchConfiguration("instruction"),
             "model_profile": LaunchConfiguration("model_profile"),
             "device": LaunchConfiguration("device"),
+            "image_reliability": "reliable",
         }.items(),
     )
-    return LaunchDescription([*args, camera, vrs])
+    # Relative "overlay" in the node's namespace: /<namespace>/overlay.
+    view = Node(package="vrs_node", executable="vrs-view", namespace=LaunchConfiguration("namespace"),
+                arguments=["overlay"], condition=IfCondition(LaunchConfiguration("view")), output="screen")
+    return LaunchDescription([*args, camera, vrs, view])

@@ -19,6 +19,9 @@ def generate_launch_description():
     args = [
         DeclareLaunchArgument("namespace", default_value="vrs", description="node namespace"),
         DeclareLaunchArgument("image", default_value="/camera/image_raw", description="input image topic"),
+        DeclareLaunchArgument("image_reliability", default_value="best_effort", choices=["best_effort", "reliable"],
+                              description="QoS reliability of the image subscription (an absolute image topic); "
+                                          "reliable for raw frames from another process"),
         DeclareLaunchArgument("image_transport", default_value="raw", choices=["raw", "compressed"],
                               description="raw: Image on image; compressed: CompressedImage on <image>/compressed"),
         DeclareLaunchArgument("lifecycle", default_value="false", choices=["true", "false"],
@@ -34,8 +37,14 @@ def generate_launch_description():
             "params_file", description="parameter YAML",
             default_value=PathJoinSubstitution([FindPackageShare("vrs_node"), "config", "vrs_node.yaml"])),
     ]
+    # ROS 2's standard QoS override parameters are named after the resolved topic: one for each
+    # transport (the one the node does not use is ignored).
+    reliability = [arg for suffix in ("", "/compressed") for arg in (
+        "-p", ["qos_overrides.", LaunchConfiguration("image"), suffix, ".subscription.reliability:=",
+               LaunchConfiguration("image_reliability")])]
     common = dict(
         package="vrs_node", name="vrs_node", namespace=LaunchConfiguration("namespace"),
+        ros_arguments=reliability,
         remappings=[("image", LaunchConfiguration("image"))],
         additional_env={"OMP_WAIT_POLICY": "PASSIVE"},
         output="screen",

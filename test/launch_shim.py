@@ -9,7 +9,7 @@ duration of a ``with`` block (restoring whatever was there before), and ``evalua
 launch file, calls its ``generate_launch_description()`` and returns what it would start: the
 declared arguments and, per ``Node``, the executable and the ``--ros-args`` argv launch_ros builds::
 
-    <executable> [arguments...] --ros-args -r __node:=NAME -r __ns:=/NS
+    <executable> [arguments...] [--ros-args ros_arguments...] --ros-args -r __node:=NAME -r __ns:=/NS
         --params-file <file>            (a path / substitution entry of ``parameters``)
         --params-file <tmp.yaml>        (a dict entry of ``parameters``, see below)
         -r from:=to ...                 (``remappings``, in order)
@@ -151,12 +151,14 @@ class ParameterValue:
 
 class Node:
     def __init__(self, executable, package=None, name=None, namespace=None, parameters=None, remappings=None,
-                 arguments=None, additional_env=None, output=None, condition=None, **others):
+                 arguments=None, ros_arguments=None, additional_env=None, output=None, condition=None,
+                 **others):
         self.executable, self.package, self.name, self.namespace = executable, package, name, namespace
         self.parameters, self.remappings = list(parameters or []), list(remappings or [])
         self.arguments, self.additional_env, self.output, self.others = list(arguments or []), additional_env, \
             output, others
         self.condition = condition
+        self.ros_arguments = list(ros_arguments or [])
 
 
 # --- evaluation ----------------------------------------------------------------------------------
@@ -230,7 +232,10 @@ def _node_command(node: Node, context: Context) -> NodeCommand:
     if node.namespace is not None:
         namespace = resolve(node.namespace, context)
         namespace = namespace if namespace.startswith("/") else "/" + namespace
-    argv = [resolve(node.executable, context), *[resolve(a, context) for a in node.arguments], "--ros-args"]
+    argv = [resolve(node.executable, context), *[resolve(a, context) for a in node.arguments]]
+    if node.ros_arguments:  # launch_ros gives them a --ros-args block of their own, first
+        argv += ["--ros-args", *[resolve(a, context) for a in node.ros_arguments]]
+    argv.append("--ros-args")
     if name is not None:
         argv += ["-r", f"__node:={name}"]
     if namespace is not None:

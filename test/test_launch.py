@@ -54,17 +54,21 @@ def test_shim_is_only_installed_inside_the_block(tmp_path):
 def test_vrs_launch_declares_its_arguments(tmp_path):
     result = launch(VRS_LAUNCH, tmp_path)
     defaults = {name: arg.default for name, arg in result.arguments.items()}
-    assert defaults == {"namespace": "vrs", "image": "/camera/image_raw", "image_transport": "raw",
+    assert defaults == {"namespace": "vrs", "image": "/camera/image_raw", "image_reliability": "best_effort",
+                        "image_transport": "raw",
                         "lifecycle": "false", "autostart": "true", "model_profile": "tiny-random",
                         "device": "auto", "instruction": "", "vrshq_checkpoint": "", "params_file": str(CONFIG)}
     assert [n.executable for n in result.nodes] == ["vrs_node"], "the plain node unless lifecycle:=true"
     cmd = result.node("vrs_node")
-    assert cmd.argv[:6] == ["vrs_node", "--ros-args", "-r", "__node:=vrs_node", "-r", "__ns:=/vrs"]
-    assert cmd.argv[6:8] == ["--params-file", str(CONFIG)]
+    assert cmd.argv[:6] == ["vrs_node", "--ros-args",
+                            "-p", "qos_overrides./camera/image_raw.subscription.reliability:=best_effort",
+                            "-p", "qos_overrides./camera/image_raw/compressed.subscription.reliability:=best_effort"]
+    assert cmd.argv[6:11] == ["--ros-args", "-r", "__node:=vrs_node", "-r", "__ns:=/vrs"]
+    assert cmd.argv[11:13] == ["--params-file", str(CONFIG)]
     assert cmd.argv[-2:] == ["-r", "image:=/camera/image_raw"]
     assert cmd.additional_env == {"OMP_WAIT_POLICY": "PASSIVE"}
     # The dict parameters go to a YAML keyed by the node's full name, as launch_ros writes it.
-    written = yaml.safe_load(open(cmd.argv[cmd.argv.index("--params-file", 8) + 1]))
+    written = yaml.safe_load(open(cmd.argv[cmd.argv.index("--params-file", 13) + 1]))
     assert written == {"/vrs/vrs_node": {"ros__parameters": {
         "model_profile": "tiny-random", "device": "auto", "image_transport": "raw", "instruction": "",
         "vrshq_checkpoint": ""}}}
@@ -126,11 +130,15 @@ def test_camera_demo_declares_its_arguments_and_two_nodes(tmp_path):
                 "model_profile": "tiny-random", "device": "auto"}
     assert {k: defaults[k] for k in expected} == expected
     assert {arg.file for arg in result.arguments.values()} == {"camera_demo.launch.py", "vrs.launch.py"}
-    assert [n.executable for n in result.nodes] == ["vrs-camera", "vrs_node"]
+    assert [n.executable for n in result.nodes] == ["vrs-camera", "vrs_node", "vrs-view"]
     camera = result.node("vrs-camera")
     assert camera.argv[:4] == ["vrs-camera", "--ros-args", "-r", "__node:=vrs_camera"]
     assert camera.argv[-2:] == ["-r", "image:=/camera/image_raw"]
-    assert camera.parameters == [{"source": expected["source"], "rate": 10.0, "loop": True, "frame_id": "camera"}]
+    assert camera.parameters == [{"source": expected["source"], "rate": 10.0, "loop": True, "frame_id": "camera",
+                                  "reliable": True}]
+    assert "qos_overrides./camera/image_raw.subscription.reliability:=reliable" in result.node("vrs_node").argv
+    assert result.node("vrs-view").argv == ["vrs-view", "overlay", "--ros-args", "-r", "__ns:=/vrs"]
+    assert [n.executable for n in launch(DEMO_LAUNCH, tmp_path, view="false").nodes] == ["vrs-camera", "vrs_node"]
     # source:=0 stays the string "0" (a device index), not the integer launch would make of it.
     assert launch(DEMO_LAUNCH, tmp_path, source="0").node("vrs-camera").parameters[0]["source"] == "0"
 
@@ -150,6 +158,8 @@ def test_camera_demo_nodes_get_the_arguments_and_are_connected(ros_nodes, tmp_pa
     assert params(node, "instruction", "device", "model_profile") == {
         "instruction": "the black swan", "device": "cpu", "model_profile": "tiny-random"}
     assert node.resolve_topic_name("image") == "/robot/cam"
+    (subscription,) = node.get_subscriptions_info_by_topic("/robot/cam")
+    assert subscription.qos_profile.reliability == camera.publisher.qos_profile.reliability == ReliabilityPolicy.RELIABLE
     # End to end: the camera's frames reach the segmentation node, which reports on status.
     peer = rclpy.create_node("launch_test_peer")
     ros_nodes.append(peer)
