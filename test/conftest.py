@@ -60,6 +60,17 @@ def make_grounder(tracker: StreamingTracker, **config):
     return Grounder(models.mllm, models.tokenizer, models.anchor_scorer, tracker, GrounderConfig(**config))
 
 
+def grounding_engine(max_cond_frames=4, **config):
+    """A sync StreamingEngine with tiny-random tracker and grounder; (engine, its query reports)."""
+    from vrs_node.core.engine import EngineConfig, StreamingEngine
+
+    tracker = make_tracker(128, max_cond_frames=max_cond_frames)
+    reports = []
+    engine = StreamingEngine(tracker, EngineConfig(**config), grounder=make_grounder(tracker),
+                             on_query=reports.append)
+    return engine, reports
+
+
 @pytest.fixture
 def ros_nodes():
     """rclpy initialised for one test; nodes appended to the yielded list are destroyed after it."""

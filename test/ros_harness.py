@@ -20,6 +20,14 @@ from vrs_node.ros.node import VrsNode
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 
 
+def spin_until(executor, condition, timeout_s=30.0):
+    """Spin ``executor`` until ``condition()`` holds; AssertionError after ``timeout_s``."""
+    deadline = time.time() + timeout_s
+    while not condition():
+        assert time.time() < deadline, "timed out waiting on the ROS graph"
+        executor.spin_once(timeout_sec=0.05)
+
+
 class Harness:
     """A VrsNode plus a test node publishing frames/prompts and collecting masks and statuses."""
 
@@ -48,10 +56,7 @@ class Harness:
                         and self.node.mask_pub.get_subscription_count() > 0)
 
     def spin_until(self, condition, timeout_s=30.0):
-        deadline = time.time() + timeout_s
-        while not condition():
-            assert time.time() < deadline, "timed out waiting on the ROS graph"
-            self.executor.spin_once(timeout_sec=0.05)
+        spin_until(self.executor, condition, timeout_s)
 
     def send_frame(self, msg):
         """Publish one frame and wait for its status (lock-step, so no frame is dropped)."""

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import davis_sequence, make_grounder, make_tracker
+from conftest import davis_sequence, grounding_engine, make_grounder, make_tracker
 
 from vrs_node.core.engine import (STATUS_GROUNDING, STATUS_NO_PROMPT, STATUS_TARGET_ABSENT, STATUS_TRACKING,
                                   TRIGGER_INSTRUCTION, TRIGGER_LOST, TRIGGER_PERIOD, EngineConfig,
@@ -22,14 +22,6 @@ FRAME_NS = 33_333_333
 @pytest.fixture(scope="module")
 def frames():
     return davis_sequence("blackswan", 30)[0]
-
-
-def grounding_engine(max_cond_frames=4, **config):
-    tracker = make_tracker(128, max_cond_frames=max_cond_frames)
-    reports = []
-    engine = StreamingEngine(tracker, EngineConfig(**config), grounder=make_grounder(tracker),
-                             on_query=reports.append)
-    return engine, reports
 
 
 def push_all(engine, frames, start=0, actions=None):

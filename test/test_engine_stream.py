@@ -8,10 +8,10 @@ import time
 
 import cv2
 import numpy as np
-from conftest import davis_sequence, make_grounder, make_tracker
+from conftest import davis_sequence, grounding_engine, make_tracker
 
-from vrs_node.core.engine import (STATUS_ERROR, STATUS_TRACKING, TRIGGER_INSTRUCTION, TRIGGER_PERIOD, EngineConfig,
-                                  StreamingEngine)
+from vrs_node.core.engine import (STATUS_ERROR, STATUS_TRACKING, TRIGGER_INSTRUCTION, TRIGGER_PERIOD,
+                                  EngineConfig, StreamingEngine)
 from vrs_node.core.tracker import MaskPrompt
 
 FRAME_NS = 100_000_000
@@ -19,10 +19,7 @@ FRAME_NS = 100_000_000
 
 def test_a_stamp_going_back_starts_a_new_timeline_and_keeps_the_target():
     frames, masks, _ = davis_sequence("blackswan", 16)
-    tracker = make_tracker(128)
-    reports = []
-    engine = StreamingEngine(tracker, EngineConfig(period_s=0.5, window_frames=8),
-                             grounder=make_grounder(tracker), on_query=reports.append)
+    engine, reports = grounding_engine(period_s=0.5, window_frames=8)
     engine.set_instruction("the black swan")
     start = 5_000_000_000
     stamps = [start + i * FRAME_NS for i in range(10)] + [i * FRAME_NS for i in range(6)]  # a looping bag
@@ -48,10 +45,7 @@ def test_a_stamp_going_back_starts_a_new_timeline_and_keeps_the_target():
 
 def test_a_resolution_change_keeps_the_target_and_masks_follow_the_frame_size():
     frames, masks, _ = davis_sequence("blackswan", 12)
-    tracker = make_tracker(128)
-    reports = []
-    engine = StreamingEngine(tracker, EngineConfig(period_s=0.3, window_frames=8),
-                             grounder=make_grounder(tracker), on_query=reports.append)
+    engine, reports = grounding_engine(period_s=0.3, window_frames=8)
     engine.set_instruction("the black swan")
     sizes = [(854, 480)] * 4 + [(427, 240)] * 4 + [(320, 320)] * 4
     results = [engine.push(cv2.resize(image, size, interpolation=cv2.INTER_AREA), i * FRAME_NS)

@@ -159,7 +159,8 @@ def test_camera_demo_nodes_get_the_arguments_and_are_connected(ros_nodes, tmp_pa
         "instruction": "the black swan", "device": "cpu", "model_profile": "tiny-random"}
     assert node.resolve_topic_name("image") == "/robot/cam"
     (subscription,) = node.get_subscriptions_info_by_topic("/robot/cam")
-    assert subscription.qos_profile.reliability == camera.publisher.qos_profile.reliability == ReliabilityPolicy.RELIABLE
+    assert subscription.qos_profile.reliability == ReliabilityPolicy.RELIABLE
+    assert camera.publisher.qos_profile.reliability == ReliabilityPolicy.RELIABLE
     # End to end: the camera's frames reach the segmentation node, which reports on status.
     peer = rclpy.create_node("launch_test_peer")
     ros_nodes.append(peer)

@@ -26,7 +26,7 @@ from lifecycle_msgs.srv import ChangeState, GetState
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
-from ros_harness import RELIABLE, frame_msg
+from ros_harness import RELIABLE, frame_msg, spin_until
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
@@ -56,10 +56,7 @@ class Lifecycle:
         self.spin_until(lambda: self.change.service_is_ready() and self.get.service_is_ready())
 
     def spin_until(self, condition, timeout_s=30.0):
-        deadline = time.time() + timeout_s
-        while not condition():
-            assert time.time() < deadline, "timed out"
-            self.executor.spin_once(timeout_sec=0.05)
+        spin_until(self.executor, condition, timeout_s)
 
     def spin_for(self, seconds):
         deadline = time.time() + seconds

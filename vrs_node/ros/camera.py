@@ -22,8 +22,9 @@ a command-line option given explicitly wins over the parameter::
     vrs-camera --ros-args -p source:=clip.mp4 -p limit:=100 -p reliable:=true
 
 ``wait_for_subscribers`` (``--wait-for-subscribers N``) holds the first frame until N subscriptions
-are matched (e.g. the segmentation node is up). The node exits (code 0) after ``limit`` frames or at the end of a non-looping source. A source that
-cannot be opened, an empty folder or an unreadable frame is one error log line and exit code 1.
+are matched (e.g. the segmentation node is up). The node exits (code 0) after ``limit`` frames or at
+the end of a non-looping source. A source that cannot be opened, an empty folder or an unreadable
+frame is one error log line and exit code 1.
 """
 
 from __future__ import annotations
@@ -219,7 +220,7 @@ class CameraNode(Node):
 
 def parse_args(argv) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="vrs-camera", description=__doc__.split("\n\n")[0].strip("`: "),
+        prog="vrs-camera", description=__doc__.split("\n\n")[0].replace("``", ""),
         epilog="ROS arguments go after --ros-args (e.g. --ros-args -r image:=/camera/image_raw -p rate:=5.0).")
     parser.add_argument("source", nargs="?", help="device index (e.g. 0), video file or folder of JPEG/PNG frames")
     parser.add_argument("--rate", type=float, help="publish rate in Hz (default: the video's own, else 30)")

@@ -63,12 +63,7 @@ def image_msg_to_rgb(msg) -> np.ndarray:
             f"step={step} is shorter than one row: width={width} x {channels} bytes per pixel "
             f"({encoding}) = {row_bytes}"
         )
-    try:
-        buffer = np.frombuffer(msg.data, dtype=np.uint8)
-    except (TypeError, ValueError) as error:
-        raise ImageConversionError(
-            f"image data of type {type(msg.data).__name__} is not a byte buffer: {error}"
-        ) from error
+    buffer = _byte_buffer(msg.data, "image")
     expected = step * height
     if buffer.size < expected:
         raise ImageConversionError(
@@ -96,12 +91,7 @@ def compressed_msg_to_rgb(msg) -> np.ndarray:
     compressed bgr8"``) is only quoted in errors. Raises ``ImageConversionError`` for empty data
     or bytes that do not decode.
     """
-    try:
-        buffer = np.frombuffer(msg.data, dtype=np.uint8)
-    except (TypeError, ValueError) as error:
-        raise ImageConversionError(
-            f"compressed image data of type {type(msg.data).__name__} is not a byte buffer: {error}"
-        ) from error
+    buffer = _byte_buffer(msg.data, "compressed image")
     if buffer.size == 0:
         raise ImageConversionError(f"compressed image (format {msg.format!r}) has no data")
     bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
@@ -178,6 +168,16 @@ def overlay_mask(
     for channel in range(3):
         blended[:, :, channel] = table[:, channel].take(image_rgb[:, :, channel])
     return np.where((mask != 0)[:, :, None], blended, image_rgb)
+
+
+def _byte_buffer(data, what: str) -> np.ndarray:
+    """A zero-copy ``uint8`` view of a message's ``data``; ImageConversionError if it is not bytes."""
+    try:
+        return np.frombuffer(data, dtype=np.uint8)
+    except (TypeError, ValueError) as error:
+        raise ImageConversionError(
+            f"{what} data of type {type(data).__name__} is not a byte buffer: {error}"
+        ) from error
 
 
 def stamp_to_ns(stamp) -> int:
