@@ -482,7 +482,6 @@ class VrsNode(_VrsInterface, Node):
         self._start()
 
 
-
 class VrsLifecycleNode(_VrsInterface, LifecycleNode):
     """The same node as a managed (lifecycle) node; see the module docstring for the transitions."""
 
@@ -527,7 +526,6 @@ class VrsLifecycleNode(_VrsInterface, LifecycleNode):
     def _inactive_reason(self) -> str | None:
         state = self._state_machine.current_state[1]  # (id, label); rclpy has no public getter
         return None if state == "active" else f"lifecycle state {state}: not processing images"
-
 
 
 def _spin(node) -> None:
