@@ -84,16 +84,23 @@ def ros_nodes():
     rclpy.shutdown()
 
 
-@pytest.fixture
-def ros():
-    """rclpy initialised for one test; ``ros(**params)`` starts a :class:`ros_harness.Harness`
-    (a VrsNode with ``params`` beside a peer node), closed after the test."""
+def ros_session(make):
+    """Fixture body: rclpy initialised for one test, yielding ``start(**params)`` = ``make(**params)``;
+    everything started is ``close()``-d after the test."""
     import rclpy
-    from ros_harness import Harness
 
     rclpy.init()
-    harnesses = []
-    yield lambda **params: harnesses.append(Harness(**params)) or harnesses[-1]
-    for h in harnesses:
-        h.close()
+    made = []
+    yield lambda **params: made.append(make(**params)) or made[-1]
+    for item in made:
+        item.close()
     rclpy.shutdown()
+
+
+@pytest.fixture
+def ros():
+    """``ros(**params)`` starts a :class:`ros_harness.Harness` (a VrsNode with ``params`` beside a
+    peer node), closed after the test."""
+    from ros_harness import Harness
+
+    yield from ros_session(Harness)

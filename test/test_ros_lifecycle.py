@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import rclpy
-from conftest import box_of, davis_sequence
+from conftest import box_of, davis_sequence, ros_session
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
@@ -88,12 +88,7 @@ class Lifecycle:
 
 @pytest.fixture
 def lifecycle():
-    rclpy.init()
-    made = []
-    yield lambda **params: made.append(Lifecycle(**params)) or made[-1]
-    for lc in made:
-        lc.close()
-    rclpy.shutdown()
+    yield from ros_session(Lifecycle)
 
 
 def test_transitions_load_start_stop_and_release(lifecycle, monkeypatch):
