@@ -81,7 +81,8 @@ def build_prompt(instruction: Instruction, num_frames: int) -> str:
 
 def tokenize_prompt(prompt: str, tokenizer) -> list[int]:
     """Token ids of ``prompt`` the reference way: chunks split on ``<image>`` tokenised one by
-    one (a Hugging Face tokenizer that adds BOS), BOS kept once, ``IMAGE_TOKEN_INDEX`` per image."""
+    one (``tokenizer(chunk).input_ids`` with BOS added: :func:`vrs_node.models.tokenizer.load_vrshq_tokenizer`
+    or a Hugging Face tokenizer), BOS kept once, ``IMAGE_TOKEN_INDEX`` per image."""
     chunks = [tokenizer(chunk).input_ids for chunk in prompt.split(IMAGE_TOKEN)]
     bos = tokenizer.bos_token_id
     ids = [bos] if chunks[0][:1] == [bos] else []
