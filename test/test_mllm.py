@@ -86,29 +86,33 @@ def test_special_token_ids_requires_seg_and_tak():
         special_token_ids(plain)
 
 
-def test_frame_tokens_are_the_merged_layer_minus_2_patches(mllm, frames):
+def test_frame_tokens_are_the_layer_minus_2_patches_merged_per_query_with_seeded_noise(mllm, frames):
     tokens = mllm.frame_tokens(frames[:2])
-    pixels = mllm.image_processor(images=frames[:2], return_tensors="pt")["pixel_values"]
+    pixels = mllm.image_processor(frames[:2])
     with torch.no_grad():
         hidden = mllm.vision_tower(pixel_values=pixels, output_hidden_states=True).hidden_states[-2][:, 1:]
     assert hidden.shape[1] == 256
     for i, t in enumerate(tokens):
-        assert t.merged.shape == (TOKENS_PER_FRAME, 32)
-        torch.testing.assert_close(t.merged, merge_visual_tokens(hidden[i:i + 1])[0])
+        torch.testing.assert_close(t.patches, hidden[i])
         torch.testing.assert_close(t.pooled, hidden[i].mean(0))
-    again = mllm.frame_tokens(frames[:2])
-    assert all(torch.equal(a.merged, b.merged) for a, b in zip(tokens, again))
+    merged = mllm.merge(tokens)
+    assert merged.shape == (2, TOKENS_PER_FRAME, 32)
+    torch.testing.assert_close(merged, merge_visual_tokens(hidden, generator=torch.Generator().manual_seed(0)))
+    # the noise stream is drawn frame by frame in the order given (the prompt order)
+    assert torch.equal(mllm.merge(tokens[::-1])[0], merge_visual_tokens(
+        hidden.flip(0), generator=torch.Generator().manual_seed(0))[0])
+    assert torch.equal(mllm.merge(tokens), merged), "each query starts a fresh seeded stream"
 
 
 def direct_prefill(mllm, ids, dense, seg_id, tak_id):
     """The reference computation written out: splice 112 projected tokens per <image> into the
     text embeddings, run LLaMA, pick positions with VRS-HQ's mask, apply the shared MLP."""
     pieces, chunk = [], []
-    visual = iter(dense)
+    visual = iter(mllm.merge(dense))
     for t in ids:
         if t == IMAGE_TOKEN_INDEX:
             pieces.append(mllm.llm.embed_tokens(torch.tensor(chunk, dtype=torch.long)))
-            pieces.append(mllm.mm_projector(next(visual).merged))
+            pieces.append(mllm.mm_projector(next(visual)))
             chunk = []
         else:
             chunk.append(t)
@@ -151,7 +155,7 @@ def test_sparse_tokens_are_pooled_and_placed_before_the_dense_tokens(mllm, token
     assert len(mixed) == len(plain) + len(sparse)
     with torch.no_grad():
         pooled = mllm.mm_projector(torch.stack([t.pooled for t in sparse]))
-        first_dense = mllm.mm_projector(dense[0].merged)
+        first_dense = mllm.mm_projector(mllm.merge(dense)[0])
     torch.testing.assert_close(mixed[:first], plain[:first])
     torch.testing.assert_close(mixed[first:first + len(sparse)], pooled)
     torch.testing.assert_close(mixed[first + len(sparse):first + len(sparse) + TOKENS_PER_FRAME], first_dense)

@@ -27,8 +27,12 @@ is affine, so this equals projecting the mean patch token). As in VideoLISA the 
 first, in time order, directly before the dense tokens: they fill the front of the first
 ``<image>`` slot. With no sparse frames the input is exactly VRS-HQ's.
 
-Deviation: DPC-KNN's 1e-6 density noise is off unless a seeded generator is given (see
-:mod:`vrs_node.models.dpc_knn`).
+DPC-KNN as the reference runs it: the reference seeds the RNG with ``torch.manual_seed(0)`` before
+each forward and DPC-KNN adds ``torch.rand * 1e-6`` to its densities, frame by frame in prompt
+order; that noise decides exact score ties, which do occur (:mod:`vrs_node.models.dpc_knn`). So a
+frame's cached input is its 256 CLIP patch tokens, and each prefill merges its dense frames with a
+fresh generator seeded :data:`DPC_KNN_SEED`, in prompt order -- the same noise as the reference's
+run, whatever frames were cached before (merging a few frames costs milliseconds).
 """
 
 from __future__ import annotations
@@ -39,13 +43,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaModel
+from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaModel
 
+from vrs_node.models.clip_preprocess import ClipPreprocessor
 from vrs_node.models.dpc_knn import CHAT_UNIVI_LEVELS, merge_visual_tokens
 from vrs_node.models.prompt import IMAGE_TOKEN_INDEX, SEG_TOKEN, TAK_TOKEN
 
 TOKENS_PER_FRAME = sum(n for n, _ in CHAT_UNIVI_LEVELS)
 """Visual tokens per dense frame after merging: 64 + 32 + 16 = 112."""
+
+DPC_KNN_SEED = 0
+"""The reference's ``torch.manual_seed(0)`` before each forward: the seed of DPC-KNN's noise."""
 
 
 @dataclass(frozen=True)
@@ -62,19 +70,27 @@ class MllmConfig:
 class FrameTokens:
     """What the MLLM needs of one frame, computed once per frame and cached with it.
 
-    ``merged``: (112, C_vision) Chat-UniVi tokens; ``pooled``: (C_vision,) mean patch token.
+    ``patches``: (256, C_vision) layer ``vision_select_layer`` patch tokens (DPC-KNN's input);
+    ``pooled``: (C_vision,) their mean (a sparse frame's token).
     """
 
-    merged: torch.Tensor
+    patches: torch.Tensor
     pooled: torch.Tensor
 
 
 @dataclass(frozen=True)
 class GroundingTokens:
-    """The prefill's output: one SEG embedding per dense frame, in prompt order, and the TAK."""
+    """The prefill's output: one SEG embedding per dense frame, in prompt order, and the TAK.
+
+    ``rows`` are the rows of the last hidden state that were read (the SEG rows in order, then the
+    TAK row; :func:`seg_tak_positions`) and ``hidden`` those rows (final-norm output), for parity
+    checks against the reference.
+    """
 
     seg: torch.Tensor
     tak: torch.Tensor
+    rows: tuple[int, ...]
+    hidden: torch.Tensor
 
 
 def seg_tak_positions(input_ids: Sequence[int], seg_id: int, tak_id: int,
@@ -106,7 +122,10 @@ def seg_tak_positions(input_ids: Sequence[int], seg_id: int, tak_id: int,
 class VrshqMLLM(nn.Module):
     """Chat-UniVi vision tower + token merging + projector + LLaMA + SEG/TAK head."""
 
-    def __init__(self, config: MllmConfig):
+    def __init__(self, config: MllmConfig, image_processor: ClipPreprocessor | None = None):
+        """``image_processor``: the vision tower's CLIP pre-processing (e.g.
+        ``ClipPreprocessor.from_pretrained(<CLIP directory>)``); default: CLIP's defaults at the
+        tower's ``image_size``."""
         super().__init__()
         self.config = config
         self.vision_tower = CLIPVisionModel(config.vision)
@@ -115,9 +134,8 @@ class VrshqMLLM(nn.Module):
         hidden = config.llm.hidden_size
         self.text_hidden_fcs = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
                                              nn.Linear(hidden, config.out_dim), nn.Dropout(0.0))
-        self.image_processor = CLIPImageProcessor(
-            size={"shortest_edge": config.vision.image_size},
-            crop_size={"height": config.vision.image_size, "width": config.vision.image_size})
+        self.image_processor = (image_processor if image_processor is not None
+                                else ClipPreprocessor.clip_defaults(config.vision.image_size))
 
     @property
     def device(self) -> torch.device:
@@ -128,26 +146,32 @@ class VrshqMLLM(nn.Module):
         return self.mm_projector.weight.dtype
 
     @torch.inference_mode()
-    def frame_tokens(self, images: Sequence[np.ndarray],
-                     generator: torch.Generator | None = None) -> list[FrameTokens]:
-        """CLIP-224 preprocessing (short side resize, centre crop, CLIP mean/std), the vision tower
-        at ``vision_select_layer`` without CLS, then the DPC-KNN merge, for H x W x 3 RGB frames."""
-        # Copies: window frames are read-only views, which torch.from_numpy warns about.
-        pixels = self.image_processor(images=[np.array(im) for im in images], return_tensors="pt")["pixel_values"]
+    def frame_tokens(self, images: Sequence[np.ndarray]) -> list[FrameTokens]:
+        """CLIP-224 preprocessing (transformers 4.31's: :mod:`vrs_node.models.clip_preprocess`) and
+        the vision tower at ``vision_select_layer`` without CLS, for H x W x 3 uint8 RGB frames."""
+        pixels = self.image_processor([np.asarray(im) for im in images])
         out = self.vision_tower(pixel_values=pixels.to(self.device, self.dtype), output_hidden_states=True)
         patches = out.hidden_states[self.config.vision_select_layer][:, 1:]
-        merged = merge_visual_tokens(patches, generator=generator)
-        pooled = patches.mean(dim=1)
-        return [FrameTokens(m, p) for m, p in zip(merged, pooled)]
+        return [FrameTokens(p, p.mean(dim=0)) for p in patches]
+
+    @torch.inference_mode()
+    def merge(self, dense: Sequence[FrameTokens], seed: int | None = DPC_KNN_SEED) -> torch.Tensor:
+        """The dense frames' Chat-UniVi tokens (N x 112 x C_vision), merged in the given (prompt)
+        order with DPC-KNN noise from a fresh generator seeded ``seed`` on the model's device
+        (None: no noise)."""
+        generator = None if seed is None else torch.Generator(device=self.device).manual_seed(seed)
+        patches = torch.stack([f.patches for f in dense]).to(self.device, self.dtype)
+        return merge_visual_tokens(patches, generator=generator)
 
     @torch.inference_mode()
     def forward(self, input_ids: Sequence[int], dense: Sequence[FrameTokens], seg_id: int, tak_id: int,
-                sparse: Sequence[FrameTokens] = ()) -> GroundingTokens:
-        """One prefill over the prompt with the dense frames' 112 tokens in its image slots (and the
-        sparse frames' pooled tokens in front of the first slot); returns the 256-d SEG/TAK tokens."""
+                sparse: Sequence[FrameTokens] = (), seed: int | None = DPC_KNN_SEED) -> GroundingTokens:
+        """One prefill over the prompt with the dense frames' 112 merged tokens (:meth:`merge`) in
+        its image slots (and the sparse frames' pooled tokens in front of the first slot); returns
+        the 256-d SEG/TAK tokens."""
         if not dense:
             raise ValueError("the MLLM needs at least one dense frame")
-        visual = [self.mm_projector(f.merged.to(self.device, self.dtype)) for f in dense]
+        visual = list(self.mm_projector(self.merge(dense, seed)))
         if sparse:
             pooled = torch.stack([f.pooled for f in sparse]).to(self.device, self.dtype)
             visual[0] = torch.cat([self.mm_projector(pooled), visual[0]])
@@ -161,8 +185,9 @@ class VrshqMLLM(nn.Module):
         pieces.append(text[start:])
         embeds = torch.cat(pieces)[None]
         hidden = self.llm(inputs_embeds=embeds, use_cache=False).last_hidden_state[0]
-        tokens = self.text_hidden_fcs(hidden[seg_pos + [tak_pos]]).float()
-        return GroundingTokens(seg=tokens[:-1], tak=tokens[-1])
+        rows = seg_pos + [tak_pos]
+        tokens = self.text_hidden_fcs(hidden[rows]).float()
+        return GroundingTokens(seg=tokens[:-1], tak=tokens[-1], rows=tuple(rows), hidden=hidden[rows].float())
 
 
 def special_token_ids(tokenizer) -> tuple[int, int]:
