@@ -28,7 +28,9 @@ from vrs_node.core.tracker import StreamingTracker
 from vrs_node.models.mllm import VrshqMLLM, clip_l14_224_config, tiny_config, vrshq_7b_config
 from vrs_node.models.prompt import IMAGE_TOKEN_INDEX, build_prompt, clean_instruction, tokenize_prompt
 from vrs_node.models.sam2_build import Sam2Spec, SamImageTransform, build_sam2_model
-from vrs_node.models.vrshq_checkpoint import CheckpointError, load_vrshq_checkpoint, mllm_config_from_json
+from vrs_node.models.tokenizer import TokenizerFileError
+from vrs_node.models.vrshq_checkpoint import (CheckpointError, load_vrshq_checkpoint, mllm_config_from_json,
+                                              resolve_vision_tower)
 
 PIECES = 300  # sentencepiece vocabulary; [SEG] = 300, [TAK] = 301
 VOCAB = PIECES + 2
@@ -287,8 +289,9 @@ def test_single_file_without_clip_weights_takes_them_from_the_vision_tower_dir(r
     path = variant(release, scratch / "single", {INDEX: None, SHARDS[0]: None, SHARDS[1]: None,
                                                   "config.json": lambda p: write_json(p, authors)})
     torch.save(state, path / "pytorch_model.bin")
-    with pytest.raises(CheckpointError, match="mm_hidden_size 32 != the vision tower's hidden size 1024"):
-        load_vrshq_checkpoint(path, sam2_spec=SAM2_SPEC)  # the authors' path: CLIP-L/14 sizes
+    with pytest.raises(FileNotFoundError, match=r"config.json's mm_vision_tower = '/mnt/authors/openai/clip-vit-"
+                                                r"large-patch14': no CLIP-224 vision tower .* at /mnt/authors/"):
+        load_vrshq_checkpoint(path, sam2_spec=SAM2_SPEC)  # the authors' own path
     with pytest.raises(FileNotFoundError, match="no vision-tower weights and none were found locally"):
         load_vrshq_checkpoint(path, sam2_spec=SAM2_SPEC, vision_tower=release.clip_dir)  # config only
     ckpt = load_vrshq_checkpoint(path, sam2_spec=SAM2_SPEC, vision_tower=clip_weights)
@@ -306,33 +309,122 @@ def test_config_json_of_the_7b_release_gives_the_7b_sizes(tmp_path):
               "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
               "rms_norm_eps": 1e-6, "max_position_embeddings": 2048, "vocab_size": 32002, "mm_hidden_size": 1024,
               "mm_vision_select_layer": -2, "out_dim": 256, "vision_tower": "openai/clip-vit-large-patch14"}
-    for stored in ("openai/clip-vit-large-patch14", "/mnt/authors/clip-vit-large-patch14"):
-        got = mllm_config_from_json(config | {"vision_tower": stored})
-        assert got.vision.to_dict() == clip_l14_224_config().to_dict()
-        for field in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                      "num_key_value_heads", "rms_norm_eps", "max_position_embeddings", "vocab_size",
-                      "hidden_act", "rope_parameters"):
-            assert getattr(got.llm, field) == getattr(llm, field), field
-        assert (got.out_dim, got.vision_select_layer) == (seven_b.out_dim, seven_b.vision_select_layer)
-    assert mllm_config_from_json(config | {"rope_theta": 5e5}).llm.rope_parameters["rope_theta"] == 5e5
-    assert mllm_config_from_json(config | {"num_key_value_heads": 8}).llm.num_key_value_heads == 8
+    clip_l = tmp_path / "clip-l"
+    clip_l14_224_config().save_pretrained(clip_l)
+    got = mllm_config_from_json(config, clip_l)
+    assert got.vision.to_dict() == clip_l14_224_config().to_dict()
+    for field in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "num_key_value_heads", "rms_norm_eps", "max_position_embeddings", "vocab_size",
+                  "hidden_act", "rope_parameters"):
+        assert getattr(got.llm, field) == getattr(llm, field), field
+    assert (got.out_dim, got.vision_select_layer) == (seven_b.out_dim, seven_b.vision_select_layer)
+    assert mllm_config_from_json(config | {"rope_theta": 5e5}, clip_l).llm.rope_parameters["rope_theta"] == 5e5
+    assert mllm_config_from_json(config | {"num_key_value_heads": 8}, clip_l).llm.num_key_value_heads == 8
 
     full_clip = tmp_path / "clip-full"  # a full CLIPModel directory, as openai/clip-vit-large-patch14 is
     vision = tiny_config(10).vision
     CLIPConfig(text_config=CLIPTextConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                           num_attention_heads=2).to_dict(),
                vision_config=vision.to_dict()).save_pretrained(full_clip)
-    got = mllm_config_from_json(config | {"mm_hidden_size": 32}, vision_tower=full_clip).vision
+    got = mllm_config_from_json(config | {"mm_hidden_size": 32}, full_clip).vision
     assert (got.hidden_size, got.num_hidden_layers, got.image_size, got.patch_size) == (32, 2, 224, 14)
+    with pytest.raises(CheckpointError, match="mm_hidden_size 1024 != the vision tower's hidden size 32"):
+        mllm_config_from_json(config, full_clip)
 
     with pytest.raises(CheckpointError, match="model_type"):
-        mllm_config_from_json(config | {"model_type": "llava_phi"})
+        mllm_config_from_json(config | {"model_type": "llava_phi"}, clip_l)
     with pytest.raises(CheckpointError, match="intermediate_size"):
-        mllm_config_from_json({k: v for k, v in config.items() if k != "intermediate_size"})
+        mllm_config_from_json({k: v for k, v in config.items() if k != "intermediate_size"}, clip_l)
     with pytest.raises(CheckpointError, match="rope_scaling"):
-        mllm_config_from_json(config | {"rope_scaling": {"type": "linear", "factor": 2.0}})
-    with pytest.raises(FileNotFoundError, match="not a directory"):
-        mllm_config_from_json(config, vision_tower=tmp_path / "nowhere")
+        mllm_config_from_json(config | {"rope_scaling": {"type": "linear", "factor": 2.0}}, clip_l)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"hidden_size": ')
+    with pytest.raises(CheckpointError, match=rf"{broken / 'config.json'} is not valid JSON"):
+        mllm_config_from_json(config, broken)
+
+
+def test_the_vision_tower_is_found_relative_absolute_or_in_the_hub_cache(tmp_path, monkeypatch):
+    """config.json's mm_vision_tower (else vision_tower): relative to the checkpoint, absolute, or a
+    hub id in the local Hugging Face cache; the argument overrides it; a miss names the field and
+    every place searched."""
+    import huggingface_hub.constants
+
+    checkpoint = tmp_path / "VRS-HQ"
+    (checkpoint / "clip-rel").mkdir(parents=True)
+    (checkpoint / "clip-rel" / "config.json").write_text("{}")
+    absolute = tmp_path / "clip-abs"
+    absolute.mkdir()
+    (absolute / "config.json").write_text("{}")
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--openai--clip-vit-large-patch14" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (cache / "models--openai--clip-vit-large-patch14" / "refs").mkdir()
+    (cache / "models--openai--clip-vit-large-patch14" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+
+    assert resolve_vision_tower({"vision_tower": "clip-rel"}, checkpoint) == checkpoint / "clip-rel"
+    assert resolve_vision_tower({"mm_vision_tower": str(absolute), "vision_tower": "clip-rel"}, checkpoint) == absolute
+    assert resolve_vision_tower({"vision_tower": "openai/clip-vit-large-patch14"}, checkpoint) == snapshot
+    assert resolve_vision_tower({"vision_tower": "/nowhere"}, checkpoint, vision_tower=absolute) == absolute
+    with pytest.raises(FileNotFoundError, match=rf"config.json's vision_tower = 'openai/clip-vit-base-patch16': .* at "
+                                                rf"{checkpoint}/openai/clip-vit-base-patch16 or the Hugging Face "
+                                                rf"cache {cache} for openai/clip-vit-base-patch16"):
+        resolve_vision_tower({"vision_tower": "openai/clip-vit-base-patch16"}, checkpoint)
+    with pytest.raises(FileNotFoundError, match=r"the vision_tower argument = '/nowhere/clip'"):
+        resolve_vision_tower({"vision_tower": "clip-rel"}, checkpoint, vision_tower="/nowhere/clip")
+    with pytest.raises(CheckpointError, match="names no vision tower"):
+        resolve_vision_tower({"vision_tower": None}, checkpoint)
+
+
+def test_the_clip_weights_are_reloaded_from_the_tower_directory_as_the_reference_does(release, scratch):
+    """A tower directory with weights wins over the checkpoint's copy (VRS-HQ's
+    ``initialize_vision_modules`` reloads CLIP from it)."""
+    other = VrshqMLLM(release.mllm.config).eval()
+    perturbed_bf16_exact(other, 7)
+    tower = scratch / "clip-with-weights"
+    other.vision_tower.save_pretrained(tower)
+    ckpt = load_vrshq_checkpoint(release.path, sam2_spec=SAM2_SPEC, vision_tower=tower)
+    assert ckpt.vision_weights == str(tower)
+    got = ckpt.mllm.vision_tower.state_dict()
+    assert all(torch.equal(v, got[k]) for k, v in other.vision_tower.state_dict().items())
+    assert not torch.equal(got["embeddings.patch_embedding.weight"],
+                           release.mllm.vision_tower.state_dict()["embeddings.patch_embedding.weight"])
+
+
+@pytest.mark.parametrize("shard", [0, 1])
+def test_gamma_keys_load_only_from_the_reloaded_shard_as_transformers_4_31_does(release, scratch, shard):
+    """4.31 renames ``*gamma`` keys, so only shard 2 (reloaded with strict=False) sets them."""
+    gammas = [k for k in release.released if k.startswith("model.visual_model.") and "gamma" in k]
+    assert gammas, "the SAM-2 fixture has CXBlock layer scales"
+    weight_map = {k: SHARDS[in_shard_two(k)] for k in release.released} | dict.fromkeys(gammas, SHARDS[shard])
+    state = {k: v.to(torch.bfloat16) for k, v in release.released.items()}
+
+    def write(index: int):
+        return lambda path: torch.save({k: state[k] for k, name in weight_map.items() if name == SHARDS[index]}, path)
+    files = {SHARDS[0]: write(0), SHARDS[1]: write(1),
+             INDEX: lambda path: write_json(path, {"metadata": {}, "weight_map": weight_map})}
+    ckpt = load_vrshq_checkpoint(variant(release, scratch / "ckpt", files), sam2_spec=SAM2_SPEC)
+    initial = build_sam2_model(SAM2_SPEC, seed=None).state_dict()
+    for key in gammas:
+        name = key[len("model.visual_model."):]
+        want = release.released[key] if shard == 1 else initial[name]
+        assert torch.equal(ckpt.sam2_model.state_dict()[name], want), key
+        assert not torch.equal(release.released[key], initial[name])
+
+
+def test_the_sam2_variant_is_recognised_from_the_weights(release):
+    ckpt = load_vrshq_checkpoint(release.path)
+    assert ckpt.sam2_variant == "sam2.1-hiera-t-1024"
+    assert (ckpt.sam2_spec.arch, ckpt.sam2_spec.image_size, ckpt.sam2_spec.resize) == ("sam2.1-hiera-t", 1024, "pad")
+    assert load_vrshq_checkpoint(release.path, sam2_image_size=256).sam2_model.image_size == 256
+
+
+def test_a_malformed_config_json_is_named(release, scratch):
+    path = variant(release, scratch / "ckpt", {"config.json": lambda p: p.write_text("{not json")})
+    with pytest.raises(CheckpointError, match=rf"{path / 'config.json'} is not valid JSON"):
+        load_vrshq_checkpoint(path, sam2_spec=SAM2_SPEC)
 
 
 def rewritten(release: Release, shard: int, edit) -> dict:
@@ -412,9 +504,15 @@ def test_a_pickle_with_objects_is_refused_without_running_it(release, scratch, p
 
 
 def test_token_ids_must_agree_with_added_tokens_json(release, scratch):
+    """added_tokens.json gives the ids (as transformers 4.31 read it); tokenizer_config.json's
+    added_tokens_decoder must not contradict it, and [SEG]/[TAK] must be in it."""
     files = {"added_tokens.json": lambda p: write_json(p, {"[SEG]": PIECES + 1, "[TAK]": PIECES})}
-    with pytest.raises(CheckpointError, match=r"\[SEG\] id 300 but added_tokens.json says 301"):
-        load_vrshq_checkpoint(variant(release, scratch / "ckpt", files), sam2_spec=SAM2_SPEC)
+    with pytest.raises(TokenizerFileError, match=r"tokenizer_config.json: added_tokens_decoder gives \[SEG\] id 300 "
+                                                 r"but tokenizer.model and added_tokens.json give it id 301"):
+        load_vrshq_checkpoint(variant(release, scratch / "swapped", files), sam2_spec=SAM2_SPEC)
+    files = {"added_tokens.json": lambda p: write_json(p, {"[SEG]": PIECES})}
+    with pytest.raises(CheckpointError, match=r"\[TAK\] id 301 but added_tokens.json says None"):
+        load_vrshq_checkpoint(variant(release, scratch / "no_tak", files), sam2_spec=SAM2_SPEC)
 
 
 def test_no_directory_says_what_to_download(tmp_path):

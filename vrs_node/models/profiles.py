@@ -34,6 +34,7 @@ from vrs_node.models.clip_anchor import ClipAnchorScorer
 from vrs_node.models.mllm import VrshqMLLM, tiny_config, vrshq_7b_config
 from vrs_node.models.sam2_build import Sam2Spec, SamImageTransform, build_sam2_model
 from vrs_node.models.tokenizer import byte_tokenizer
+from vrs_node.models.vrshq_checkpoint import load_vrshq_checkpoint
 
 
 @dataclass(frozen=True)
@@ -196,11 +197,9 @@ def load_models(profile: ModelProfile, device: str | torch.device = "cpu", image
     if not vrshq_checkpoint:
         raise ValueError(f"profile {profile.name!r} needs vrshq_checkpoint: the directory of the released "
                          "VRS-HQ weights (Hugging Face SitongGong/VRS-HQ)")
-    from vrs_node.models.vrshq_checkpoint import load_vrshq_checkpoint
-
-    spec = profile.sam2 if image_size is None else dataclasses.replace(profile.sam2, image_size=image_size)
     dtype = default_dtype(device)
-    ckpt = load_vrshq_checkpoint(vrshq_checkpoint, device=device, dtype=dtype, sam2_spec=spec)
+    ckpt = load_vrshq_checkpoint(vrshq_checkpoint, device=device, dtype=dtype, sam2_image_size=image_size)
+    spec = ckpt.sam2_spec  # recognised from the weights
     anchor = ClipAnchorScorer.from_pretrained("ViT-L-14-336", clip_anchor, device=device,
                                               precision="bf16" if dtype == torch.bfloat16 else "fp32")
     return LoadedModels(ckpt.sam2_model, SamImageTransform(spec.image_size, spec.resize),

@@ -13,9 +13,22 @@ Contract of :func:`load_vrshq_checkpoint`:
   the index assigns to it;
 - every key is routed (:data:`ROUTES`) or deliberately dropped (:func:`dropped_key`); an unknown key
   and a missing parameter are both errors (with examples), so nothing is silently ignored;
-- ``config.json`` gives the :class:`MllmConfig` (:func:`mllm_config_from_json`); the CLIP-224 sizes
-  come from the vision tower's local directory when there is one (the stored path is usually the
-  authors' machine: pass ``vision_tower`` to override), else they are CLIP ViT-L/14-224's;
+- ``config.json`` gives the :class:`MllmConfig` (:func:`mllm_config_from_json`); the CLIP-224 tower
+  named by its ``mm_vision_tower`` (else ``vision_tower``) is found by :func:`resolve_vision_tower`
+  (relative to the checkpoint directory, absolute, or a hub id in the local Hugging Face cache;
+  the ``vision_tower`` argument overrides it); its ``config.json`` gives the sizes and its
+  ``preprocessor_config.json`` the CLIP-224 pre-processing. A tower that cannot be found is an
+  error naming the field and every place searched;
+- like the reference (``initialize_vision_modules``), the CLIP-224 weights are *reloaded* from the
+  tower's directory when it holds any; the checkpoint's ``model.vision_tower.*`` copy (bfloat16)
+  is used only when it does not. The two differ by the bfloat16 rounding;
+- the SAM-2 architecture is recognised from the weights (:mod:`vrs_node.models.sam2_variant`)
+  unless ``sam2_spec`` is given;
+- reference quirk reproduced: transformers 4.31's ``from_pretrained`` renames every key containing
+  ``gamma`` (``beta``) to ``weight`` (``bias``), so such tensors (SAM-2's CXBlock layer scales
+  ``memory_encoder.fuser.layers.*.gamma``) are not loaded and keep their initial value, unless they
+  lie in ``pytorch_model-00002-of-00002.bin``, which the reference's evaluation reloads with
+  ``strict=False`` (:func:`renamed_by_reference`);
 - ``[SEG]``/``[TAK]`` are looked up by name in the tokenizer and must equal ``added_tokens.json``'s
   ids and lie below ``vocab_size``;
 - the MLLM is cast to ``dtype`` (default: bfloat16 on CUDA, float32 on CPU, as released it is
@@ -36,6 +49,7 @@ seconds, not memory) and the weights are copied into it strictly.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import pickle
@@ -49,10 +63,11 @@ from typing import Any
 import torch
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig
 
-from vrs_node.models.mllm import MllmConfig, VrshqMLLM, clip_l14_224_config, special_token_ids
-from vrs_node.models.profiles import PROFILES
+from vrs_node.models.clip_preprocess import ClipPreprocessor
+from vrs_node.models.mllm import MllmConfig, VrshqMLLM, special_token_ids
 from vrs_node.models.prompt import SEG_TOKEN, TAK_TOKEN
 from vrs_node.models.sam2_build import Sam2Spec, build_sam2_model
+from vrs_node.models.sam2_variant import infer_sam2_spec
 from vrs_node.models.tokenizer import load_vrshq_tokenizer
 
 log = logging.getLogger(__name__)
@@ -64,10 +79,8 @@ SINGLE_FILE = "pytorch_model.bin"
 EXPECTED_FILES = ("config.json", "generation_config.json", INDEX_FILE + " + pytorch_model-0000K-of-0000N.bin "
                   "(or " + SINGLE_FILE + ")", "tokenizer.model", "tokenizer_config.json",
                   "special_tokens_map.json", "added_tokens.json")
-
-DEFAULT_SAM2_SPEC = PROFILES["hiera-l-1024-random"].sam2
-"""SAM-2 Hiera-L at 1024 px, pad resize, VRS-HQ's multimask overrides (its random-weight flag
-belongs to the profile, not to the spec: here the weights come from the checkpoint)."""
+RELOADED_SHARD = "pytorch_model-00002-of-00002.bin"
+"""The shard the reference's evaluation reloads with ``strict=False`` after ``from_pretrained``."""
 
 ROUTES = (
     ("model.embed_tokens.", "mllm", "llm.embed_tokens."),
@@ -101,7 +114,9 @@ class VrshqCheckpoint:
     """A loaded release: models in eval mode without gradients, on the requested device.
 
     ``consumed_keys`` counts the checkpoint keys used or deliberately dropped (all of them);
-    ``vision_weights`` says where the CLIP-224 weights came from (``"checkpoint"`` or a directory).
+    ``vision_weights`` says where the CLIP-224 weights came from (the tower directory, or
+    ``"checkpoint"``); ``sam2_spec`` is the SAM-2 architecture the weights were loaded into and
+    ``sam2_variant`` its name (``"given"`` when the caller chose it).
     """
 
     mllm: VrshqMLLM
@@ -112,26 +127,62 @@ class VrshqCheckpoint:
     config_json: dict
     consumed_keys: int
     vision_weights: str
+    sam2_spec: Sam2Spec
+    sam2_variant: str
 
 
-def vision_tower_source(config: dict, vision_tower: str | Path | None = None) -> str:
-    """The CLIP-224 vision tower to use: ``vision_tower`` if given (an existing directory or
-    ``openai/clip-vit-large-patch14``), else config.json's ``vision_tower``/``mm_vision_tower``."""
+def read_json(path: Path) -> dict:
+    """A JSON object from ``path``; :class:`CheckpointError` naming the file if it is not one."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise CheckpointError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, not {type(data).__name__}")
+    return data
+
+
+def resolve_vision_tower(config: dict, checkpoint_dir: Path, vision_tower: str | Path | None = None) -> Path:
+    """The local directory of the CLIP-224 vision tower (it holds a ``config.json``).
+
+    The name is ``vision_tower`` when given (a path relative to the working directory, an absolute
+    path or a hub id), else config.json's ``mm_vision_tower``, else its ``vision_tower`` (the order
+    the reference's ``build_vision_tower`` reads them in; a relative path there is relative to
+    ``checkpoint_dir``). A name of the form ``owner/repo`` that is no directory is looked up in the
+    local Hugging Face cache (offline). Raises FileNotFoundError naming the field and every place
+    searched.
+    """
     if vision_tower is not None:
-        if str(vision_tower) != CLIP_L14_224 and not Path(vision_tower).is_dir():
-            raise FileNotFoundError(f"vision_tower {vision_tower} is not a directory (give a local copy of "
-                                    f"{CLIP_L14_224})")
-        return str(vision_tower)
-    return str(config.get("vision_tower") or config.get("mm_vision_tower") or CLIP_L14_224)
+        field, name, base = "the vision_tower argument", str(vision_tower), Path.cwd()
+    else:
+        field = next((f for f in ("mm_vision_tower", "vision_tower") if config.get(f)), None)
+        if field is None:
+            raise CheckpointError(f"{checkpoint_dir / 'config.json'} names no vision tower "
+                                  "(mm_vision_tower / vision_tower)")
+        field, name, base = f"config.json's {field}", str(config[field]), checkpoint_dir
+    path = Path(name).expanduser()
+    candidate = path if path.is_absolute() else base / path
+    searched = [str(candidate)]
+    if (candidate / "config.json").is_file():
+        return candidate
+    if not path.is_absolute() and len(path.parts) == 2:  # owner/repo: a hub id
+        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        cached = try_to_load_from_cache(name, "config.json")
+        if isinstance(cached, str):
+            return Path(cached).parent
+        searched.append(f"the Hugging Face cache {HF_HUB_CACHE} for {name}")
+    raise FileNotFoundError(f"{field} = {name!r}: no CLIP-224 vision tower (a directory with config.json) at "
+                            f"{' or '.join(searched)}; pass vision_tower=<local copy of {CLIP_L14_224}> "
+                            "(the released config.json names the authors' own path)")
 
 
-def mllm_config_from_json(config: dict, vision_tower: str | Path | None = None) -> MllmConfig:
-    """:class:`MllmConfig` from a VRS-HQ ``config.json`` (ChatUniVi: LLaMA fields + mm fields).
-
-    The vision config is read from the vision tower's directory when it holds a ``config.json``
-    (a full ``CLIPModel`` config or a vision-only one); for the hub name or a path that does not
-    exist here it is CLIP ViT-L/14-224's. ``num_key_value_heads`` defaults to the head count;
-    ``rope_theta`` and ``hidden_act`` are used when present; RoPE scaling is refused.
+def mllm_config_from_json(config: dict, vision_dir: Path) -> MllmConfig:
+    """:class:`MllmConfig` from a VRS-HQ ``config.json`` (ChatUniVi: LLaMA fields + mm fields) and
+    the vision tower's directory (its ``config.json``: a full ``CLIPModel`` config or a vision-only
+    one). ``num_key_value_heads`` defaults to the head count; ``rope_theta`` and ``hidden_act`` are
+    used when present; RoPE scaling is refused.
     """
     if config.get("model_type") != "ChatUniVi":
         raise CheckpointError(f"config.json has model_type {config.get('model_type')!r}, expected 'ChatUniVi': "
@@ -144,16 +195,11 @@ def mllm_config_from_json(config: dict, vision_tower: str | Path | None = None) 
     optional = {k: config[k] for k in ("rope_theta", "hidden_act") if k in config}
     llm = LlamaConfig(**{k: config[k] for k in LLAMA_FIELDS}, **optional,
                       num_key_value_heads=config.get("num_key_value_heads", config["num_attention_heads"]))
-    source = Path(vision_tower_source(config, vision_tower))
-    if (source / "config.json").is_file():
-        vision = CLIPVisionConfig.from_pretrained(source, local_files_only=True)
-    else:
-        if str(source) != CLIP_L14_224:
-            log.warning("vision tower %s is not available here; using CLIP ViT-L/14-224's sizes", source)
-        vision = clip_l14_224_config()
+    read_json(vision_dir / "config.json")  # a readable error naming the file, before transformers parses it
+    vision = CLIPVisionConfig.from_pretrained(vision_dir, local_files_only=True)
     if vision.hidden_size != config["mm_hidden_size"]:
         raise CheckpointError(f"config.json's mm_hidden_size {config['mm_hidden_size']} != the vision tower's "
-                              f"hidden size {vision.hidden_size} ({source})")
+                              f"hidden size {vision.hidden_size} ({vision_dir})")
     return MllmConfig(vision=vision, llm=llm, out_dim=config["out_dim"],
                       vision_select_layer=config["mm_vision_select_layer"])
 
@@ -190,7 +236,7 @@ def weight_files(directory: Path) -> dict[str, list[str]]:
         if not single.is_file():
             raise FileNotFoundError(f"{directory} has neither {INDEX_FILE} nor {SINGLE_FILE}")
         return {SINGLE_FILE: list(load_weights_file(single))}
-    weight_map = json.loads(index.read_text()).get("weight_map")
+    weight_map = read_json(index).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f"{index} has no weight_map")
     files: dict[str, list[str]] = {}
@@ -228,7 +274,7 @@ def _special_ids(directory: Path, tokenizer, vocab_size: int) -> tuple[int, int]
     added_path = directory / "added_tokens.json"
     if not added_path.is_file():
         raise FileNotFoundError(f"{added_path} missing (expected the files of {HF_REPO})")
-    added = json.loads(added_path.read_text())
+    added = read_json(added_path)
     for name, token_id in ((SEG_TOKEN, seg), (TAK_TOKEN, tak)):
         if added.get(name) != token_id:
             raise CheckpointError(f"the tokenizer gives {name} id {token_id} but added_tokens.json says "
@@ -238,13 +284,18 @@ def _special_ids(directory: Path, tokenizer, vocab_size: int) -> tuple[int, int]
     return seg, tak
 
 
-def _clip_weights(source: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """CLIP-224 vision weights (``vision_tower.*``) from a local directory or the local HF cache."""
+def renamed_by_reference(key: str) -> bool:
+    """True for keys transformers 4.31's ``from_pretrained`` renames (``gamma`` -> ``weight``,
+    ``beta`` -> ``bias``) and therefore never loads under their own name."""
+    return "gamma" in key or "beta" in key
+
+
+def _tower_weights(vision_dir: Path, dtype: torch.dtype) -> dict[str, torch.Tensor] | None:
+    """CLIP-224 vision weights (``vision_tower.*``) from the tower's directory; None if it holds none."""
     try:
-        clip = CLIPVisionModel.from_pretrained(source, local_files_only=True, dtype=dtype)
-    except OSError as err:
-        raise FileNotFoundError(f"the checkpoint has no vision-tower weights and none were found locally at "
-                                f"{source}: pass vision_tower=<local copy of {CLIP_L14_224}>") from err
+        clip = CLIPVisionModel.from_pretrained(vision_dir, local_files_only=True, dtype=dtype)
+    except OSError:  # a directory with a config but no weights file
+        return None
     return {VISION_PREFIX + k: v for k, v in clip.state_dict().items()}
 
 
@@ -259,29 +310,32 @@ def _rebuild_buffers(mllm: VrshqMLLM, device: torch.device) -> None:
 
 
 def load_vrshq_checkpoint(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-                          sam2_spec: Sam2Spec = DEFAULT_SAM2_SPEC,
-                          vision_tower: str | Path | None = None) -> VrshqCheckpoint:
+                          sam2_spec: Sam2Spec | None = None, vision_tower: str | Path | None = None,
+                          sam2_image_size: int | None = None) -> VrshqCheckpoint:
     """Load the released VRS-HQ directory ``path`` (see the module docstring for the contract).
 
     ``sam2_spec`` is the SAM-2 architecture the ``model.visual_model.*`` weights are loaded into
-    (strictly; its ``checkpoint`` must be None: the weights come from here); ``vision_tower``
-    overrides config.json's CLIP-224 location (sizes, and weights if the checkpoint lacks them).
+    (strictly; its ``checkpoint`` must be None: the weights come from here); None recognises it
+    from the weights. ``sam2_image_size`` overrides that spec's input size (the weights do not
+    depend on it). ``vision_tower`` overrides config.json's CLIP-224 location.
     """
     directory = Path(path)
     if not directory.is_dir() or not (directory / "config.json").is_file():
         raise FileNotFoundError(f"no VRS-HQ checkpoint at {directory}: expected a directory with "
                                 f"{', '.join(EXPECTED_FILES)} (download Hugging Face {HF_REPO})")
-    if sam2_spec.checkpoint is not None:
+    if sam2_spec is not None and sam2_spec.checkpoint is not None:
         raise ValueError("sam2_spec.checkpoint must be None: SAM-2's weights come from the VRS-HQ checkpoint")
     device = torch.device(device)
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    config_json = json.loads((directory / "config.json").read_text())
-    mllm_config = mllm_config_from_json(config_json, vision_tower)
+    config_json = read_json(directory / "config.json")
+    vision_dir = resolve_vision_tower(config_json, directory, vision_tower)
+    mllm_config = mllm_config_from_json(config_json, vision_dir)
     tokenizer = load_vrshq_tokenizer(directory)
     seg_id, tak_id = _special_ids(directory, tokenizer, mllm_config.llm.vocab_size)
 
     state: dict[str, torch.Tensor] = {}
+    shard_of: dict[str, str] = {}
     for name, keys in weight_files(directory).items():
         shard = load_weights_file(directory / name)
         if set(shard) != set(keys):
@@ -289,26 +343,52 @@ def load_vrshq_checkpoint(path: str | Path, device: str | torch.device = "cpu", 
                                   f"extra {_examples(set(shard) - set(keys))}; "
                                   f"absent {_examples(set(keys) - set(shard))}")
         state.update(shard)
+        shard_of.update(dict.fromkeys(shard, name))
 
-    with torch.device("meta"):
-        mllm = VrshqMLLM(mllm_config)
-    sam2_model = build_sam2_model(sam2_spec, device=device, seed=None)
-    expected = {"mllm": set(mllm.state_dict()), "sam2": set(sam2_model.state_dict())}
     parts: dict[str, dict[str, torch.Tensor]] = {"mllm": {}, "sam2": {}}
+    released_name: dict[tuple[str, str], str] = {}
     unknown = []
     for key, tensor in state.items():
-        routed = route_key(key)
-        if routed is not None and routed[1] in expected[routed[0]]:
+        routed = None if dropped_key(key) else route_key(key)
+        if routed is not None:
             parts[routed[0]][routed[1]] = tensor
+            released_name[routed] = key
         elif not dropped_key(key):
             unknown.append(key)
+    sam2_variant = "given"
+    if sam2_spec is None:
+        try:
+            sam2_variant, sam2_spec = infer_sam2_spec(parts["sam2"])
+        except ValueError as err:
+            raise CheckpointError(f"{directory}: {err}") from None
+    if sam2_image_size is not None:
+        sam2_spec = dataclasses.replace(sam2_spec, image_size=sam2_image_size)
+    with torch.device("meta"):
+        mllm = VrshqMLLM(mllm_config, ClipPreprocessor.from_pretrained(vision_dir, mllm_config.vision.image_size))
+    sam2_model = build_sam2_model(sam2_spec, device=device, seed=None)
+    expected = {"mllm": set(mllm.state_dict()), "sam2": set(sam2_model.state_dict())}
+    for part in parts:
+        unknown += [released_name[part, k] for k in parts[part] if k not in expected[part]]
     if unknown:
         raise CheckpointError(f"{len(unknown)} checkpoint keys have no place in VRS-HQ: {_examples(unknown)}")
-    vision_weights = "checkpoint"
-    if not any(k.startswith(VISION_PREFIX) for k in parts["mllm"]):
-        vision_weights = vision_tower_source(config_json, vision_tower)
-        log.info("the checkpoint holds no CLIP-224 weights; loading them from %s", vision_weights)
-        parts["mllm"].update(_clip_weights(vision_weights, dtype))
+    parts = {part: {k: v for k, v in tensors.items() if k in expected[part]} for part, tensors in parts.items()}
+
+    # The reference reloads CLIP-224 from the tower's directory; the checkpoint's copy is the fallback.
+    tower = _tower_weights(vision_dir, dtype)
+    checkpoint_has_clip = any(k.startswith(VISION_PREFIX) for k in parts["mllm"])
+    if tower is None and not checkpoint_has_clip:
+        raise FileNotFoundError(f"the checkpoint has no vision-tower weights and none were found locally at "
+                                f"{vision_dir}: pass vision_tower=<local copy of {CLIP_L14_224}>")
+    vision_weights = "checkpoint" if tower is None else str(vision_dir)
+    parts["mllm"].update(tower or {})
+    # 4.31 quirk: renamed keys outside the reloaded shard keep the freshly built module's value.
+    initial = sam2_model.state_dict()
+    kept = [k for k in parts["sam2"] if renamed_by_reference(k) and shard_of[released_name["sam2", k]] != RELOADED_SHARD]
+    for key in kept:
+        parts["sam2"][key] = initial[key]
+    if kept:
+        log.info("as the reference (transformers 4.31) does, %s keep their initial values: they are not in %s",
+                 _examples(kept), RELOADED_SHARD)
     for part in parts:
         missing = expected[part] - set(parts[part])
         if missing:
@@ -322,4 +402,5 @@ def load_vrshq_checkpoint(path: str | Path, device: str | torch.device = "cpu", 
     _rebuild_buffers(mllm, device)
     for model in (mllm, sam2_model):
         model.eval().requires_grad_(False)
-    return VrshqCheckpoint(mllm, sam2_model, tokenizer, seg_id, tak_id, config_json, len(state), vision_weights)
+    return VrshqCheckpoint(mllm, sam2_model, tokenizer, seg_id, tak_id, config_json, len(state), vision_weights,
+                           sam2_spec, sam2_variant)
