@@ -232,8 +232,9 @@ def test_offline_mode_grounds_once_and_propagates_both_ways_from_the_keyframe(ba
     assert seq["queries"] == 1 and seq["window_frames"] == FRAMES and len(seq["dense_frames"]) <= 11
     assert [r["status"] == "keyframe" for r in rows] == [i == key for i in range(FRAMES)]
     # the reference protocol recomputed here: ground over all frames, then condition on the keyframe
-    # and track each direction from a reset tracker
+    # with the query's TAK' token and track each direction from a reset tracker
     from vrs_node.core.frames import FrameWindow
+    from vrs_node.core.tracker import TokenPrompt
     from vrs_node.models.prompt import clean_instruction
 
     tracker = make_tracker(128)
@@ -244,10 +245,11 @@ def test_offline_mode_grounds_once_and_propagates_both_ways_from_the_keyframe(ba
         window.set_feature(window.append(image, stamp, frame_id).index, "sam2", feats[-1])
     grounding = make_grounder(tracker).ground(window, clean_instruction("the black swan"))
     assert grounding.keyframe == key
+    prompt = TokenPrompt(grounding.token)
     expected = {}
     for order in (range(key + 1, FRAMES), range(key - 1, -1, -1)):
         tracker.reset()
-        expected[key] = tracker.condition(feats[key], _mask_prompt(grounding.mask)).mask()
+        expected[key] = tracker.condition(feats[key], prompt).mask()
         for t in order:
             expected[t] = tracker.track(feats[t]).mask()
     for t in range(FRAMES):

@@ -8,25 +8,42 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import box_of, make_tracker
 
-from vrs_node.core.tracker import (MaskPrompt, PointsPrompt, StreamingTracker, TokenPrompt,
-                                   TrackResult)
+from vrs_node.core.tracker import (HOLE_FILL_LOGIT, MaskPrompt, PointsPrompt, StreamingTracker,
+                                   TokenPrompt, TrackResult, connected_components,
+                                   fill_holes_in_mask_scores)
 from vrs_node.models.sam2_build import SAM2_CONFIGS, Sam2Spec, SamImageTransform
 
 N_FRAMES = 20
 
 
-def predictor_reference(tracker: StreamingTracker, jpgs, prompt_fn):
-    """Run sam2's SAM2VideoPredictor (same weights) on the JPEG files; per-frame outputs."""
+def predictor_reference(tracker: StreamingTracker, jpgs, prompt_fn, monkeypatch):
+    """Run sam2's SAM2VideoPredictor (same weights) on the JPEG files; per-frame outputs.
+
+    The predictor fills holes (``fill_hole_area=8``) with our CPU connected components in place of
+    its CUDA extension (without it, it skips the filling with a warning); ``filled`` counts the
+    pixels it filled, so a test can check that the filling was exercised.
+    """
+    import sam2.utils.misc
     from sam2.build_sam import build_sam2_video_predictor
 
+    filled = []
+
+    def counting_components(mask):
+        labels, areas = connected_components(mask)
+        filled.append(int(((labels > 0) & (areas <= predictor.fill_hole_area)).sum()))
+        return labels, areas
+
+    monkeypatch.setattr(sam2.utils.misc, "get_connected_components", counting_components)
     spec = Sam2Spec(image_size=tracker.model.image_size)
     predictor = build_sam2_video_predictor(SAM2_CONFIGS[spec.arch], device="cpu",
                                            hydra_overrides_extra=spec.hydra_overrides()[:3])
     predictor.load_state_dict(tracker.model.state_dict())
+    assert predictor.fill_hole_area == tracker.fill_hole_area == 8
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # fill_hole_area without sam2's CUDA extension
+        warnings.simplefilter("error", UserWarning)  # the filling must not be skipped
         state = predictor.init_state(str(jpgs[0].parent))
         prompt_fn(predictor, state)
         out = {}
@@ -34,6 +51,7 @@ def predictor_reference(tracker: StreamingTracker, jpgs, prompt_fn):
             bank = state["output_dict_per_obj"][0]
             stored = bank["cond_frame_outputs"].get(idx) or bank["non_cond_frame_outputs"][idx]
             out[idx] = (video_res[0, 0].clone(), float(stored["object_score_logits"]))
+    out["filled"] = sum(filled)
     return out
 
 
@@ -56,28 +74,40 @@ def assert_matches_predictor(tracker, frames, reference, prompt):
         worst_logit = max(worst_logit, float((result.camera_logits() - ref_logits).abs().max()))
         worst_score = max(worst_score, abs(result.object_score - ref_score))
         nonempty += bool(result.mask().any())
-    assert len(reference) == N_FRAMES
+    assert len(reference) == N_FRAMES + 1
     assert nonempty == N_FRAMES, "the comparison is only meaningful on non-empty masks"
+    assert reference["filled"] > 0, "no hole was filled: the comparison does not exercise the filling"
     assert worst_logit <= 1e-5 and worst_score <= 1e-5, (worst_logit, worst_score)
 
 
-def test_mask_prompt_equals_video_predictor(blackswan, clip_dir):
+def test_mask_prompt_equals_video_predictor(blackswan, clip_dir, monkeypatch):
     frames, masks, _ = blackswan
     tracker = make_tracker(256)
-    reference = predictor_reference(tracker, clip_dir, lambda p, s: p.add_new_mask(s, 0, 1, masks[0]))
+    reference = predictor_reference(tracker, clip_dir, lambda p, s: p.add_new_mask(s, 0, 1, masks[0]),
+                                    monkeypatch)
     assert_matches_predictor(tracker, frames, reference, MaskPrompt(masks[0]))
 
 
-def test_click_and_box_prompts_equal_video_predictor(blackswan, clip_dir):
+def test_click_and_box_prompts_equal_video_predictor(blackswan, clip_dir, monkeypatch):
     frames, masks, _ = blackswan
     ys, xs = np.nonzero(masks[0])
     click = np.array([[xs.mean(), ys.mean()]], np.float32)
     tracker = make_tracker(128)
     reference = predictor_reference(
         tracker, clip_dir,
-        lambda p, s: p.add_new_points_or_box(s, 0, 1, points=click, labels=[1], box=box_of(masks[0])))
+        lambda p, s: p.add_new_points_or_box(s, 0, 1, points=click, labels=[1], box=box_of(masks[0])),
+        monkeypatch)
     assert_matches_predictor(tracker, frames, reference,
                              PointsPrompt(points=click, labels=np.array([1]), box=box_of(masks[0])))
+
+
+def test_without_hole_filling_the_tracker_differs_from_the_predictor(blackswan, clip_dir, monkeypatch):
+    """The equivalence above depends on the filling: a tracker that skips it does not match."""
+    frames, masks, _ = blackswan
+    reference = predictor_reference(make_tracker(256), clip_dir,
+                                    lambda p, s: p.add_new_mask(s, 0, 1, masks[0]), monkeypatch)
+    with pytest.raises(AssertionError, match="worst|<="):
+        assert_matches_predictor(make_tracker(256, fill_hole_area=0), frames, reference, MaskPrompt(masks[0]))
 
 
 def test_state_is_constant_over_1000_frames(blackswan):
@@ -133,7 +163,14 @@ def test_token_prompt_decodes_without_touching_memory(blackswan):
     other = tracker.decode_token(feats, -token)
     assert not torch.equal(scored.low_res_logits, other.low_res_logits), "the token must matter"
     conditioned = tracker.condition(feats, TokenPrompt(token))
-    assert torch.equal(conditioned.low_res_logits, scored.low_res_logits)
+    # VRS-HQ: the decode upsampled to S x S, thresholded, used as the mask input (mask as output)
+    size = tracker.model.image_size
+    mask = (F.interpolate(scored.low_res_logits, size=(size, size), mode="bilinear", align_corners=False) > 0)
+    assert mask.any()
+    low = F.interpolate(mask.float() * 20 - 10, size=(size // 4, size // 4), mode="bilinear",
+                        align_corners=False, antialias=True)
+    assert torch.equal(conditioned.low_res_logits, fill_holes_in_mask_scores(low, 8))
+    assert conditioned.object_score == 10.0
     assert tracker.has_prompt and tracker.state_size()[0] == 1
     assert tracker.track(tracker.encode(frames[1])).mask().shape == masks[1].shape
 
@@ -186,3 +223,69 @@ def test_mask_prompt_of_wrong_size_is_refused(blackswan):
         tracker.condition(tracker.encode(frames[0]), MaskPrompt(masks[0][:-1]))
     with pytest.raises(RuntimeError, match="no prompt"):
         tracker.track(tracker.encode(frames[0]))
+
+
+# --- hole filling (sam2's fill_holes_in_mask_scores on the CPU) -----------------------------------
+
+
+def logits_with_background(shape, background_pixels, value=-3.0):
+    """Foreground logits (2.0) with the given (row, col) pixels set to ``value`` (background)."""
+    mask = torch.full((1, 1, *shape), 2.0)
+    for r, c in background_pixels:
+        mask[0, 0, r, c] = value
+    return mask
+
+
+def square(r0, c0, h, w):
+    return [(r, c) for r in range(r0, r0 + h) for c in range(c0, c0 + w)]
+
+
+def test_fill_holes_fills_area_8_not_area_9():
+    eight = logits_with_background((16, 16), square(3, 3, 2, 4))
+    nine = logits_with_background((16, 16), square(3, 3, 3, 3))
+    filled = fill_holes_in_mask_scores(eight, 8)
+    assert torch.all(filled[0, 0, 3:5, 3:7] == HOLE_FILL_LOGIT) and HOLE_FILL_LOGIT == pytest.approx(0.1)
+    assert filled.dtype == eight.dtype and torch.equal(filled[eight > 0], eight[eight > 0])
+    assert torch.equal(fill_holes_in_mask_scores(nine, 8), nine)
+    assert torch.equal(fill_holes_in_mask_scores(nine, 9)[0, 0, 3:6, 3:6], torch.full((3, 3), HOLE_FILL_LOGIT))
+
+
+def test_fill_holes_uses_8_connectivity():
+    """Two blobs of 5 and 4 pixels touching only at a corner are one 9-pixel component."""
+    pixels = [(2, 2), (2, 3), (2, 4), (3, 2), (3, 3)] + [(4, 4), (4, 5), (5, 4), (5, 5)]
+    mask = logits_with_background((12, 12), pixels)
+    assert torch.equal(fill_holes_in_mask_scores(mask, 8), mask)
+    labels, areas = connected_components(mask <= 0)
+    assert len(set(labels[labels > 0].tolist())) == 1 and set(areas[areas > 0].tolist()) == {9}
+
+
+def test_fill_holes_semantics_of_sam2():
+    """Background = logit <= 0 (0 included); components touching the border count too; the
+    foreground is untouched; each mask of a batch on its own; max_area 0 = off."""
+    mask = logits_with_background((10, 10), [(0, 0), (0, 1), (5, 5)], value=0.0)
+    filled = fill_holes_in_mask_scores(mask, 8)
+    assert filled[0, 0, 0, 0] == filled[0, 0, 0, 1] == filled[0, 0, 5, 5] == HOLE_FILL_LOGIT
+    assert torch.equal(fill_holes_in_mask_scores(mask, 0), mask)
+    batch = torch.cat([mask, logits_with_background((10, 10), square(2, 2, 3, 3))])
+    out = fill_holes_in_mask_scores(batch, 8)
+    assert torch.equal(out[0], filled[0]) and torch.equal(out[1], batch[1])
+
+
+def test_fill_holes_leaves_an_all_background_or_all_foreground_mask():
+    background = torch.full((2, 1, 16, 16), -1024.0)
+    assert torch.equal(fill_holes_in_mask_scores(background, 8), background)
+    foreground = torch.full((1, 1, 16, 16), 3.0)
+    assert torch.equal(fill_holes_in_mask_scores(foreground, 8), foreground)
+    labels, areas = connected_components(torch.zeros(1, 1, 4, 4, dtype=torch.bool))
+    assert not labels.any() and not areas.any()
+
+
+def test_tracker_fills_holes_in_its_outputs(blackswan):
+    """A decode with a hole of <= 8 low-res pixels comes out filled; fill_hole_area=0 keeps it."""
+    frames, _, _ = blackswan
+    token = torch.randn(256, generator=torch.Generator().manual_seed(3))
+    filled_tracker, raw_tracker = make_tracker(128), make_tracker(128, fill_hole_area=0)
+    raw = raw_tracker.decode_token(raw_tracker.encode(frames[0]), token).low_res_logits
+    assert not torch.equal(fill_holes_in_mask_scores(raw, 8), raw), "the decode has no small hole to fill"
+    assert torch.equal(filled_tracker.decode_token(filled_tracker.encode(frames[0]), token).low_res_logits,
+                       fill_holes_in_mask_scores(raw, 8))

@@ -54,7 +54,7 @@ import numpy as np
 
 from vrs_node.core.frames import Frame, FrameWindow, check_image
 from vrs_node.core.grounder import SAM2_KEY, Grounder, Grounding
-from vrs_node.core.tracker import FrameFeatures, MaskPrompt, Prompt, StreamingTracker
+from vrs_node.core.tracker import FrameFeatures, Prompt, StreamingTracker, TokenPrompt
 from vrs_node.models.prompt import Instruction, clean_instruction
 
 log = logging.getLogger(__name__)
@@ -369,7 +369,7 @@ class StreamingEngine:
                 q.last_error = error
             if applied:
                 with self._prompt_lock:
-                    self._pending = _PendingPrompt(MaskPrompt(grounding.mask), grounding.keyframe,
+                    self._pending = _PendingPrompt(TokenPrompt(grounding.token), grounding.keyframe,
                                                    keyframe=grounding.keyframe_features,
                                                    new_target=not q.grounded)
                 q.grounded = True

@@ -16,8 +16,17 @@ camera frame number, so frames dropped upstream never leave holes in the memory 
 Equivalence with the video predictor (same weights, same frames, prompt on the first frame):
 a prompt step runs ``track_step(is_init_cond_frame=True, run_mem_encoder=False)`` and then encodes
 memory from the low-res logits upsampled to S x S with ``is_mask_from_pts=True``, as
-``propagate_in_video_preflight`` does; memory features are stored in bf16 as
-``_run_single_frame_inference`` does.
+``propagate_in_video_preflight`` does; memory features are stored in ``memory_dtype`` (bf16, as
+sam2's ``_run_single_frame_inference`` stores them; VRS-HQ's fork keeps them in the model's dtype).
+
+Hole filling (``fill_hole_area``, the video predictor's post-processing, 8 in
+``build_sam2_video_predictor`` and in VRS-HQ's ``_build_sam2_``): every 8-connected background
+component (logit <= 0) of the S/4 low-res mask with at most ``fill_hole_area`` pixels gets logit
+0.1. As in the predictor's ``_run_single_frame_inference`` it changes a frame's output (and, on a
+conditioning frame, the mask its memory is encoded from, since the predictor encodes prompted
+frames from their stored output); a tracked frame's memory is encoded inside ``track_step`` from
+the unfilled mask. It runs on the CPU with OpenCV (sam2 needs its CUDA extension for it and skips
+it silently without).
 """
 
 from __future__ import annotations
@@ -29,14 +38,52 @@ import torch
 import torch.nn.functional as F
 
 from vrs_node.core.frames import check_image
-from vrs_node.models.sam2_build import SamImageTransform
+from vrs_node.models.sam2_build import FILL_HOLE_AREA, SamImageTransform
 
 NO_OBJ_SCORE = -1024.0
 """Logit SAM-2 writes into every mask pixel of a frame whose object score is <= 0."""
 
+HOLE_FILL_LOGIT = 0.1
+"""Logit a filled hole gets (``sam2.utils.misc.fill_holes_in_mask_scores``)."""
+
 DEFAULT_NUM_FRAMES = 1 << 30
 """``num_frames`` given to ``track_step``: SAM-2 only uses it as min(num_frames, 16) and as an upper
 bound on frame indices, so a stream passes a number larger than any index."""
+
+
+def connected_components(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """8-connected components of binary masks (N x 1 x H x W), in the form of sam2's CUDA
+    ``get_connected_components``: (labels, areas), both N x 1 x H x W int32 on ``mask``'s device;
+    labels are 0 on zero pixels and > 0 on set pixels, areas give each set pixel the pixel count
+    of its component (0 on zero pixels). OpenCV's ``connectedComponentsWithStats``, on the CPU.
+    """
+    import cv2
+
+    if mask.ndim != 4 or mask.shape[1] != 1:
+        raise ValueError(f"expected N x 1 x H x W masks, got {tuple(mask.shape)}")
+    binary = (mask != 0).to(torch.uint8).cpu().numpy()
+    labels = np.zeros(binary.shape, np.int32)
+    areas = np.zeros(binary.shape, np.int32)
+    for i in range(binary.shape[0]):
+        _, lab, stats, _ = cv2.connectedComponentsWithStats(binary[i, 0], connectivity=8, ltype=cv2.CV_32S)
+        area = stats[:, cv2.CC_STAT_AREA].astype(np.int32)
+        area[0] = 0  # label 0 = the zero pixels
+        labels[i, 0], areas[i, 0] = lab, area[lab]
+    return torch.from_numpy(labels).to(mask.device), torch.from_numpy(areas).to(mask.device)
+
+
+def fill_holes_in_mask_scores(mask: torch.Tensor, max_area: int) -> torch.Tensor:
+    """sam2's ``fill_holes_in_mask_scores`` (same in VRS-HQ's fork and sam2 1.1.0) without CUDA.
+
+    ``mask``: N x 1 x H x W logits. Every 8-connected component of background pixels (logit <= 0)
+    with at most ``max_area`` pixels -- enclosed or touching the border alike -- gets logit
+    :data:`HOLE_FILL_LOGIT`; everything else is unchanged. ``max_area`` <= 0 returns ``mask``.
+    """
+    if max_area <= 0:
+        return mask
+    labels, areas = connected_components(mask <= 0)
+    is_hole = (labels > 0) & (areas <= max_area)
+    return torch.where(is_hole, HOLE_FILL_LOGIT, mask)
 
 
 @dataclass(frozen=True)
@@ -87,7 +134,12 @@ class PointsPrompt:
 
 @dataclass(frozen=True)
 class TokenPrompt:
-    """A 256-d embedding appended to the decoder's sparse prompt (VRS-HQ's [NaP, NaP, token])."""
+    """A 256-d embedding appended to the decoder's sparse prompt (VRS-HQ's [NaP, NaP, token]).
+
+    As a conditioning prompt it does what VRS-HQ does with TAK' on the keyframe: decode the token
+    on a fresh state (``add_new_points``), upsample the low-res logits (holes filled) to the S x S
+    model input, threshold at 0 and condition with that binary mask (``add_new_mask``).
+    """
 
     token: torch.Tensor
 
@@ -136,18 +188,27 @@ class StreamingTracker:
     then ``tracker.track(tracker.encode(next_image))`` per frame. ``catch_up`` re-conditions on a
     past frame and tracks the buffered frames after it. ``decode_token`` scores a token prompt on a
     frame without touching the memory (for keyframe selection).
+
+    ``fill_hole_area``: the predictor's hole filling (module docstring; 0 turns it off);
+    ``memory_dtype``: dtype the memory features are stored in (``Sam2Spec.tracker_options`` gives
+    both as the spec's reference predictor sets them).
     """
 
     def __init__(self, model: torch.nn.Module, transform: SamImageTransform, max_cond_frames: int = 4,
-                 num_frames: int = DEFAULT_NUM_FRAMES):
+                 num_frames: int = DEFAULT_NUM_FRAMES, fill_hole_area: int = FILL_HOLE_AREA,
+                 memory_dtype: torch.dtype = torch.bfloat16):
         if max_cond_frames < 1:
             raise ValueError(f"max_cond_frames must be >= 1, got {max_cond_frames}")
+        if fill_hole_area < 0:
+            raise ValueError(f"fill_hole_area must be >= 0, got {fill_hole_area}")
         if transform.image_size != model.image_size:
             raise ValueError(f"transform size {transform.image_size} != model size {model.image_size}")
         self.model = model
         self.transform = transform
         self.max_cond_frames = max_cond_frames
         self.num_frames = num_frames
+        self.fill_hole_area = fill_hole_area
+        self.memory_dtype = memory_dtype
         stride = model.memory_temporal_stride_for_eval
         self._top_pos_embeds: dict[tuple[int, int], torch.Tensor] = {}
         self.keep_non_cond = max(model.max_obj_ptrs_in_encoder - 1 if model.use_obj_ptrs_in_encoder else 0,
@@ -186,23 +247,26 @@ class StreamingTracker:
         """Make this frame a conditioning frame from ``prompt``; the running track is superseded.
 
         Non-conditioning memory is cleared (it belongs to the previous prompt); earlier
-        conditioning frames stay, up to ``max_cond_frames`` in all.
+        conditioning frames stay, up to ``max_cond_frames`` in all. A :class:`TokenPrompt`
+        conditions with the binary S x S mask of its decode (see there); the result is then the
+        mask-as-output of that mask, as VRS-HQ's propagation outputs it on the keyframe.
         """
+        point_inputs, mask_inputs = None, None
+        if isinstance(prompt, TokenPrompt):
+            mask_inputs = self._token_mask_input(feats, prompt.token)
+        elif isinstance(prompt, MaskPrompt):
+            mask_inputs = self._mask_input(prompt.mask, feats.image_hw)
+        else:
+            point_inputs = self._point_input(prompt, feats.image_hw)
         t = self._next_step()
         self._bank["non_cond_frame_outputs"].clear()
-        if isinstance(prompt, TokenPrompt):
-            out = self._decode_token(feats, prompt.token)
-        else:
-            point_inputs, mask_inputs = None, None
-            if isinstance(prompt, MaskPrompt):
-                mask_inputs = self._mask_input(prompt.mask, feats.image_hw)
-            else:
-                point_inputs = self._point_input(prompt, feats.image_hw)
-            out = self.model.track_step(
-                frame_idx=t, is_init_cond_frame=True, current_vision_feats=list(feats.vision_feats),
-                current_vision_pos_embeds=[feats.top_pos_embed], feat_sizes=list(feats.feat_sizes),
-                point_inputs=point_inputs, mask_inputs=mask_inputs, output_dict=self._bank,
-                num_frames=self.num_frames, run_mem_encoder=False)
+        out = self.model.track_step(
+            frame_idx=t, is_init_cond_frame=True, current_vision_feats=list(feats.vision_feats),
+            current_vision_pos_embeds=[feats.top_pos_embed], feat_sizes=list(feats.feat_sizes),
+            point_inputs=point_inputs, mask_inputs=mask_inputs, output_dict=self._bank,
+            num_frames=self.num_frames, run_mem_encoder=False)
+        # The predictor fills holes in the output and encodes a prompted frame's memory from it.
+        out["pred_masks"] = self._fill_holes(out["pred_masks"])
         size = self.model.image_size
         high_res = F.interpolate(out["pred_masks"], size=(size, size), mode="bilinear", align_corners=False)
         maskmem, pos_enc = self.model._encode_new_memory(
@@ -227,6 +291,7 @@ class StreamingTracker:
             current_vision_pos_embeds=[feats.top_pos_embed], feat_sizes=list(feats.feat_sizes),
             point_inputs=None, mask_inputs=None, output_dict=self._bank,
             num_frames=self.num_frames, run_mem_encoder=True)
+        out["pred_masks"] = self._fill_holes(out["pred_masks"])  # output only: memory is encoded already
         non_cond = self._bank["non_cond_frame_outputs"]
         non_cond[t] = self._compact(out)
         for old in [k for k in non_cond if k <= t - self.keep_non_cond]:
@@ -246,8 +311,12 @@ class StreamingTracker:
 
     @torch.inference_mode()
     def decode_token(self, feats: FrameFeatures, token: torch.Tensor) -> TrackResult:
-        """Decode a token prompt on a frame as a fresh conditioning frame; memory is untouched."""
-        return self._result(self._decode_token(feats, token), feats)
+        """Decode a token prompt on a frame as a fresh conditioning frame; memory is untouched.
+
+        The low-res logits are those ``add_new_points`` computes (object-score gate, holes filled).
+        """
+        out = self._decode_token(feats, token)
+        return self._result({**out, "pred_masks": self._fill_holes(out["pred_masks"])}, feats)
 
     def state_size(self) -> tuple[int, int]:
         """(number of stored frame outputs, bytes of all tensors the memory bank holds)."""
@@ -265,7 +334,7 @@ class StreamingTracker:
         if self._maskmem_pos_enc is None:
             self._maskmem_pos_enc = [p[0:1].clone() for p in out["maskmem_pos_enc"]]
         return {
-            "maskmem_features": out["maskmem_features"].to(torch.bfloat16),
+            "maskmem_features": out["maskmem_features"].to(self.memory_dtype),
             "maskmem_pos_enc": self._maskmem_pos_enc,
             "pred_masks": out["pred_masks"],
             "obj_ptr": out["obj_ptr"],
@@ -275,6 +344,18 @@ class StreamingTracker:
     def _result(self, out: dict, feats: FrameFeatures) -> TrackResult:
         return TrackResult(out["pred_masks"], float(out["object_score_logits"].reshape(-1)[0]),
                            feats.image_hw, self.transform)
+
+    def _fill_holes(self, low_res: torch.Tensor) -> torch.Tensor:
+        return fill_holes_in_mask_scores(low_res, self.fill_hole_area)
+
+    def _token_mask_input(self, feats: FrameFeatures, token: torch.Tensor) -> torch.Tensor:
+        """1 x 1 x S x S {0, 1} mask of a token's decode: VRS-HQ's ``out_mask_logits > 0``, where
+        ``out_mask_logits`` is ``add_new_points``' output at "video" resolution, which for VRS-HQ
+        (its video frames are the padded S x S SAM inputs) is S x S."""
+        low_res = self._fill_holes(self._decode_token(feats, token)["pred_masks"])
+        size = self.model.image_size
+        high_res = F.interpolate(low_res, size=(size, size), mode="bilinear", align_corners=False)
+        return (high_res > 0).float()
 
     def _mask_input(self, mask: np.ndarray, image_hw: tuple[int, int]) -> torch.Tensor:
         """Camera-resolution mask -> 1 x 1 x S x S {0, 1} float, as ``add_new_mask`` resizes it."""

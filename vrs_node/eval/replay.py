@@ -25,10 +25,12 @@ Modes (``--mode``):
   processed frames only) and the time to the first non-empty mask are recorded;
 - ``offline``: VRS-HQ's reference protocol: the whole video is the window; every frame is encoded,
   one grounding query (:meth:`~vrs_node.core.grounder.Grounder.ground`, anchor over all frames,
-  lattice <= 11 frames) picks the keyframe and its mask, then the tracker propagates forward from
-  the keyframe (conditioned with ``MaskPrompt(grounding.mask)``) and, after ``reset()``, backward
-  from it over the preceding frames in reverse (the backward pass sees no forward memory). A
-  ground-truth prompt is the keyframe instead (frame 0 on DAVIS, so only the forward pass runs).
+  lattice <= 11 frames) picks the keyframe, then
+  :func:`~vrs_node.core.propagation.propagation_steps` conditions the keyframe with the query's
+  TAK' token (``TokenPrompt``: its decode thresholded at the SAM input resolution, as VRS-HQ does)
+  and propagates forward from it and, after ``reset()``, backward from it over the preceding frames
+  in reverse (the backward pass sees no forward memory). A ground-truth prompt is the keyframe
+  instead (frame 0 on DAVIS, so only the forward pass runs).
 
 Outputs in ``--out``: per sequence, ``<out>/<sequence>/`` (``<out>/<video>/<expression>/`` with
 ``--expression all``: the ReVOS/MeViS results layout) holds one 0/255 mask PNG per frame named after
@@ -332,7 +334,8 @@ def load_replay_models(profile_name: str, device: str = "auto", image_size: int 
         dev = resolve_device(device)
         loaded = load_models(profile, dev, image_size=image_size or None, sam2_checkpoint=sam2_checkpoint or None,
                              vrshq_checkpoint=vrshq_checkpoint or None, clip_anchor=clip_anchor)
-        tracker = StreamingTracker(loaded.sam2, loaded.transform, max_cond_frames=max_cond_frames)
+        tracker = StreamingTracker(loaded.sam2, loaded.transform, max_cond_frames=max_cond_frames,
+                                   **loaded.tracker_options)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         raise ReplayError(f"model profile {profile_name!r} could not be loaded: {error}") from None
     grounder = None
@@ -505,7 +508,8 @@ class OfflinePredictor(_ModelPredictor):
         from vrs_node.core.engine import STATUS_TARGET_ABSENT, STATUS_TRACKING
         from vrs_node.core.frames import FrameWindow
         from vrs_node.core.grounder import SAM2_KEY
-        from vrs_node.core.tracker import MaskPrompt
+        from vrs_node.core.propagation import propagation_steps
+        from vrs_node.core.tracker import TokenPrompt
 
         tracker = self.models.tracker
         frames = list(tqdm(seq.frames(), total=seq.count, desc=f"{seq.name}: loading", unit="frame",
@@ -529,7 +533,7 @@ class OfflinePredictor(_ModelPredictor):
             info.update(queries=1, query_latency_ms=[round((time.perf_counter() - start) * 1e3, 2)],
                         keyframes=[grounding.keyframe], anchor=grounding.anchor,
                         dense_frames=grounding.dense_frames, keyframe_object_score=grounding.object_score)
-            key, prompt = grounding.keyframe, MaskPrompt(grounding.mask)
+            key, prompt = grounding.keyframe, TokenPrompt(grounding.token)  # TAK', as VRS-HQ conditions
         else:
             key = next((f.index for f in frames if _is_prompt_frame(f)), None)
             if key is None:
@@ -540,18 +544,15 @@ class OfflinePredictor(_ModelPredictor):
         results: list = [None] * len(frames)
         bar = tqdm(total=len(frames), desc=f"{seq.name}: propagating", unit="frame", leave=False,
                    disable=not self.progress)
-        passes = [range(key + 1, len(frames))] + ([range(key - 1, -1, -1)] if key > 0 else [])
-        for order in passes:  # forward from the keyframe, then backward over the frames before it
-            tracker.reset()  # the backward pass sees no forward memory
+        steps = propagation_steps(tracker, feats, key, prompt)  # forward, reset, backward
+        while True:
             start = time.perf_counter()
-            first = tracker.condition(feats[key], prompt)
-            if results[key] is None:
-                results[key] = first
-                compute[key] += time.perf_counter() - start
-                bar.update()
-            for t in order:
-                start = time.perf_counter()
-                results[t] = tracker.track(feats[t])
+            step = next(steps, None)
+            if step is None:
+                break
+            t, result = step
+            if results[t] is None:  # the keyframe's second conditioning (backward pass) is not kept
+                results[t] = result
                 compute[t] += time.perf_counter() - start
                 bar.update()
         bar.close()

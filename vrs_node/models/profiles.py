@@ -153,12 +153,14 @@ def build_grounding_models(profile: ModelProfile, device: str | torch.device = "
 
 @dataclass(frozen=True)
 class LoadedModels:
-    """Everything a node or tool runs: SAM-2, its image transform, and the grounding models
-    (None for a profile without language)."""
+    """Everything a node or tool runs: SAM-2, its image transform, the grounding models (None for
+    a profile without language) and the ``StreamingTracker`` options of its SAM-2's reference
+    predictor (:meth:`Sam2Spec.tracker_options`)."""
 
     sam2: torch.nn.Module
     transform: SamImageTransform
     grounding: GroundingModels | None
+    tracker_options: dict
 
     def to(self, device: str | torch.device) -> None:
         """Move every model's weights to ``device`` in place (dtypes kept), e.g. to host memory
@@ -193,7 +195,7 @@ def load_models(profile: ModelProfile, device: str | torch.device = "cpu", image
             raise ValueError(f"profile {profile.name!r} does not load a VRS-HQ checkpoint; use profile 'vrshq-7b'")
         sam2, transform = build_sam2_for_profile(profile, device, image_size, sam2_checkpoint, seed)
         grounding = build_grounding_models(profile, device, seed) if profile.language else None
-        return LoadedModels(sam2, transform, grounding)
+        return LoadedModels(sam2, transform, grounding, profile.sam2.tracker_options())
     if not vrshq_checkpoint:
         raise ValueError(f"profile {profile.name!r} needs vrshq_checkpoint: the directory of the released "
                          "VRS-HQ weights (Hugging Face SitongGong/VRS-HQ)")
@@ -203,4 +205,4 @@ def load_models(profile: ModelProfile, device: str | torch.device = "cpu", image
     anchor = ClipAnchorScorer.from_pretrained("ViT-L-14-336", clip_anchor, device=device,
                                               precision="bf16" if dtype == torch.bfloat16 else "fp32")
     return LoadedModels(ckpt.sam2_model, SamImageTransform(spec.image_size, spec.resize),
-                        GroundingModels(ckpt.mllm, ckpt.tokenizer, anchor))
+                        GroundingModels(ckpt.mllm, ckpt.tokenizer, anchor), spec.tracker_options())

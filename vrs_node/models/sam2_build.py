@@ -10,12 +10,15 @@ so a model built here tracks exactly like sam2's video predictor on the same wei
 - ``binarize_mask_from_pts_for_mem_enc=true`` (prompted frames are encoded into memory binarised);
 - the three ``dynamic_multimask_*`` decoder settings of ``build_sam2``'s post-processing.
 
-``fill_hole_area`` is a predictor option (it needs sam2's CUDA extension, which the set-up does not
-build), so it does not exist here.
+``fill_hole_area`` is a video-predictor option, not a ``SAM2Base`` one: the streaming tracker applies
+it (``vrs_node.core.tracker.fill_holes_in_mask_scores``, on the CPU; sam2 needs its CUDA extension
+for it and silently skips it without).
 
-With ``vrshq=True`` the three multimask switches VRS-HQ turns off are turned off too
-(``multimask_output_in_sam``, ``multimask_output_for_tracking``,
-``use_multimask_token_for_obj_ptr``; REFERENCE_VRSHQ_VIDEOLISA.md §2).
+With ``vrshq=True`` the decoder settings of VRS-HQ's ``_build_sam2_`` are used instead: the three
+multimask switches off (``multimask_output_in_sam``, ``multimask_output_for_tracking``,
+``use_multimask_token_for_obj_ptr``; REFERENCE_VRSHQ_VIDEOLISA.md §2) and
+``dynamic_multimask_via_stability`` off (sam2's post-processing turns it on: a single-mask output
+whose stability score is below 0.98 would be swapped for the best of the multimask outputs).
 """
 
 from __future__ import annotations
@@ -46,13 +49,21 @@ VIDEO_PREDICTOR_OVERRIDES = (
 )
 
 VRSHQ_OVERRIDES = (
+    "++model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability=false",
     "++model.multimask_output_in_sam=false",
     "++model.multimask_output_for_tracking=false",
     "++model.use_multimask_token_for_obj_ptr=false",
 )
 
+FILL_HOLE_AREA = 8
+"""Hole filling of sam2's ``build_sam2_video_predictor`` and of VRS-HQ's ``_build_sam2_``: background
+components of at most this many low-res pixels become foreground (the streaming tracker does it)."""
+
 IMAGENET_MEAN = torch.tensor((0.485, 0.456, 0.406), dtype=torch.float32)[:, None, None]
 IMAGENET_STD = torch.tensor((0.229, 0.224, 0.225), dtype=torch.float32)[:, None, None]
+SAM1_PIXEL_MEAN = torch.tensor((123.675, 116.28, 103.53), dtype=torch.float32)[:, None, None]
+SAM1_PIXEL_STD = torch.tensor((58.395, 57.12, 57.375), dtype=torch.float32)[:, None, None]
+"""SAM-1's (and VRS-HQ's) normalisation on the 0-255 scale: ImageNet mean/std x 255."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +104,13 @@ class Sam2Spec:
         if self.vrshq:
             overrides += VRSHQ_OVERRIDES
         return overrides + list(self.extra_overrides)
+
+    def tracker_options(self) -> dict:
+        """``StreamingTracker`` keyword arguments that match this model's reference predictor:
+        ``fill_hole_area`` 8 (both), memory features stored in bf16 (sam2's video predictor) or kept
+        float32 (VRS-HQ's fork drops that cast; its fp32 path keeps memory in float32)."""
+        return {"fill_hole_area": FILL_HOLE_AREA,
+                "memory_dtype": torch.float32 if self.vrshq else torch.bfloat16}
 
 
 def build_sam2_model(spec: Sam2Spec, device: str | torch.device = "cpu", seed: int | None = 0):
@@ -142,9 +160,10 @@ class SamImageTransform:
 
     ``squash``: ``PIL.Image.resize((S, S))`` (bicubic, PIL's default), /255, ImageNet mean/std --
     byte for byte what ``sam2.utils.misc.load_video_frames`` does, so the tracker equals the video
-    predictor. ``pad``: longest side resized to S with PIL bilinear (what SAM-1's
-    ``ResizeLongestSide`` does through torchvision), normalised, zero-padded bottom/right --
-    VRS-HQ's input (its mean/std on the 0-255 scale are the same numbers x 255).
+    predictor. ``pad``: VRS-HQ's input (``RVOSEvalDataset``) byte for byte: longest side resized to
+    S with PIL bilinear (SAM-1's ``ResizeLongestSide``: torchvision's resize of a PIL image, size
+    ``int(side * S / longest + 0.5)``), ``(x - mean) / std`` on the 0-255 scale in float32
+    (:data:`SAM1_PIXEL_MEAN`, :data:`SAM1_PIXEL_STD`), zero-padded bottom/right.
     """
 
     image_size: int
@@ -164,10 +183,12 @@ class SamImageTransform:
         size = self.image_size
         h, w = image.shape[:2]
         new_h, new_w = self.valid_size(h, w)
-        resample = Image.Resampling.BICUBIC if self.resize == "squash" else Image.Resampling.BILINEAR
-        resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), resample))
-        x = torch.from_numpy(resized / 255.0).permute(2, 0, 1).to(torch.float32)
-        x = (x - IMAGENET_MEAN) / IMAGENET_STD
-        if (new_h, new_w) != (size, size):
-            x = torch.nn.functional.pad(x, (0, size - new_w, 0, size - new_h))
+        if self.resize == "squash":
+            resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BICUBIC))
+            x = torch.from_numpy(resized / 255.0).permute(2, 0, 1).to(torch.float32)
+            x = (x - IMAGENET_MEAN) / IMAGENET_STD
+            return x[None].to(device)
+        resized = np.array(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR))
+        x = (torch.from_numpy(resized).permute(2, 0, 1) - SAM1_PIXEL_MEAN) / SAM1_PIXEL_STD
+        x = torch.nn.functional.pad(x, (0, size - new_w, 0, size - new_h))
         return x[None].to(device)

@@ -24,11 +24,16 @@ Contract of :func:`load_vrshq_checkpoint`:
   is used only when it does not. The two differ by the bfloat16 rounding;
 - the SAM-2 architecture is recognised from the weights (:mod:`vrs_node.models.sam2_variant`)
   unless ``sam2_spec`` is given;
-- reference quirk reproduced: transformers 4.31's ``from_pretrained`` renames every key containing
-  ``gamma`` (``beta``) to ``weight`` (``bias``), so such tensors (SAM-2's CXBlock layer scales
-  ``memory_encoder.fuser.layers.*.gamma``) are not loaded and keep their initial value, unless they
-  lie in ``pytorch_model-00002-of-00002.bin``, which the reference's evaluation reloads with
-  ``strict=False`` (:func:`renamed_by_reference`);
+- reference quirk reproduced (``reference_quirks=True``, the default): transformers 4.31's
+  ``from_pretrained`` renames every key containing ``gamma`` (``beta``) to ``weight`` (``bias``), so
+  such tensors (SAM-2's CXBlock layer scales ``memory_encoder.fuser.layers.*.gamma``) are never
+  loaded under their name; with ``low_cpu_mem_usage=True`` 4.31 leaves them ``torch.empty``
+  (uninitialised memory) unless they lie in ``pytorch_model-00002-of-00002.bin``, which the
+  reference's evaluation reloads with ``strict=False`` (:func:`renamed_by_reference`). Here such
+  tensors are set to NaN, the deterministic stand-in for uninitialised memory, with a warning: SAM-2's
+  memory is then NaN and every tracked frame is empty, as in the shared tiny golden (its gammas lie
+  in shard 1). The released 7B checkpoint holds them in shard 2 and is unaffected;
+  ``reference_quirks=False`` loads them from the file;
 - ``[SEG]``/``[TAK]`` are looked up by name in the tokenizer and must equal ``added_tokens.json``'s
   ids and lie below ``vocab_size``;
 - the MLLM is cast to ``dtype`` (default: bfloat16 on CUDA, float32 on CPU, as released it is
@@ -311,13 +316,14 @@ def _rebuild_buffers(mllm: VrshqMLLM, device: torch.device) -> None:
 
 def load_vrshq_checkpoint(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
                           sam2_spec: Sam2Spec | None = None, vision_tower: str | Path | None = None,
-                          sam2_image_size: int | None = None) -> VrshqCheckpoint:
+                          sam2_image_size: int | None = None, reference_quirks: bool = True) -> VrshqCheckpoint:
     """Load the released VRS-HQ directory ``path`` (see the module docstring for the contract).
 
     ``sam2_spec`` is the SAM-2 architecture the ``model.visual_model.*`` weights are loaded into
     (strictly; its ``checkpoint`` must be None: the weights come from here); None recognises it
     from the weights. ``sam2_image_size`` overrides that spec's input size (the weights do not
-    depend on it). ``vision_tower`` overrides config.json's CLIP-224 location.
+    depend on it). ``vision_tower`` overrides config.json's CLIP-224 location. ``reference_quirks``
+    reproduces transformers 4.31's never-loaded ``*gamma`` tensors (module docstring).
     """
     directory = Path(path)
     if not directory.is_dir() or not (directory / "config.json").is_file():
@@ -381,14 +387,15 @@ def load_vrshq_checkpoint(path: str | Path, device: str | torch.device = "cpu", 
                                 f"{vision_dir}: pass vision_tower=<local copy of {CLIP_L14_224}>")
     vision_weights = "checkpoint" if tower is None else str(vision_dir)
     parts["mllm"].update(tower or {})
-    # 4.31 quirk: renamed keys outside the reloaded shard keep the freshly built module's value.
-    initial = sam2_model.state_dict()
-    kept = [k for k in parts["sam2"] if renamed_by_reference(k) and shard_of[released_name["sam2", k]] != RELOADED_SHARD]
-    for key in kept:
-        parts["sam2"][key] = initial[key]
-    if kept:
-        log.info("as the reference (transformers 4.31) does, %s keep their initial values: they are not in %s",
-                 _examples(kept), RELOADED_SHARD)
+    # 4.31 quirk: renamed keys outside the reloaded shard are left uninitialised (NaN here).
+    unloaded = [k for k in parts["sam2"]
+                if renamed_by_reference(k) and shard_of[released_name["sam2", k]] != RELOADED_SHARD]
+    if reference_quirks and unloaded:
+        for key in unloaded:
+            parts["sam2"][key] = torch.full_like(parts["sam2"][key], float("nan"))
+        log.warning("as the reference (transformers 4.31) does, %s are not loaded (their keys are renamed and they "
+                    "are not in %s): they are NaN, so SAM-2's memory is NaN; reference_quirks=False loads them",
+                    _examples(unloaded), RELOADED_SHARD)
     for part in parts:
         missing = expected[part] - set(parts[part])
         if missing:

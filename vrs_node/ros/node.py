@@ -268,7 +268,7 @@ class _VrsInterface:
         """Build the engine over the loaded models (if any) and open the inputs."""
         if self.models is not None:
             tracker = StreamingTracker(self.models.sam2, self.models.transform,
-                                       max_cond_frames=self._param("max_cond_frames"))
+                                       max_cond_frames=self._param("max_cond_frames"), **self.models.tracker_options)
             grounder = None
             if self.models.grounding is not None:
                 g = self.models.grounding
