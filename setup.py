@@ -33,6 +33,7 @@ setup(
             "vrs-demo = vrs_node.ros.demo:main",
             "vrs-bag = vrs_node.eval.bag:main",
             "vrs-replay = vrs_node.eval.replay:main",
+            "vrs-parity = vrs_node.eval.parity:main",
             "vrs-camera = vrs_node.ros.camera:main",
             "vrs-view = vrs_node.ros.viewer:main",
         ],

@@ -11,7 +11,7 @@ window of recent frames:
 4. TDA fuses SEG into TAK'; TKS decodes TAK' on every dense frame's cached SAM-2 features and
    picks the keyframe; its decoded mask is the result.
 
-Every per-frame input (CLIP-336 embedding, the MLLM's merged tokens, SAM-2 features) is computed
+Every per-frame input (CLIP-336 embedding, the MLLM's CLIP patch tokens, SAM-2 features) is computed
 at most once per frame and cached in the :class:`FrameWindow` with the frame, so it is evicted with
 it; the text embedding is computed once per instruction. ``ground`` only reads the window and the
 tracker's weights (``decode_token`` touches no memory), so it can run on its own thread while the
@@ -29,9 +29,9 @@ import torch
 
 from vrs_node.core.frames import Frame, FrameWindow, anchor_lattice, sparse_sample
 from vrs_node.core.grounding import TDA_ALPHA, select_keyframe, temporal_dynamic_aggregation
-from vrs_node.core.tracker import FrameFeatures, StreamingTracker
+from vrs_node.core.tracker import FrameFeatures, StreamingTracker, TrackResult
 from vrs_node.models.clip_anchor import ClipAnchorScorer
-from vrs_node.models.mllm import VrshqMLLM, special_token_ids
+from vrs_node.models.mllm import GroundingTokens, VrshqMLLM, special_token_ids
 from vrs_node.models.prompt import Instruction, build_prompt, tokenize_prompt
 
 SAM2_KEY = "sam2"
@@ -62,28 +62,38 @@ class Grounding:
 
     ``dense_frames[i]`` is the frame of SEG token i (the explicit SEG -> frame mapping);
     ``keyframe_features`` lets the tracker condition on the keyframe even after the window has
-    evicted it; ``mask`` is the keyframe's mask at camera resolution, ``object_score`` its
-    object-score logit. ``timings_s`` holds the stages' durations.
+    evicted it; ``token`` is TAK' (the prompt the keyframe was decoded with), ``keyframe_result``
+    that decode, ``mask`` the keyframe's mask at camera resolution, ``object_score`` its
+    object-score logit. ``input_ids``, ``tokens`` (the MLLM's SEG/TAK tokens and the hidden rows
+    read), ``tks_object_scores``, ``tks_scores`` and ``tda_weights`` are the intermediate results,
+    for inspection and parity checks. ``timings_s`` holds the stages' durations.
     """
 
     instruction: Instruction
     keyframe: int
     keyframe_stamp_ns: int
     keyframe_features: FrameFeatures
+    token: torch.Tensor
+    keyframe_result: TrackResult
     mask: np.ndarray
     object_score: float
     anchor: int
     dense_frames: list[int]
     sparse_frames: list[int]
+    input_ids: list[int]
+    tokens: GroundingTokens
+    tks_object_scores: list[float]
     tks_scores: list[float]
     tda_weights: list[float]
     timings_s: dict[str, float] = field(default_factory=dict)
 
 
 class Grounder:
-    """Runs grounding queries over a :class:`FrameWindow` with the MLLM, CLIP anchor and tracker."""
+    """Runs grounding queries over a :class:`FrameWindow` with the MLLM, CLIP anchor and tracker.
 
-    def __init__(self, mllm: VrshqMLLM, tokenizer, anchor_scorer: ClipAnchorScorer,
+    ``anchor_scorer`` may be None when every query is given its anchor frame."""
+
+    def __init__(self, mllm: VrshqMLLM, tokenizer, anchor_scorer: ClipAnchorScorer | None,
                  tracker: StreamingTracker, config: GrounderConfig = GrounderConfig()):
         self.mllm = mllm
         self.tokenizer = tokenizer
@@ -101,8 +111,11 @@ class Grounder:
                 self._text = (instruction.text, self.anchor_scorer.embed_text(instruction.text))
             return self._text[1]
 
-    def ground(self, window: FrameWindow, instruction: Instruction) -> Grounding:
-        """Run one query on the frames the window holds now (those with SAM-2 features)."""
+    def ground(self, window: FrameWindow, instruction: Instruction, anchor_frame: int | None = None) -> Grounding:
+        """Run one query on the frames the window holds now (those with SAM-2 features).
+
+        ``anchor_frame`` (a window frame number) fixes the anchor instead of the CLIP scorer.
+        """
         timings: dict[str, float] = {}
         # The SAM-2 features are taken now: the window may evict these frames during the query.
         held = window.snapshot()
@@ -111,12 +124,20 @@ class Grounder:
         if not frames:
             raise ValueError("no encoded frame in the window yet: grounding needs at least one")
 
-        start = time.perf_counter()
-        text = self.text_embedding(instruction)
-        images = self._cached(window, frames, CLIP_KEY,
-                              lambda fs: [self.anchor_scorer.embed_image(f.image) for f in fs])
-        anchor = ClipAnchorScorer.anchor(torch.stack(images), text.to(images[0]))
-        timings["clip_anchor"] = time.perf_counter() - start
+        if anchor_frame is None:
+            if self.anchor_scorer is None:
+                raise ValueError("this grounder has no CLIP anchor scorer: give the anchor frame")
+            start = time.perf_counter()
+            text = self.text_embedding(instruction)
+            images = self._cached(window, frames, CLIP_KEY,
+                                  lambda fs: [self.anchor_scorer.embed_image(f.image) for f in fs])
+            anchor = ClipAnchorScorer.anchor(torch.stack(images), text.to(images[0]))
+            timings["clip_anchor"] = time.perf_counter() - start
+        else:
+            positions = {f.index: p for p, f in enumerate(frames)}
+            if anchor_frame not in positions:
+                raise ValueError(f"anchor frame {anchor_frame} is not an encoded frame of the window")
+            anchor = positions[anchor_frame]
 
         dense = anchor_lattice(len(frames), anchor, self.config.max_dense_frames)
         sparse = sparse_sample(len(frames), self.config.sparse_frames) if self.config.sparse_frames else []
@@ -141,9 +162,10 @@ class Grounder:
         keyframe = frames[dense[key.position]]
         return Grounding(
             instruction=instruction, keyframe=keyframe.index, keyframe_stamp_ns=keyframe.stamp_ns,
-            keyframe_features=candidates[key.position], mask=key.result.mask(),
-            object_score=key.result.object_score, anchor=frames[anchor].index,
+            keyframe_features=candidates[key.position], token=tak, keyframe_result=key.result,
+            mask=key.result.mask(), object_score=key.result.object_score, anchor=frames[anchor].index,
             dense_frames=[frames[p].index for p in dense], sparse_frames=[frames[p].index for p in sparse],
+            input_ids=ids, tokens=out, tks_object_scores=key.object_scores.tolist(),
             tks_scores=key.scores.tolist(), tda_weights=weights.tolist(), timings_s=timings)
 
     @staticmethod

@@ -51,11 +51,12 @@ def keyframe_scores(object_score_logits: torch.Tensor, tda_weights: torch.Tensor
 
 @dataclass(frozen=True)
 class Keyframe:
-    """The chosen candidate (``position`` in the candidate list), every candidate's score, and
-    the keyframe's decode with TAK' (its mask becomes the tracker's conditioning mask)."""
+    """The chosen candidate (``position`` in the candidate list), every candidate's score and
+    object-score logit, and the keyframe's decode with TAK'."""
 
     position: int
     scores: torch.Tensor
+    object_scores: torch.Tensor
     result: TrackResult
 
 
@@ -71,6 +72,7 @@ def select_keyframe(tracker: StreamingTracker, candidates: Sequence[FrameFeature
     if len(candidates) != len(tda_weights) or not candidates:
         raise ValueError(f"{len(candidates)} candidates but {len(tda_weights)} TDA weights")
     decoded = [tracker.decode_token(feats, token) for feats in candidates]
-    scores = keyframe_scores(torch.tensor([r.object_score for r in decoded]), tda_weights)
+    object_scores = torch.tensor([r.object_score for r in decoded])
+    scores = keyframe_scores(object_scores, tda_weights)
     position = int(torch.argmax(scores))
-    return Keyframe(position, scores, decoded[position])
+    return Keyframe(position, scores, object_scores, decoded[position])
