@@ -1,7 +1,8 @@
 """Shared fixtures: the shared DAVIS-2016 sample and tiny-random SAM-2 models.
 
 The DAVIS data lives in ``../shared/data/davis2016`` beside the repository (override with
-``VRS_DAVIS_DIR``); tests that need it fail, not skip, when it is missing.
+``VRS_DAVIS_DIR``), the VRS-HQ goldens in ``../shared/golden/vrshq_tiny`` (``VRS_GOLDEN_DIR``);
+tests that need them fail, not skip, when they are missing.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ os.environ.setdefault("ROS_DOMAIN_ID", str(10 + os.getpid() % 90))
 
 REPO = Path(__file__).resolve().parents[1]
 DAVIS = Path(os.environ.get("VRS_DAVIS_DIR", REPO.parent / "shared" / "data" / "davis2016"))
+VRSHQ_GOLDEN = Path(os.environ.get("VRS_GOLDEN_DIR", REPO.parent / "shared" / "golden" / "vrshq_tiny"))
+"""The authors' VRS-HQ code's tiny checkpoint and golden outputs (shared/golden/vrshq_tiny/README.md)."""
 
 
 def davis_sequence(name: str = "blackswan", count: int | None = None):

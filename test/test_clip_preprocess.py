@@ -7,7 +7,6 @@ produced by the authors' code under transformers 4.31; the tests fail, not skip,
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
@@ -15,11 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DAVIS, REPO, davis_sequence
+from conftest import DAVIS, VRSHQ_GOLDEN as GOLDEN, davis_sequence
 from vrs_node.models.clip_preprocess import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ClipPreprocessor, center_crop,
                                              shortest_edge_size)
 
-GOLDEN = Path(os.environ.get("VRS_GOLDEN_DIR", REPO.parent / "shared" / "golden" / "vrshq_tiny"))
 CLIP_DIR = ("checkpoint", "clip-vit-tiny-patch14-224")
 
 

@@ -8,17 +8,14 @@ the golden tests fail, not skip, when it is missing.
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import VRSHQ_GOLDEN as GOLDEN
 from vrs_node.models.dpc_knn import dpc_knn_cluster, merge_clusters, merge_frame_tokens, merge_visual_tokens
 
-GOLDEN = Path(os.environ.get("VRS_GOLDEN_DIR", REPO.parent / "shared" / "golden" / "vrshq_tiny"))
 
 
 @pytest.fixture(scope="module")

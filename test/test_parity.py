@@ -8,19 +8,16 @@ reference's. Any further ``<case>.<precision>.npz`` put in that folder is run th
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import DAVIS, REPO
+from conftest import DAVIS, VRSHQ_GOLDEN as GOLDEN
 from vrs_node.eval import parity
 
-GOLDEN = Path(os.environ.get("VRS_GOLDEN_DIR", REPO.parent / "shared" / "golden" / "vrshq_tiny"))
 CHECKPOINT = GOLDEN / "checkpoint"
 FRAMES = DAVIS / "blackswan" / "JPEGImages"
 CASES = sorted((GOLDEN / "golden").glob("*.npz"))

@@ -6,7 +6,7 @@ blackswan frames, keyframe chosen on the lattice [1, 3, 5, 7, 9, 11]. Everything
 golden TAK' token, so it is independent of the MLLM. Tolerances: SAM input <= 1e-5, object scores
 <= 1e-4, logits <= 1e-3 (keyframe) / 1e-4 (propagation), masks >= 99.9 % (keyframe) / 99.5 % (all
 frames) of the 480 x 854 pixels. The golden dir is found beside the repository like the DAVIS data
-(``VRS_VRSHQ_GOLDEN_DIR`` overrides it); when it is missing these tests fail, they never skip.
+(``VRS_GOLDEN_DIR`` overrides it); when it is missing these tests fail, they never skip.
 
 The golden's propagation ran with a non-finite memory encoder: transformers 4.31 renames the
 CXBlock layer-scale keys ``memory_encoder.fuser.layers.{0,1}.gamma``, so the reference left them
@@ -19,14 +19,13 @@ code tracks the swan (checked here on what does not depend on memory).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, davis_sequence
+from conftest import VRSHQ_GOLDEN as GOLDEN, davis_sequence
 
 from vrs_node.core.propagation import propagate_reference, propagation_steps, reference_order
 from vrs_node.core.tracker import StreamingTracker, TokenPrompt, TrackResult
@@ -34,14 +33,13 @@ from vrs_node.models.sam2_build import SamImageTransform
 from vrs_node.models.sam2_variant import VRSHQ_TINY_SAM2
 from vrs_node.models.vrshq_checkpoint import load_vrshq_checkpoint
 
-GOLDEN = Path(os.environ.get("VRS_VRSHQ_GOLDEN_DIR", REPO.parent / "shared" / "golden" / "vrshq_tiny"))
 CASES = ("the_black_swan", "trailing_punct")
 N_FRAMES = 12
 VIDEO_HW = (480, 854)
 @pytest.fixture(scope="module")
 def golden_dir() -> Path:
     assert (GOLDEN / "golden" / "the_black_swan.fp32.npz").is_file(), (
-        f"VRS-HQ tiny golden missing: {GOLDEN} (set VRS_VRSHQ_GOLDEN_DIR)")
+        f"VRS-HQ tiny golden missing: {GOLDEN} (set VRS_GOLDEN_DIR)")
     return GOLDEN
 
 

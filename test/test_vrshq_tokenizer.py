@@ -12,7 +12,6 @@ Expectations come from outside the code under test:
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -20,12 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import REPO, VRSHQ_GOLDEN as GOLDEN
 from vrs_node.models.mllm import special_token_ids
 from vrs_node.models.prompt import IMAGE_TOKEN_INDEX, build_prompt, clean_instruction, tokenize_prompt
 from vrs_node.models.tokenizer import TokenizerFileError, load_vrshq_tokenizer
 
-REPO = Path(__file__).resolve().parents[1]
-GOLDEN = Path(os.environ.get("VRS_GOLDEN_DIR", REPO.parent / "shared" / "golden" / "vrshq_tiny"))
 ORACLE = REPO / "test" / "data" / "tokenizer_oracle_431.json"
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
 SEG, TAK, BOS, EOS = 3000, 3001, 1, 2

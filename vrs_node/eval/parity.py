@@ -165,7 +165,7 @@ class ParityRun:
 
     def run(self) -> list[StageResult]:
         """Every stage, in pipeline order."""
-        g, mllm = self.golden.arrays, self.ckpt.mllm
+        mllm = self.ckpt.mllm
         window = FrameWindow(len(self.frames))
         for i, image in enumerate(self.frames):
             frame = window.append(image, stamp_ns=i, frame_id=str(i))
