@@ -20,7 +20,8 @@ from PIL import Image
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from vrs_node.eval.bag import BagError, TopicInfo, main, read_images, read_masks, topics, write_bag
+from vrs_node.eval.bag import (COMPRESSED, IMAGE, BagError, TopicInfo, main, read_images, read_masks, topics,
+                               transport_topic, write_bag)
 
 COUNT = 10
 TYPES = get_typestore(Stores.ROS2_KILTED)
@@ -284,3 +285,12 @@ def test_cli_runs_as_a_module_with_exit_status(tmp_path, folders):
     failed = subprocess.run([sys.executable, "-m", "vrs_node.eval.bag", "info", str(tmp_path / "none")],
                             cwd=REPO, capture_output=True, text=True)
     assert failed.returncode == 1 and "vrs-bag: error:" in failed.stderr and "no such bag" in failed.stderr
+
+
+@pytest.mark.parametrize("topic, msgtype, named", [
+    ("/cam/image", IMAGE, "/cam/image"), ("/cam/image", COMPRESSED, "/cam/image/compressed"),
+    ("/cam/image/compressed", IMAGE, "/cam/image"), ("/cam/image/compressed", COMPRESSED, "/cam/image/compressed"),
+    ("/compressed_cam", COMPRESSED, "/compressed_cam/compressed"),
+])
+def test_topics_are_named_for_their_type_as_image_transport_does(topic, msgtype, named):
+    assert transport_topic(topic, msgtype) == named

@@ -20,9 +20,9 @@ import pytest
 from conftest import DAVIS, REPO, make_grounder, make_tracker
 from PIL import Image
 
-from vrs_node.eval.bag import IMAGE_TOPIC, MASK_TOPIC, read_images, read_masks, write_bag
+from vrs_node.eval.bag import COMPRESSED, IMAGE, IMAGE_TOPIC, MASK_TOPIC, read_images, read_masks, topics, write_bag
+from vrs_node.eval.replay import BAG_DIR, Prediction, run
 from vrs_node.eval.replay import MASK_TOPIC as PRED_TOPIC
-from vrs_node.eval.replay import Prediction, run
 
 FRAMES = 8
 BLACKSWAN = DAVIS / "blackswan"
@@ -79,8 +79,14 @@ def test_a_bag_replays_end_to_end_in_stream_mode_reproducibly(bag8, tmp_path, ca
         assert mask.shape == gt_mask(name).shape == (480, 854)
         assert set(np.unique(mask)) <= {0, 255}
 
-    # masks.bag: the input frames and the predicted masks, with the input stamps
-    out_bag = seq_dir / "masks.bag"
+    # masks_bag (a rosbag2 folder, no ROS 1 ".bag" name): the input frames, the predicted masks on the
+    # node's topic and the ground truth, each on its own topic with the input's type, the input stamps
+    out_bag = seq_dir / BAG_DIR
+    assert BAG_DIR == "masks_bag" and PRED_TOPIC == "/vrs/mask" and (out_bag / "metadata.yaml").is_file()
+    assert {t.name: t.msgtype for t in topics(out_bag)} == {IMAGE_TOPIC: IMAGE, PRED_TOPIC: IMAGE, MASK_TOPIC: IMAGE}
+    assert first["sequences"]["blackswan"]["bag"] == {"path": str(out_bag.resolve()), "topics": {
+        "frames": IMAGE_TOPIC, "masks": PRED_TOPIC, "ground_truth": MASK_TOPIC}}
+    assert f"{seq_dir} (masks, frames.csv, overlay.mp4, masks_bag with the masks on /vrs/mask)" in printed
     predicted = list(read_masks(out_bag, PRED_TOPIC))
     assert [stamp for stamp, _, _ in predicted] == input_stamps
     for (_, _, mask), name in zip(predicted, NAMES):
@@ -149,7 +155,7 @@ def test_the_ground_truth_as_prediction_scores_one_through_the_same_pipeline(bag
     assert all(float(r["J"]) == 1.0 and float(r["F"]) == 1.0 for r in read_csv(seq_dir / "frames.csv"))
     for name in NAMES:
         assert np.array_equal(png(seq_dir / f"{name}.png") > 0, gt_mask(name))
-    assert all(np.array_equal(m, gt_mask(n)) for (_, _, m), n in zip(read_masks(seq_dir / "masks.bag", PRED_TOPIC), NAMES))
+    assert all(np.array_equal(m, gt_mask(n)) for (_, _, m), n in zip(read_masks(seq_dir / BAG_DIR, PRED_TOPIC), NAMES))
     assert "custom predictor" in summary["warning"]
 
     # a known error is scored as such: J by hand, F below 1, means over frames
@@ -159,6 +165,66 @@ def test_the_ground_truth_as_prediction_scores_one_through_the_same_pipeline(bag
     assert [float(r["J"]) for r in rows] == pytest.approx(expected, abs=1e-6)
     assert shifted["overall"]["J"] == pytest.approx(np.mean(expected), abs=1e-6) and shifted["overall"]["J"] < 0.95
     assert 0 < shifted["overall"]["F"] < 1
+
+
+def test_output_names_a_bag_folder_without_bag_and_a_topic_per_message_type(tmp_path):
+    """An input "x.bag" gives the sequence "x"; frames re-encoded to another type than the input's
+    get that type's image_transport name (CompressedImage on <topic>/compressed), never the input's;
+    a mask topic that would share the frames' name is refused."""
+    compressed = tmp_path / "swan.bag"
+    write_bag(compressed, BLACKSWAN / "JPEGImages", BLACKSWAN / "Annotations", compressed="jpeg",
+              image_topic=IMAGE_TOPIC + "/compressed", limit=3)
+    summary = run(["--bag", str(compressed), "--image-topic", IMAGE_TOPIC + "/compressed", "--gt-topic", MASK_TOPIC,
+                   "--prompt", "gt-mask", "--out", str(tmp_path / "out"), "--quiet"], predictor=oracle)
+    assert list(summary["sequences"]) == ["swan"] and sorted(p.name for p in (tmp_path / "out").iterdir()) == \
+        ["plots", "summary.json", "swan"]
+    out_bag = tmp_path / "out" / "swan" / BAG_DIR
+    assert {t.name: t.msgtype for t in topics(out_bag)} == {IMAGE_TOPIC: IMAGE, PRED_TOPIC: IMAGE, MASK_TOPIC: IMAGE}
+    decoded = [image for _, _, image in read_images(compressed, IMAGE_TOPIC + "/compressed")]
+    assert all(np.array_equal(a, b) for (_, _, a), b in zip(read_images(out_bag, IMAGE_TOPIC), decoded, strict=True))
+
+    raw = tmp_path / "raw"
+    write_bag(raw, BLACKSWAN / "JPEGImages", BLACKSWAN / "Annotations", limit=3)
+    run(["--bag", str(raw), "--gt-topic", MASK_TOPIC, "--prompt", "gt-mask", "--bag-images", "jpeg",
+         "--out", str(tmp_path / "out_jpeg"), "--quiet"], predictor=oracle)
+    assert {t.name: t.msgtype for t in topics(tmp_path / "out_jpeg" / "raw" / BAG_DIR)} == \
+        {IMAGE_TOPIC + "/compressed": COMPRESSED, PRED_TOPIC: IMAGE, MASK_TOPIC: IMAGE}
+    with pytest.raises(SystemExit, match="bag topics must differ: {'frames': '/camera/image_raw', 'masks': "
+                                         "'/camera/image_raw', 'ground_truth': '/camera/gt_mask'}"):
+        run(["--bag", str(raw), "--gt-topic", MASK_TOPIC, "--prompt", "gt-mask", "--mask-topic", IMAGE_TOPIC,
+             "--out", str(tmp_path / "clash"), "--quiet"], predictor=oracle)
+
+
+@pytest.mark.parametrize("width, height", [(65, 49), (65, 48), (64, 49)])
+def test_the_overlay_video_keeps_every_pixel_of_odd_sizes(tmp_path, width, height):
+    """MPEG-4 needs even sizes: the last column/row is repeated, not dropped. The frames are black
+    with a white last column and a grey last row; the prediction and ground truth are empty."""
+    frames, masks = tmp_path / "frames", tmp_path / "masks"
+    frames.mkdir()
+    masks.mkdir()
+    image = np.zeros((height, width, 3), np.uint8)
+    image[:, -1], image[-1, :-1] = 255, 128
+    for i in range(3):
+        Image.fromarray(image).save(frames / f"{i:05d}.png")
+        Image.fromarray(np.zeros((height, width), np.uint8)).save(masks / f"{i:05d}.png")
+    write_bag(tmp_path / "odd", frames, masks)
+
+    def empty(sequence):
+        for frame in sequence.frames():
+            yield Prediction(frame, np.zeros(frame.image.shape[:2], bool))
+
+    run(["--bag", str(tmp_path / "odd"), "--gt-topic", MASK_TOPIC, "--prompt", "gt-mask", "--out", str(tmp_path / "out"),
+         "--quiet"], predictor=empty)
+    video = cv2.VideoCapture(str(tmp_path / "out" / "odd" / "overlay.mp4"))
+    shown = [video.read()[1] for _ in range(3)]
+    for frame in shown:
+        assert frame.shape == (height + height % 2, width + width % 2, 3)
+        gray = frame.mean(axis=2)
+        assert gray[: height - 1, : width - 1].mean() < 10  # the black inside
+        for column in range(width - 1, frame.shape[1]):  # the last column and its copy: white
+            assert gray[: height - 1, column].mean() > 230, column
+        for row in range(height - 1, frame.shape[0]):  # the last row and its copy: grey
+            assert abs(gray[row, : width - 2].mean() - 128) < 12, row
 
 
 def test_a_predictor_that_skips_a_frame_is_refused(bag8, tmp_path):

@@ -56,6 +56,14 @@ TYPESTORE = get_typestore(Stores.ROS2_KILTED)
 _NS_PER_S = 1_000_000_000
 
 
+def transport_topic(topic: str, msgtype: str) -> str:
+    """``topic`` named for ``msgtype`` as image_transport names its topics: a CompressedImage on
+    ``<base>/compressed``, an Image on ``<base>``, ``<base>`` being ``topic`` without a trailing
+    ``/compressed``; so one name never carries both types."""
+    base = topic.removesuffix("/compressed")
+    return f"{base}/compressed" if msgtype == COMPRESSED else base
+
+
 class BagError(RuntimeError):
     """A bag cannot be written, opened or decoded, or lacks a topic; the message says which and why."""
 
@@ -351,7 +359,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         if args.command == "make":
-            topic = args.topic or (IMAGE_TOPIC + "/compressed" if args.compressed else IMAGE_TOPIC)
+            topic = args.topic or transport_topic(IMAGE_TOPIC, COMPRESSED if args.compressed else IMAGE)
             count = write_bag(
                 args.bag, args.frames, args.masks, storage=args.storage, rate_hz=args.rate,
                 compressed=args.compressed, image_topic=topic, mask_topic=args.mask_topic,

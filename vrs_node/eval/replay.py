@@ -32,13 +32,25 @@ Modes (``--mode``):
   in reverse (the backward pass sees no forward memory). A ground-truth prompt is the keyframe
   instead (frame 0 on DAVIS, so only the forward pass runs).
 
-Outputs in ``--out``: per sequence, ``<out>/<sequence>/`` (``<out>/<video>/<expression>/`` with
+Outputs in ``--out``: per sequence, ``<out>/<sequence>/`` (``<sequence>`` is the bag's name without
+``.bag``, ``.mcap`` or ``.db3``, or the dataset video; ``<out>/<video>/<expression>/`` with
 ``--expression all``: the ReVOS/MeViS results layout) holds one 0/255 mask PNG per frame named after
-the frame, at ground-truth resolution (the DAVIS results layout); ``masks.bag`` (the input frames,
-the predicted masks at camera resolution on ``--mask-topic`` and the ground truth, all with the input
-stamps); ``overlay.mp4`` (prediction in red, ground-truth contour in green) and ``frames.csv``. The
-top level gets ``summary.json`` (scores, protocol, settings) and ``plots/`` (J&F over time, latency
-histogram, time to first mask in realtime mode; :mod:`vrs_node.eval.report`).
+the frame, at ground-truth resolution (the DAVIS results layout); ``masks_bag/``, a rosbag2 folder
+(``--bag-storage``), all messages with the input stamps:
+
+- the predicted masks, ``sensor_msgs/Image`` mono8 0/255 at camera resolution, on ``--mask-topic``
+  (default ``/vrs/mask``: where ``vrs-node`` publishes them under ``launch/vrs.launch.py``);
+- the input frames, ``Image`` rgb8 or (``--bag-images jpeg``) ``CompressedImage``, on the input
+  image topic named for that type as image_transport does (:func:`vrs_node.eval.bag.transport_topic`:
+  ``/camera/image_raw`` for Image, ``/camera/image_raw/compressed`` for CompressedImage): frames
+  re-encoded to the other type get the other name, not the input's (for an input named that way);
+- the ground truth, ``Image`` mono8 0/255, on the ground-truth topic named the same way
+  (default ``/camera/gt_mask``);
+
+``overlay.mp4`` (prediction in red, ground-truth contour in green; an odd width or height gets its
+last column or row repeated, as MPEG-4 needs even sizes) and ``frames.csv``. The top level gets
+``summary.json`` (scores, protocol, settings, each sequence's bag and topics) and ``plots/`` (J&F
+over time, latency histogram, time to first mask in realtime mode; :mod:`vrs_node.eval.report`).
 
 The seam: :func:`run_sequence` takes a *predictor*, any callable ``predictor(sequence)`` that yields
 one :class:`Prediction` per frame of ``sequence.frames()`` in order (the three modes above are
@@ -81,7 +93,11 @@ if TYPE_CHECKING:  # torch-side imports stay lazy: errors and --help answer with
 
 PROMPTS = ("instruction", "gt-box", "gt-mask")
 MODES = ("stream", "realtime", "offline")
-MASK_TOPIC = "/vrs_node/mask"
+MASK_TOPIC = "/vrs/mask"
+"""Default topic of the predicted masks in the output bag: ``vrs-node``'s ``mask`` in the namespace
+``vrs`` of ``launch/vrs.launch.py``."""
+BAG_DIR = "masks_bag"
+"""The output rosbag2 folder in each sequence folder (no ``.bag`` suffix: that names a ROS 1 bag)."""
 NO_RESULT = "no_result"
 """Status of a realtime frame that arrived before the engine had published any result."""
 CSV_COLUMNS = ("frame", "stamp_ns", "J", "F", "object_score", "status", "latency_ms",
@@ -203,7 +219,7 @@ def bag_sequence(path: Path, image_topic: str, gt_topic: str | None = None, limi
         stamps = []
     fps = _fps(stamps)
     gt_hw = next(iter(gts.values()))[0] if gts else None
-    name = path.stem if path.suffix in (".mcap", ".db3") else path.name
+    name = path.stem if path.suffix in (".bag", ".mcap", ".db3") else path.name
     return ReplaySequence(name, count, frames, fps, instruction, video=name, gt_hw=gt_hw)
 
 
@@ -573,23 +589,28 @@ PREDICTORS = {"stream": StreamPredictor, "realtime": RealtimePredictor, "offline
 
 
 class _MaskBag:
-    """``masks.bag``: input frames, predicted masks and ground truth with the input stamps
-    (messages built with :mod:`vrs_node.eval.bag`'s helpers)."""
+    """:data:`BAG_DIR`: input frames, predicted masks and ground truth with the input stamps, on the
+    topics of the module docstring (``topics``: role -> topic; messages built with
+    :mod:`vrs_node.eval.bag`'s helpers). ReplayError if two roles would share a topic."""
 
     def __init__(self, path: Path, image_topic: str, mask_topic: str, gt_topic: str | None,
                  storage: str = "mcap", images: str = "raw"):
         from rosbags.rosbag2 import Writer
 
-        if len({image_topic, mask_topic, gt_topic or image_topic}) != (3 if gt_topic else 2):
-            raise ReplayError(f"bag topics must differ: image {image_topic}, mask {mask_topic}, gt {gt_topic}")
+        image_type = bagio.IMAGE if images == "raw" else bagio.COMPRESSED
+        self.topics = {"frames": bagio.transport_topic(image_topic, image_type), "masks": mask_topic}
+        if gt_topic:
+            self.topics["ground_truth"] = bagio.transport_topic(gt_topic, bagio.IMAGE)
+        if len(set(self.topics.values())) != len(self.topics):
+            raise ReplayError(f"bag topics must differ: {self.topics}")
         self.images = images
         self.writer = Writer(path, version=9, storage_plugin=bagio.STORAGES[storage])
         self.writer.open()
-        image_type = bagio.IMAGE if images == "raw" else bagio.COMPRESSED
         types = bagio.TYPESTORE
-        self.image_conn = self.writer.add_connection(image_topic, image_type, typestore=types)
+        self.image_conn = self.writer.add_connection(self.topics["frames"], image_type, typestore=types)
         self.mask_conn = self.writer.add_connection(mask_topic, bagio.IMAGE, typestore=types)
-        self.gt_conn = self.writer.add_connection(gt_topic, bagio.IMAGE, typestore=types) if gt_topic else None
+        self.gt_conn = self.writer.add_connection(self.topics["ground_truth"], bagio.IMAGE, typestore=types) \
+            if gt_topic else None
 
     def write(self, frame: InputFrame, mask: np.ndarray) -> None:
         types, stamp = bagio.TYPESTORE, frame.stamp_ns
@@ -623,6 +644,13 @@ def overlay_frame(image: np.ndarray, mask: np.ndarray, gt: np.ndarray | None) ->
     return shown
 
 
+def even_size(image: np.ndarray) -> np.ndarray:
+    """``image`` with its last column and/or row repeated to an even width and height (MPEG-4 video
+    needs even sizes; OpenCV's writer would drop an odd last column or row)."""
+    height, width = image.shape[:2]
+    return cv2.copyMakeBorder(image, 0, height % 2, 0, width % 2, cv2.BORDER_REPLICATE)
+
+
 def _prepare_dir(path: Path) -> None:
     """Create ``path``; an earlier vrs-replay output there (it has frames.csv) is replaced, anything
     else is refused."""
@@ -649,8 +677,9 @@ def run_sequence(seq: ReplaySequence, predictor: Predictor, out_dir: Path | str,
     """Replay one sequence through ``predictor``; write and score its output.
 
     Every frame gets: its mask PNG (0/255, at the ground-truth resolution ``seq.gt_hw``, else camera
-    resolution), a message pair in ``masks.bag``, an ``overlay.mp4`` frame and a ``frames.csv`` row;
-    a frame with ground truth is scored (J, F per frame, :mod:`vrs_node.eval.metrics`). Returns
+    resolution), its messages in :data:`BAG_DIR` (topics: see the module docstring), an
+    ``overlay.mp4`` frame (padded to even sizes by :func:`even_size`) and a ``frames.csv`` row; a
+    frame with ground truth is scored (J, F per frame, :mod:`vrs_node.eval.metrics`). Returns
     (sequence summary, per-frame rows). RuntimeError if the predictor does not yield exactly one
     prediction per frame, in order.
     """
@@ -659,7 +688,7 @@ def run_sequence(seq: ReplaySequence, predictor: Predictor, out_dir: Path | str,
     rows: list[dict] = []
     video = None
     has_gt = seq.gt_hw is not None
-    bag_out = _MaskBag(out_dir / "masks.bag", image_topic, mask_topic, gt_topic if has_gt else None,
+    bag_out = _MaskBag(out_dir / BAG_DIR, image_topic, mask_topic, gt_topic if has_gt else None,
                        bag_storage, bag_images)
     try:
         bar = tqdm(total=seq.count, desc=seq.name, unit="frame", leave=False, disable=not progress)
@@ -674,7 +703,7 @@ def run_sequence(seq: ReplaySequence, predictor: Predictor, out_dir: Path | str,
             saved = _resize_mask(mask, hw)
             PILImage.fromarray(saved.view(np.uint8) * np.uint8(255)).save(out_dir / f"{frame.name}.png")
             bag_out.write(frame, mask)
-            shown = overlay_frame(frame.image, mask, frame.gt)
+            shown = even_size(overlay_frame(frame.image, mask, frame.gt))
             if video is None:
                 size = (shown.shape[1], shown.shape[0])
                 video = cv2.VideoWriter(str(out_dir / "overlay.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), seq.fps, size)
@@ -700,7 +729,9 @@ def run_sequence(seq: ReplaySequence, predictor: Predictor, out_dir: Path | str,
     if len(rows) != seq.count:
         raise RuntimeError(f"{seq.name}: the predictor answered {len(rows)} of {seq.count} frames")
     _write_csv(out_dir / "frames.csv", rows)
-    return _sequence_summary(seq, rows, getattr(predictor, "info", {}) or {}, out_dir), rows
+    summary = _sequence_summary(seq, rows, getattr(predictor, "info", {}) or {}, out_dir)
+    summary["bag"] = {"path": str((out_dir / BAG_DIR).resolve()), "topics": bag_out.topics}
+    return summary, rows
 
 
 def _fmt(value) -> str:
@@ -822,7 +853,12 @@ def _by_subset(sequences: dict[str, dict]) -> dict | None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Arguments of ``vrs-replay``."""
-    parser = argparse.ArgumentParser(prog="vrs-replay", description=__doc__.split("\n\n")[0].replace("``", ""))
+    parser = argparse.ArgumentParser(
+        prog="vrs-replay", description=__doc__.split("\n\n")[0].replace("``", ""),
+        epilog=f"Outputs, per sequence in <out>/<sequence>/ (a bag's name without .bag/.mcap/.db3): one mask PNG "
+               f"per frame, frames.csv, overlay.mp4 and {BAG_DIR}/, a rosbag2 folder with the predicted masks on "
+               f"--mask-topic, the frames on the input image topic (Image; with --bag-images jpeg CompressedImage "
+               f"on <topic>/compressed) and the ground truth on its topic; then <out>/summary.json and <out>/plots/.")
     source = parser.add_argument_group("input (--bag or --dataset)")
     source.add_argument("--bag", type=Path, help="rosbag2 folder or .mcap/.db3 file")
     source.add_argument("--image-topic", default=bagio.IMAGE_TOPIC, help="image topic of --bag (default %(default)s)")
@@ -852,10 +888,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--max-catchup-frames", type=int, default=16, help="frames tracked when catching up")
     output = parser.add_argument_group("output")
     output.add_argument("--out", type=Path, default=Path("out/replay"), help="output folder (default %(default)s)")
-    output.add_argument("--mask-topic", default=MASK_TOPIC, help="mask topic in masks.bag (default %(default)s)")
+    output.add_argument("--mask-topic", default=MASK_TOPIC,
+                        help=f"topic of the predicted masks in <out>/<sequence>/{BAG_DIR}/, a rosbag2 folder "
+                             "(default %(default)s, as vrs-node publishes them under launch/vrs.launch.py)")
     output.add_argument("--bag-storage", choices=tuple(bagio.STORAGES), default="mcap")
     output.add_argument("--bag-images", choices=("raw", "jpeg"), default="raw",
-                        help="frames in masks.bag as Image rgb8 (raw) or CompressedImage jpeg")
+                        help=f"frames in {BAG_DIR} as Image rgb8 (raw) on the input topic, or CompressedImage "
+                             "jpeg on <input topic>/compressed")
     output.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if (args.bag is None) == (args.dataset is None):

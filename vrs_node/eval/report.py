@@ -171,7 +171,9 @@ def format_report(summary: Mapping) -> str:
     lines.append(f"  scored: {summary['protocol']['frames_scored']}")
     lines.append(f"  summary: {summary['files']['summary']}")
     for name, seq in summary["sequences"].items():
-        lines.append(f"  {name}: {seq['out_dir']} (masks, frames.csv, overlay.mp4, masks.bag)")
+        bag = seq["bag"]
+        lines.append(f"  {name}: {seq['out_dir']} (masks, frames.csv, overlay.mp4, {Path(bag['path']).name} "
+                     f"with the masks on {bag['topics']['masks']})")
     for name, path in summary["files"]["plots"].items():
         lines.append(f"  plot {name}: {path}")
     return "\n".join(lines)
