@@ -8,6 +8,7 @@ tests that need them fail, not skip, when they are missing.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,16 @@ REPO = Path(__file__).resolve().parents[1]
 DAVIS = Path(os.environ.get("VRS_DAVIS_DIR", REPO.parent / "shared" / "data" / "davis2016"))
 VRSHQ_GOLDEN = Path(os.environ.get("VRS_GOLDEN_DIR", REPO.parent / "shared" / "golden" / "vrshq_tiny"))
 """The authors' VRS-HQ code's tiny checkpoint and golden outputs (shared/golden/vrshq_tiny/README.md)."""
+FUZZ_EXAMPLES: Counter = Counter()
+"""Examples run to completion per fuzzed input surface (test_fuzz.py); printed at the session's end."""
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print how many examples each fuzzed input surface ran (also under -q), so CI output shows them."""
+    if FUZZ_EXAMPLES:
+        terminalreporter.section("fuzz examples run per input surface")
+        for surface, count in sorted(FUZZ_EXAMPLES.items()):
+            terminalreporter.write_line(f"{surface}: {count}")
 
 
 def davis_sequence(name: str = "blackswan", count: int | None = None):

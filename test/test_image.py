@@ -4,20 +4,27 @@ Expected values are built independently of the implementation: message bytes are
 pixel by pixel in plain Python, and expected arrays are plain numpy constructions.
 """
 
+import struct
 import subprocess
 import sys
 import types
+import zlib
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from builtin_interfaces.msg import Time
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
+from vrs_node.ros import image as image_module
 from vrs_node.ros.image import (
+    DEFAULT_MAX_IMAGE_PIXELS,
     SUPPORTED_ENCODINGS,
     ImageConversionError,
+    compressed_msg_to_rgb,
+    compressed_size,
     image_msg_to_rgb,
     mask_to_msg,
     ns_to_stamp,
@@ -387,3 +394,100 @@ def test_message_builders_work_with_ros_field_checks_enabled():
         for field in Image.get_fields_and_field_types():
             setattr(checked, field, getattr(msg, field))
         assert checked == msg
+
+
+# --- image size limits (max_image_pixels) and compressed headers ---------------------------------
+
+def png_bytes(width, height, row=None):
+    """A grey 8-bit PNG of ``width`` x ``height`` built by hand, row by row (``row``: the pixel
+    bytes of every row, zeros by default), so that a huge one needs no huge array: 10000 x 10000
+    zeros compress to ~97 KB, the issue's decompression bomb."""
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    line = b"\x00" + (bytes(width) if row is None else row)  # filter type 0, then the pixels
+    z = zlib.compressobj(9)
+    idat = b"".join(z.compress(line) for _ in range(height)) + z.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey, no interlace
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def compressed(data, fmt="png"):
+    return types.SimpleNamespace(format=fmt, data=data)
+
+
+def test_an_image_above_max_pixels_is_refused_before_its_data_is_read():
+    msg = types.SimpleNamespace(height=10_000, width=10_000, encoding="rgb8", step=30_000, data=b"")
+    with pytest.raises(ImageConversionError, match="image is 10000x10000 = 100000000 pixels; the limit is "
+                                                   f"{DEFAULT_MAX_IMAGE_PIXELS} \\(parameter max_image_pixels\\)"):
+        image_msg_to_rgb(msg)
+    fields, expected = make_case("rgb8", 15)
+    np.testing.assert_array_equal(image_msg_to_rgb(image_msg(**fields), max_pixels=HEIGHT * WIDTH), expected)
+    with pytest.raises(ImageConversionError, match=f"limit is {HEIGHT * WIDTH - 1}"):
+        image_msg_to_rgb(image_msg(**fields), max_pixels=HEIGHT * WIDTH - 1)
+
+
+def test_the_hand_built_png_is_a_real_png():
+    row = bytes(range(7))
+    rgb = compressed_msg_to_rgb(compressed(png_bytes(7, 3, row)))
+    assert rgb.shape == (3, 7, 3) and (rgb == np.frombuffer(row, np.uint8)[None, :, None]).all()
+
+
+def test_a_png_bomb_is_refused_from_its_header_without_decoding(monkeypatch):
+    bomb = png_bytes(10_000, 10_000)
+    assert len(bomb) < 100_000
+
+    def no_decode(*args):
+        raise AssertionError("cv2.imdecode must not be reached")
+
+    monkeypatch.setattr(image_module.cv2, "imdecode", no_decode)
+    with pytest.raises(ImageConversionError, match="compressed image \\(format 'png'\\) is 10000x10000 = "
+                                                   "100000000 pixels; the limit is 16000000"):
+        compressed_msg_to_rgb(compressed(bomb))
+
+
+def test_compressed_images_up_to_the_limit_decode():
+    rgb = np.random.default_rng(0).integers(0, 256, (6, 9, 3), dtype=np.uint8)
+    for ext in (".png", ".jpg"):
+        _, data = cv2.imencode(ext, rgb)
+        assert compressed_msg_to_rgb(compressed(data.tobytes()), max_pixels=54).shape == (6, 9, 3)
+        with pytest.raises(ImageConversionError, match="9x6 = 54 pixels; the limit is 53"):
+            compressed_msg_to_rgb(compressed(data.tobytes()), max_pixels=53)
+
+
+def jpeg_with_segments(width, height, segments):
+    """A cv2 JPEG of ``width`` x ``height`` with ``segments`` (raw bytes) inserted after SOI."""
+    _, data = cv2.imencode(".jpg", np.full((height, width, 3), 90, np.uint8))
+    data = data.tobytes()
+    return data[:2] + b"".join(segments) + data[2:]
+
+
+def test_the_jpeg_frame_header_is_found_past_metadata_and_fill_bytes():
+    app1 = b"\xff\xe1" + struct.pack(">H", 60_002) + bytes(60_000)  # EXIF-sized metadata
+    app2 = b"\xff\xe2" + struct.pack(">H", 2)  # an empty segment
+    data = jpeg_with_segments(33, 17, [app1, b"\xff\xff\xff", app2, app1])
+    assert compressed_size(data) == (33, 17)
+    assert compressed_msg_to_rgb(compressed(data, "jpeg")).shape == (17, 33, 3)
+
+
+@pytest.mark.parametrize("data", [
+    b"\x89PNG\r\n\x1a\n", png_bytes(3, 2)[:23], b"\xff\xd8", b"\xff\xd8\xff\xda\x00\x02",  # cut short / scan first
+    b"\xff\xd8\xff\xe0\x00\x01" + bytes(10),  # a segment length below 2
+    b"\xff\xd8\x00" + bytes(10), b"GIF89a" + bytes(20), b"BM" + bytes(60),
+])
+def test_compressed_size_is_none_without_a_readable_png_or_jpeg_header(data):
+    assert compressed_size(data) is None
+    with pytest.raises(ImageConversionError, match="neither PNG nor JPEG, or its header is cut short"):
+        compressed_msg_to_rgb(compressed(data))
+
+
+def test_other_formats_opencv_decodes_are_refused():
+    _, bmp = cv2.imencode(".bmp", np.zeros((4, 4, 3), np.uint8))
+    assert cv2.imdecode(bmp, cv2.IMREAD_COLOR).shape == (4, 4, 3)  # its size is not read from a header here
+    with pytest.raises(ImageConversionError, match=f"format 'bmp', {bmp.size} bytes\\) is neither PNG nor JPEG"):
+        compressed_msg_to_rgb(compressed(bmp.tobytes(), "bmp"))
+
+
+def test_a_compressed_header_without_pixels_is_refused():
+    with pytest.raises(ImageConversionError, match="has no pixels: its header says 0x5"):
+        compressed_msg_to_rgb(compressed(png_bytes(0, 5)))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 import rclpy
 from conftest import box_of, davis_sequence
 from rclpy.parameter import Parameter
@@ -14,7 +13,7 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from vrs_node.ros.image import image_msg_to_rgb, stamp_to_ns
-from vrs_node.ros.node import VrsNode, prompt_from_json
+from vrs_node.ros.node import VrsNode
 
 
 
@@ -73,20 +72,6 @@ def test_missing_checkpoint_is_reported_not_fatal(ros, tmp_path):
     assert h.node.engine is None
     status = h.send_frame(frame_msg(frames[0], 0))
     assert status["status"] == "error" and "missing.pt" in status["reason"]
-
-
-def test_prompt_parsing():
-    prompt, stamp = prompt_from_json('{"box": [1, 2, 30, 40], "stamp_ns": 5}')
-    assert prompt.box == (1.0, 2.0, 30.0, 40.0) and stamp == 5 and prompt.points is None
-    prompt, stamp = prompt_from_json('{"points": [[3, 4], [5, 6]], "labels": [1, 0]}')
-    assert prompt.points.shape == (2, 2) and list(prompt.labels) == [1, 0] and stamp is None
-    for bad, words in [("[]", "JSON object"), ('{"box": [1, 2, 3]}', "x0, y0, x1, y1"),
-                       ('{"points": [[1, 2]], "labels": [7]}', "labels"),
-                       ('{"box": [0, 0, 5, 5], "colour": 1}', "unknown"),
-                       ('{"points": [[1, 2]]}', "labels"), ('{"box": [0, 0, 5, 5], "stamp_ns": "x"}', "stamp_ns"),
-                       ('{"box": [0, 0, NaN, 5]}', "finite")]:
-        with pytest.raises(ValueError, match=words):
-            prompt_from_json(bad)
 
 
 def test_packaged_parameter_file_matches_the_declared_parameters(ros):
@@ -213,3 +198,104 @@ def test_diagnostics_say_error_when_the_model_failed(ros, tmp_path):
     h.spin_until(lambda: reports)
     (status,) = reports[-1].status
     assert status.level == DiagnosticStatus.ERROR and "missing.pt" in status.message
+
+
+def prompt_statuses(h, count):
+    """The ``"event": "prompt"`` statuses received after the first ``count`` statuses."""
+    return [s for s in h.statuses[count:] if s.get("event") == "prompt"]
+
+
+def track_first_frames(h, frames, masks, n):
+    """Prompt with the first ground-truth box and send ``n`` frames: each must be tracked."""
+    h.prompt_pub.publish(String(data=json.dumps({"box": box_of(masks[0])})))
+    h.spin_until(lambda: h.node.engine.prompt_pending)
+    for i in range(n):
+        assert h.send_frame(frame_msg(frames[i], i))["status"] == "tracking"
+
+
+def test_the_two_crash_reproductions_are_refused_and_the_node_keeps_publishing(ros):
+    """Issue 11: a deeply nested prompt and a label that does not fit int32 crashed the node."""
+    frames, masks, _ = davis_sequence("blackswan", 4)
+    h = ros()
+    track_first_frames(h, frames, masks, 2)
+    count = len(h.statuses)
+    h.prompt_pub.publish(String(data='{"box": ' + "[" * 100000 + "]" * 100000 + "}"))
+    h.prompt_pub.publish(String(data='{"points": [[1,2]], "labels": [1e20], "stamp_ns": 42}'))
+    h.spin_until(lambda: len(prompt_statuses(h, count)) == 2)
+    deep, overflow = prompt_statuses(h, count)
+    assert deep["status"] == "error" and deep["reason"] == "prompt refused: prompt is longer than 65536 bytes"
+    assert deep["stamp_ns"] is None
+    assert overflow["status"] == "error" and overflow["stamp_ns"] == 42
+    assert overflow["reason"] == "prompt refused: labels must be the JSON integers 0 (negative) or 1 (positive), got 1e+20"
+    assert not h.node.engine.prompt_pending, "a refused prompt changes nothing"
+    for i in (2, 3):  # the target is kept and every frame still gets its mask with its stamp
+        assert h.send_frame(frame_msg(frames[i], i))["status"] == "tracking"
+    h.spin_until(lambda: len(h.masks) == 4)
+    assert [stamp_to_ns(m.header.stamp) for m in h.masks[2:]] == \
+        [stamp_to_ns(frame_msg(frames[i], i).header.stamp) for i in (2, 3)]
+    assert h.masks[-1].height == 480 and np.asarray(image_msg_to_rgb(h.masks[-1])).any()
+
+
+def test_a_prompt_is_checked_against_the_window_and_the_image_at_once(ros):
+    frames, masks, _ = davis_sequence("blackswan", 4)
+    h = ros(max_prompt_points=2)
+    track_first_frames(h, frames, masks, 2)
+    held = stamp_to_ns(frame_msg(frames[1], 1).header.stamp)
+    refused = [({"box": [10, 10, 50, 50], "stamp_ns": held + 1},
+                f"prompt refused: no frame with stamp {held + 1} ns in the window (held: stamps "),
+               ({"points": [[-50, 9000]], "labels": [1], "stamp_ns": held},
+                "prompt refused: point 0 [-50, 9000] is outside the 854x480 image"),
+               ({"box": [900, 500, 1000, 600]}, "prompt refused: box [900, 500, 1000, 600] is outside the 854x480 image"),
+               ({"points": [[1, 1], [2, 2], [3, 3]], "labels": [1, 1, 0]},
+                "prompt refused: prompt has 3 points; at most 2 (parameter max_prompt_points)")]
+    count = len(h.statuses)
+    for prompt, _ in refused:
+        h.prompt_pub.publish(String(data=json.dumps(prompt)))
+    h.spin_until(lambda: len(prompt_statuses(h, count)) == len(refused))  # at once: no frame in between
+    for status, (prompt, reason) in zip(prompt_statuses(h, count), refused):
+        assert status["status"] == "error" and status["reason"].startswith(reason)
+        assert status["stamp_ns"] == prompt.get("stamp_ns")
+    assert not h.node.engine.prompt_pending
+    assert h.send_frame(frame_msg(frames[2], 2))["status"] == "tracking", "the target is kept"
+    count = len(h.statuses)
+    h.prompt_pub.publish(String(data=json.dumps({"box": [-1e30, -1e30, 1e30, 1e30]})))
+    h.spin_until(lambda: prompt_statuses(h, count))
+    (clipped,) = prompt_statuses(h, count)
+    assert clipped["status"] == "accepted" and clipped["notice"] == \
+        "box [-1e+30, -1e+30, 1e+30, 1e+30] clipped to [0, 0, 854, 480], its part inside the 854x480 image"
+    assert h.node.engine.prompt_pending
+    assert h.send_frame(frame_msg(frames[3], 3))["status"] in ("tracking", "target_absent")
+
+
+def test_a_prompt_before_any_frame_is_checked_on_the_frame_it_lands_on(ros):
+    frames, _, _ = davis_sequence("blackswan", 2)
+    h = ros()
+    h.prompt_pub.publish(String(data=json.dumps({"points": [[900, 10]], "labels": [1]})))
+    h.spin_until(lambda: h.node.engine.prompt_pending)
+    status = h.send_frame(frame_msg(frames[0], 0))
+    assert status["status"] == "error" and "point 0 [900, 10] is outside the 854x480 image" in status["reason"]
+    assert h.send_frame(frame_msg(frames[1], 1))["status"] == "no_prompt"
+
+
+def test_images_above_max_image_pixels_are_refused_and_the_node_keeps_publishing(ros):
+    from test_image import png_bytes
+    from test_ros_io import jpeg_msg
+
+    frames, _, _ = davis_sequence("blackswan", 2)
+    h = ros(image_transport="compressed")
+    bomb = jpeg_msg(frames[0], 0)
+    bomb.format, bomb.data = "png", png_bytes(10_000, 10_000)
+    status = h.send_frame(bomb)
+    assert status["status"] == "error" and status["reason"] == (
+        "image refused: compressed image (format 'png') is 10000x10000 = 100000000 pixels; the limit is "
+        "16000000 (parameter max_image_pixels)")
+    assert h.send_frame(jpeg_msg(frames[1], 1))["status"] == "no_prompt"
+    h.spin_until(lambda: len(h.masks) == 1)
+    assert stamp_to_ns(h.masks[0].header.stamp) == stamp_to_ns(jpeg_msg(frames[1], 1).header.stamp)
+
+
+def test_max_image_pixels_applies_to_raw_images(ros):
+    frames, _, _ = davis_sequence("blackswan", 1)
+    h = ros(max_image_pixels=854 * 480 - 1)
+    assert "854x480 = 409920 pixels; the limit is 409919" in h.send_frame(frame_msg(frames[0], 0))["reason"]
+    assert h.send_frame(frame_msg(frames[0][:240], 1))["status"] == "no_prompt"

@@ -11,8 +11,9 @@
 A prompt can be set at any time from any thread; it is applied on the next processed frame, or,
 with ``frame_index``, on a past frame still in the window, after which the tracker catches up
 through the buffered frames (every ``k``-th one when more than ``max_catchup_frames`` are
-buffered) before processing the new frame. Before any prompt, and while the object score is
-<= ``score_threshold``, the mask is empty and the result says why.
+buffered) before processing the new frame. A prompt's stamp and its place in the image are
+checked when it is set (:meth:`StreamingEngine.set_prompt`: a refusal changes nothing). Before any
+prompt, and while the object score is <= ``score_threshold``, the mask is empty and the result says why.
 
 An instruction (``set_instruction``, needs a :class:`Grounder`) is grounded by queries over the
 window: one at once, one every ``period_s`` of stamp time, and one when the object score has been
@@ -23,8 +24,13 @@ last ``max_cond_frames`` keyframes stay in memory. In sync mode a due query runs
 before the frame is tracked (reproducible); in live mode it runs on its own thread and the
 tracking thread never waits for it (a query waits for the first encoded frame). Triggers that
 fire while a query runs are dropped, except an instruction change, which runs next; the answer of
-a query for a superseded instruction is discarded. A failed query is reported (``on_query``, and
-in the reason of the frames still waiting) and retried by the next periodic trigger.
+a query for a superseded instruction is discarded. A failed query (any exception of the grounder,
+``torch.OutOfMemoryError`` included) is reported (``on_query``, ``stats.query_errors``, and in the
+reason of the frames still waiting) and retried at the next trigger: the next periodic one, or,
+while no target is tracked, after ``lost_after_frames`` more frames (frames still waiting for a
+grounding after a failed query count as frames without the target). Tracking goes on meanwhile.
+A frame whose processing raises (the image encoder, the tracker) gets an empty mask with status
+``error`` and the exception as its reason; the next frame is processed as usual.
 
 Stream discontinuities are handled, not refused, and each is reported in the ``notice`` of the
 frame where it is seen (and logged):
@@ -54,7 +60,8 @@ import numpy as np
 
 from vrs_node.core.frames import Frame, FrameWindow, check_image
 from vrs_node.core.grounder import SAM2_KEY, Grounder, Grounding
-from vrs_node.core.tracker import FrameFeatures, Prompt, StreamingTracker, TokenPrompt
+from vrs_node.core.prompt_json import fit_to_image
+from vrs_node.core.tracker import FrameFeatures, PointsPrompt, Prompt, StreamingTracker, TokenPrompt
 from vrs_node.models.prompt import Instruction, clean_instruction
 
 log = logging.getLogger(__name__)
@@ -174,6 +181,7 @@ class _QueryState:
     last_stamp_ns: int | None = None
     lost_frames: int = 0
     last_error: str | None = None
+    started: float | None = None
     frames_seen: bool = False
     closed: bool = False
     cond: threading.Condition = field(default_factory=threading.Condition)
@@ -187,6 +195,12 @@ class _Slot:
     frame: tuple | None = None
     closed: bool = False
     cond: threading.Condition = field(default_factory=threading.Condition)
+
+
+def _no_stamp_reason(stamp_ns: int, frames: list[Frame]) -> str:
+    """Why a prompt stamped ``stamp_ns`` finds no frame among ``frames`` (the window, oldest first)."""
+    held = f"held: stamps {frames[0].stamp_ns}..{frames[-1].stamp_ns}" if frames else "the window is empty"
+    return f"no frame with stamp {stamp_ns} ns in the window ({held})"
 
 
 def catchup_schedule(num_buffered: int, max_frames: int) -> list[int]:
@@ -231,14 +245,37 @@ class StreamingEngine:
                 worker.start()
 
     def set_prompt(self, prompt: Prompt, frame_index: int | None = None, stamp_ns: int | None = None,
-                   new_target: bool = True) -> None:
+                   new_target: bool = True) -> str:
         """Condition on ``prompt`` at the next processed frame, or at a past frame of the window
         named by its ``frame_index`` or its capture ``stamp_ns`` (then catch up). A prompt given
         by hand replaces the instruction, if any. ``new_target=False`` keeps the earlier
-        conditioning frames (the same object seen again)."""
+        conditioning frames (the same object seen again).
+
+        Checked at once against the window; a refusal raises ValueError and changes nothing (the
+        target, the instruction and a prompt still pending are kept):
+
+        - ``stamp_ns`` must be the stamp of a frame in the window;
+        - a :class:`PointsPrompt` must fit the frame it lands on (the stamped frame, else the
+          newest), as :func:`~vrs_node.core.prompt_json.fit_to_image` says: a point outside the
+          image or a box that misses it is refused, a box partly outside is clipped.
+
+        Returns the notice of a clipped box ("" when the prompt is applied as given). With no
+        frame in the window yet the size is checked when the prompt is applied, against the frame
+        it lands on (also after a resolution change): a refusal then is that frame's error and a
+        clipping is logged. ``frame_index`` is checked when the prompt is applied."""
+        frames = self.window.snapshot()
+        frame = frames[-1] if frames else None
+        if stamp_ns is not None:
+            frame = next((f for f in frames if f.stamp_ns == stamp_ns), None)
+            if frame is None:
+                raise ValueError(_no_stamp_reason(stamp_ns, frames))
+        notice = ""
+        if isinstance(prompt, PointsPrompt) and frame is not None:
+            prompt, notice = fit_to_image(prompt, frame.width, frame.height)
         self._forget_instruction()
         with self._prompt_lock:
             self._pending = _PendingPrompt(prompt, frame_index, stamp_ns, new_target=new_target)
+        return notice
 
     def set_instruction(self, text: str) -> Instruction:
         """Follow ``text``: normalised and neutralised (ValueError if empty or too long), then
@@ -270,6 +307,13 @@ class StreamingEngine:
         """True while a grounding query is due or running."""
         with self._query.cond:
             return self._query.running or self._query.due is not None
+
+    @property
+    def query_elapsed_s(self) -> float | None:
+        """Seconds the grounding query in progress has been running (None when none runs)."""
+        with self._query.cond:
+            started = self._query.started
+        return None if started is None else time.perf_counter() - started
 
     @property
     def prompt_pending(self) -> bool:
@@ -352,6 +396,8 @@ class StreamingEngine:
         """Run one query; a current answer becomes the pending prompt on its keyframe."""
         started = time.perf_counter()
         latest = self.window.latest
+        with self._query.cond:
+            self._query.started = started
         grounding, error = None, None
         try:
             grounding = self.grounder.ground(self.window, instruction)
@@ -360,6 +406,7 @@ class StreamingEngine:
             log.warning("grounding %r failed: %s", instruction.text, error)
         with self._query.cond:
             q = self._query
+            q.started = None
             applied = grounding is not None and generation == q.generation
             self.stats.queries += 1
             if error is not None:
@@ -402,12 +449,14 @@ class StreamingEngine:
         self._ground(instruction, generation, trigger)
 
     def _count_lost(self, status: str) -> None:
-        """Count consecutive frames without the target; after ``lost_after_frames`` a query is due."""
+        """Count consecutive frames without the target (absent, or still waiting for a grounding
+        after a failed query); after ``lost_after_frames`` of them a query is due."""
         with self._query.cond:
             q = self._query
             if q.instruction is None or not self.config.lost_after_frames:
                 return
-            q.lost_frames = q.lost_frames + 1 if status == STATUS_TARGET_ABSENT else 0
+            missing = status == STATUS_TARGET_ABSENT or (status == STATUS_GROUNDING and q.last_error is not None)
+            q.lost_frames = q.lost_frames + 1 if missing else 0
             if q.lost_frames >= self.config.lost_after_frames:
                 q.lost_frames = 0
                 if q.due is None and not q.running:
@@ -481,14 +530,21 @@ class StreamingEngine:
     def _apply_prompt(self, pending: _PendingPrompt, frame: Frame, feats: FrameFeatures):
         """Condition now, or on a past frame and catch up to (and including) ``frame``."""
         key = pending.frame_index
+        frames = self.window.snapshot()
         if pending.stamp_ns is not None:
-            key = next((f.index for f in self.window.snapshot() if f.stamp_ns == pending.stamp_ns), None)
+            key = next((f.index for f in frames if f.stamp_ns == pending.stamp_ns), None)
             if key is None:
-                raise ValueError(f"no frame with stamp {pending.stamp_ns} ns in the window")
+                raise ValueError(_no_stamp_reason(pending.stamp_ns, frames))
+        prompt = pending.prompt
+        if isinstance(prompt, PointsPrompt):  # the size it was checked against, if any, may differ
+            on = next((f for f in frames if f.index == key), frame)
+            prompt, notice = fit_to_image(prompt, on.width, on.height)
+            if notice:
+                log.warning("prompt on frame %d: %s", on.index, notice)
         if pending.new_target:
             self.tracker.reset()
         if key is None or key == frame.index:
-            return self.tracker.condition(feats, pending.prompt)
+            return self.tracker.condition(feats, prompt)
         keyframe = pending.keyframe or self.window.get_feature(key, SAM2_KEY)
         if keyframe is None:
             raise ValueError(f"prompt frame {key} is no longer in the window "
@@ -500,7 +556,7 @@ class StreamingEngine:
         chosen = [buffered[p] for p in catchup_schedule(len(buffered), self.config.max_catchup_frames)]
         following = [self.window.get_feature(i, SAM2_KEY) for i in chosen] + [feats]
         self.stats.catchup_frames += len(chosen)
-        return self.tracker.catch_up(keyframe, pending.prompt, following)[-1]
+        return self.tracker.catch_up(keyframe, prompt, following)[-1]
 
     @staticmethod
     def _result(frame: Frame, pushed_at: float, mask: np.ndarray | None, status: str, reason: str,

@@ -15,7 +15,8 @@ Reference (REFERENCE_VRSHQ_VIDEOLISA.md §1.4; VRS-HQ ``utils/utils.py`` questio
 The user's instruction is data. Text in it that spells a reserved token (``[SEG]``, ``[TAK]``,
 ``<image>``, ``<video>``, ``</s>``, ``<s>``, ``<unk>``, in any case) is broken up with a space
 after its first character, so it can never become a special token, an image slot or an end of
-sequence; an empty or over-long instruction is refused with a clear message.
+sequence; an empty or over-long instruction, or one with a control character, is refused with a
+clear message (:func:`clean_instruction`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ ANSWER = "Sure, the segmentation result of each frame is [SEG], while for the en
 
 RESERVED_TEXT = (SEG_TOKEN, TAK_TOKEN, IMAGE_TOKEN, VIDEO_TOKEN, "</s>", "<s>", "<unk>")
 MAX_INSTRUCTION_CHARS = 1000
+# Control characters (Cc) that are not whitespace to str.split (which collapses \t \n \v \f \r,
+# U+001C-U+001F and U+0085 as the reference's normalisation does), and unpaired surrogates (Cs).
+_REFUSED_CHARS = re.compile("[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -52,15 +56,28 @@ class Instruction:
 def clean_instruction(raw: str, max_chars: int = MAX_INSTRUCTION_CHARS) -> Instruction:
     """Normalise (lower-case, collapse whitespace) and neutralise a user instruction.
 
-    Raises ValueError for a non-string, an empty (after normalising) or an over-long instruction.
+    Raises ValueError for a non-string; for an instruction longer than ``max_chars`` characters
+    as given (before normalising: lower-casing can lengthen text, 'İ' becomes two characters);
+    for one with a control character (Unicode category Cc: U+0000-U+001F, U+007F-U+009F) other
+    than those ``str.split`` takes for whitespace (tab, line feed, vertical tab, form feed,
+    carriage return, U+001C-U+001F, U+0085), which are collapsed like any whitespace as the
+    reference's normalisation collapses them, or with an unpaired surrogate: such text is not a sentence and
+    would otherwise be cut or mangled silently (a NUL ends a C string); and for an instruction that
+    is empty after normalising.
     """
     if not isinstance(raw, str):
         raise ValueError(f"the instruction must be text, got {type(raw).__name__}")
+    if len(raw) > max_chars:
+        raise ValueError(f"the instruction is {len(raw)} characters long; the limit is {max_chars}")
+    bad = _REFUSED_CHARS.search(raw)
+    if bad:
+        code = ord(bad.group())
+        kind = "an unpaired surrogate" if 0xD800 <= code <= 0xDFFF else "a control character"
+        raise ValueError(f"the instruction has {kind} (U+{code:04X}) at position {bad.start()}; "
+                         "only printable text, spaces, tabs and line breaks are accepted")
     text = " ".join(raw.lower().split())
     if not text:
         raise ValueError("the instruction is empty: say what to segment, e.g. 'the black swan'")
-    if len(text) > max_chars:
-        raise ValueError(f"the instruction is {len(text)} characters long; the limit is {max_chars}")
     safe = text
     for reserved in RESERVED_TEXT:
         safe = re.sub(re.escape(reserved), lambda m: m.group(0)[0] + " " + m.group(0)[1:], safe,

@@ -22,9 +22,9 @@ a command-line option given explicitly wins over the parameter::
     vrs-camera --ros-args -p source:=clip.mp4 -p limit:=100 -p reliable:=true
 
 ``wait_for_subscribers`` (``--wait-for-subscribers N``) holds the first frame until N subscriptions
-are matched (e.g. the segmentation node is up). The node exits (code 0) after ``limit`` frames or at
-the end of a non-looping source. A source that cannot be opened, an empty folder or an unreadable
-frame is one error log line and exit code 1.
+are matched (e.g. the segmentation node is up). The node exits (code 0) after ``limit`` frames, at
+the end of a non-looping source, or on SIGINT or SIGTERM. A source that cannot be opened, an empty
+folder or an unreadable frame is one error log line and exit code 1.
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.utilities import remove_ros_args
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
+
+from vrs_node.ros.cli import ros_command
 
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 ENCODINGS = ("rgb8", "bgr8")
@@ -244,25 +246,26 @@ def main(args=None) -> int:
                  ("source", "rate", "loop", "limit", "frame_id", "encoding", "reliable", "log_every",
                   "wait_for_subscribers")
                  if getattr(options, name) is not None]
-    rclpy.init(args=argv)
-    node = None
     try:
-        node = CameraNode(parameter_overrides=overrides)
-        while rclpy.ok() and not node.done:
-            rclpy.spin_once(node, timeout_sec=0.1)
-        if node.error:
-            raise SourceError(node.error)
-        node.publisher.wait_for_all_acked(Duration(seconds=1.0))  # reliable: let the last frames arrive
-        return 0
-    except SourceError as exc:
-        rclpy.logging.get_logger("vrs_camera").error(str(exc))
-        return 1
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+        with ros_command(argv) as stop:
+            node = None
+            try:
+                node = CameraNode(parameter_overrides=overrides)
+                with stop.deferred():
+                    while not node.done and stop.name is None:
+                        rclpy.spin_once(node, timeout_sec=0.1)
+                if node.error:
+                    raise SourceError(node.error)
+                node.publisher.wait_for_all_acked(Duration(seconds=1.0))  # reliable: let the last frames arrive
+            except SourceError as exc:  # handled in the block: a half-built node must be gone before shutdown
+                rclpy.logging.get_logger("vrs_camera").error(str(exc))
+                return 1
+            finally:
+                if node is not None:
+                    node.destroy_node()
+    except KeyboardInterrupt:  # SIGINT or SIGTERM before the loop (vrs_node.ros.cli)
+        pass
+    return 0
 
 
 if __name__ == "__main__":

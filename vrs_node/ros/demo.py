@@ -10,6 +10,7 @@ after its frame, an overlay video and the ``status`` stream (frame results and g
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import threading
 import time
@@ -26,6 +27,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header, String
 from tqdm import tqdm
 
+from vrs_node.ros.cli import ros_command
 from vrs_node.ros.image import image_msg_to_rgb, ns_to_stamp, overlay_mask, rgb_to_msg, stamp_to_ns
 from vrs_node.ros.node import LATCHED, VrsNode
 
@@ -111,7 +113,9 @@ def write_overlay_video(path: Path, frames: list[np.ndarray], names: list[str], 
 
 
 def run(argv=None) -> dict:
-    """Run the demo; returns (and prints) the summary."""
+    """Run the demo; returns (and prints) the summary. SIGINT or SIGTERM stops it (exit code 0): one
+    line says how far it got, the masks received so far stay in the masks folder, no video or summary
+    is written, and it returns ``{"stopped": "stopped by SIGINT", "frames_published", "masks_received"}``."""
     args = parse_args(argv)
     paths = sorted(p for p in args.frames.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if args.limit:
@@ -124,58 +128,63 @@ def run(argv=None) -> dict:
     stamps = [START_NS + i * period_ns for i in range(len(frames))]
     (args.out / "masks").mkdir(parents=True, exist_ok=True)
 
-    rclpy.init()
-    params = {"model_profile": args.profile, "device": args.device, "mode": args.mode,
-              "image_size": args.image_size}
-    node = VrsNode(parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
-    player = rclpy.create_node("vrs_demo_player")
-    recorder = Recorder(player, args.out, dict(zip(stamps, names)))
-    image_pub = player.create_publisher(Image, "image", qos_profile_sensor_data)
-    prompt_pub = player.create_publisher(String, "prompt", RELIABLE)
-    instruction_pub = player.create_publisher(String, "instruction", LATCHED)
-    executor = MultiThreadedExecutor(num_threads=2)
-    executor.add_node(node)
-    executor.add_node(player)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
+    recorder, published = None, 0
     try:
-        while not (image_pub.get_subscription_count() and prompt_pub.get_subscription_count()
-                   and node.mask_pub.get_subscription_count()):
-            time.sleep(0.05)
-        if args.prompt_mask is not None:
-            prompt = box_prompt(args.prompt_mask)
-            prompt_pub.publish(String(data=json.dumps(prompt)))
-            while node.engine is not None and not node.engine.prompt_pending:
-                time.sleep(0.01)
-        else:
-            prompt = {"instruction": args.instruction}
-            instruction_pub.publish(String(data=args.instruction))
-            deadline = time.time() + 10
-            while node.engine is not None and node.engine.instruction is None and time.time() < deadline:
-                time.sleep(0.01)
-        started = time.perf_counter()
-        for i, image in enumerate(tqdm(frames, desc=f"publishing ({args.mode})", unit="frame")):
-            msg = rgb_to_msg(image, Header(stamp=ns_to_stamp(stamps[i]), frame_id="camera"))
-            image_pub.publish(msg)
-            if args.mode == "sync":
-                while stamps[i] not in recorder.answered:
-                    time.sleep(0.002)
+        with ros_command(), contextlib.ExitStack() as cleanup:  # cleanup: last in, first out
+            params = {"model_profile": args.profile, "device": args.device, "mode": args.mode,
+                      "image_size": args.image_size}
+            node = VrsNode(parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+            cleanup.callback(node.destroy_node)
+            player = rclpy.create_node("vrs_demo_player")
+            cleanup.callback(player.destroy_node)
+            recorder = Recorder(player, args.out, dict(zip(stamps, names)))
+            image_pub = player.create_publisher(Image, "image", qos_profile_sensor_data)
+            prompt_pub = player.create_publisher(String, "prompt", RELIABLE)
+            instruction_pub = player.create_publisher(String, "instruction", LATCHED)
+            executor = MultiThreadedExecutor(num_threads=2)
+            executor.add_node(node)
+            executor.add_node(player)
+            spinner = threading.Thread(target=executor.spin, daemon=True)
+            spinner.start()
+            cleanup.callback(spinner.join, 5)
+            cleanup.callback(executor.shutdown)
+            while not (image_pub.get_subscription_count() and prompt_pub.get_subscription_count()
+                       and node.mask_pub.get_subscription_count()):
+                time.sleep(0.05)
+            if args.prompt_mask is not None:
+                prompt = box_prompt(args.prompt_mask)
+                prompt_pub.publish(String(data=json.dumps(prompt)))
+                while node.engine is not None and not node.engine.prompt_pending:
+                    time.sleep(0.01)
             else:
-                time.sleep(max(0.0, started + (i + 1) / args.rate - time.perf_counter()))
-        # let the node finish the frame it is on, then stop
-        deadline = time.time() + 30
-        while time.time() < deadline and stamps[-1] not in recorder.answered:
-            if args.mode == "live" and node.engine is not None and node.engine.stats.processed + \
-                    node.engine.stats.dropped >= len(frames):
-                time.sleep(0.5)
-                break
-            time.sleep(0.05)
-    finally:
-        executor.shutdown()
-        spinner.join(5)
-        node.destroy_node()
-        player.destroy_node()
-        rclpy.try_shutdown()
+                prompt = {"instruction": args.instruction}
+                instruction_pub.publish(String(data=args.instruction))
+                deadline = time.time() + 10
+                while node.engine is not None and node.engine.instruction is None and time.time() < deadline:
+                    time.sleep(0.01)
+            started = time.perf_counter()
+            for i, image in enumerate(tqdm(frames, desc=f"publishing ({args.mode})", unit="frame")):
+                msg = rgb_to_msg(image, Header(stamp=ns_to_stamp(stamps[i]), frame_id="camera"))
+                image_pub.publish(msg)
+                published += 1
+                if args.mode == "sync":
+                    while stamps[i] not in recorder.answered:
+                        time.sleep(0.002)
+                else:
+                    time.sleep(max(0.0, started + (i + 1) / args.rate - time.perf_counter()))
+            # let the node finish the frame it is on, then stop
+            deadline = time.time() + 30
+            while time.time() < deadline and stamps[-1] not in recorder.answered:
+                if args.mode == "live" and node.engine is not None and node.engine.stats.processed + \
+                        node.engine.stats.dropped >= len(frames):
+                    time.sleep(0.5)
+                    break
+                time.sleep(0.05)
+    except KeyboardInterrupt as stop:  # SIGINT or SIGTERM (vrs_node.ros.cli)
+        received = len(recorder.masks) if recorder is not None else 0
+        print(f"vrs-demo: {stop} after publishing {published} of {len(frames)} frames; "
+              f"{received} masks in {(args.out / 'masks').resolve()}")
+        return {"stopped": str(stop), "frames_published": published, "masks_received": received}
 
     write_overlay_video(args.out / "overlay.mp4", frames, names, recorder.masks, min(args.rate, 30.0))
     (args.out / "status.jsonl").write_text("".join(json.dumps(s) + "\n" for s in recorder.statuses))

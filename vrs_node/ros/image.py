@@ -25,12 +25,33 @@ _LAYOUTS = {
 
 _NS_PER_S = 1_000_000_000
 
+DEFAULT_MAX_IMAGE_PIXELS = 16_000_000
+"""Largest image (width x height) decoded by default: 16 MP, above any camera a robot streams."""
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers (baseline, extended, progressive, lossless; Huffman and arithmetic):
+# the segment that carries the frame's height and width.
+_JPEG_SOF = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
+# Markers without a length field: TEM, RST0-7 (SOI is consumed before the scan).
+_JPEG_STANDALONE = frozenset((0x01, *range(0xD0, 0xD8)))
+_HEADER_BYTES = 1 << 20
+"""Bytes searched for a JPEG's frame header: room for its EXIF, ICC and XMP segments."""
+
 
 class ImageConversionError(ValueError):
     """An image message or array cannot be converted; the message says which value is wrong."""
 
 
-def image_msg_to_rgb(msg) -> np.ndarray:
+def _check_pixels(width: int, height: int, max_pixels: int, what: str) -> None:
+    """ImageConversionError when a ``width`` x ``height`` image has more than ``max_pixels``."""
+    if width * height > max_pixels:
+        raise ImageConversionError(
+            f"{what} is {width}x{height} = {width * height} pixels; the limit is {max_pixels} "
+            "(parameter max_image_pixels)"
+        )
+
+
+def image_msg_to_rgb(msg, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """Decode an image message into an RGB array.
 
     ``msg`` is any object with ``height``, ``width``, ``encoding``, ``step`` and ``data`` (a byte
@@ -42,8 +63,8 @@ def image_msg_to_rgb(msg) -> np.ndarray:
 
     Returns a new C-contiguous ``uint8`` array of shape ``(height, width, 3)`` that does not share
     memory with ``msg.data``. Raises ``ImageConversionError`` for an unsupported encoding, a zero
-    height or width, a ``step`` shorter than one row of pixels, or ``data`` shorter than
-    ``step * height``.
+    height or width, more than ``max_pixels`` pixels (checked before ``data`` is read), a
+    ``step`` shorter than one row of pixels, or ``data`` shorter than ``step * height``.
     """
     encoding = msg.encoding
     if encoding not in _LAYOUTS:
@@ -57,6 +78,7 @@ def image_msg_to_rgb(msg) -> np.ndarray:
         raise ImageConversionError(
             f"image has no pixels: height={height}, width={width} (both must be > 0)"
         )
+    _check_pixels(width, height, max_pixels, "image")
     row_bytes = width * channels
     if step < row_bytes:
         raise ImageConversionError(
@@ -82,18 +104,73 @@ def image_msg_to_rgb(msg) -> np.ndarray:
     return rgb
 
 
-def compressed_msg_to_rgb(msg) -> np.ndarray:
-    """Decode a ``sensor_msgs/CompressedImage`` (JPEG, PNG or anything ``cv2.imdecode`` reads)
-    into a new ``uint8`` RGB array ``(H, W, 3)``; grey and alpha images become RGB.
+def compressed_size(data) -> tuple[int, int] | None:
+    """(width, height) read from the header of PNG or JPEG bytes (``bytes`` or a ``memoryview``),
+    without decoding any pixel; None when ``data`` does not start like a PNG or a JPEG or its
+    header is cut short.
+
+    PNG: the IHDR chunk, which the format requires first. JPEG: the first start-of-frame segment,
+    found by walking the marker segments from SOI (the decoder, libjpeg, refuses a second one).
+    A JPEG whose height is 0 in that segment (to come from a DNL marker, which libjpeg does not
+    support) gives height 0.
+    """
+    if data[:8] == _PNG_SIGNATURE:
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            return None
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker in _JPEG_STANDALONE:
+            i += 2
+        elif marker in _JPEG_SOF:
+            if i + 9 > len(data):
+                return None
+            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+        elif marker in (0xD8, 0xD9, 0xDA):  # SOI again, EOI or a scan before any frame header
+            return None
+        else:
+            length = int.from_bytes(data[i + 2:i + 4], "big")
+            if length < 2:
+                return None
+            i += 2 + length
+    return None
+
+
+def compressed_msg_to_rgb(msg, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Decode a ``sensor_msgs/CompressedImage`` (JPEG or PNG, what ``image_transport``'s
+    compressed plugin sends) into a new ``uint8`` RGB array ``(H, W, 3)``; grey, 16-bit and alpha
+    images become 8-bit RGB.
 
     ``msg`` is any object with ``format`` and ``data`` (a byte buffer). The bytes decide the codec,
     as ``image_transport``'s compressed plugin does; ``format`` (e.g. ``"jpeg"``, ``"rgb8; jpeg
-    compressed bgr8"``) is only quoted in errors. Raises ``ImageConversionError`` for empty data
-    or bytes that do not decode.
+    compressed bgr8"``) is only quoted in errors. The size is read from the header first
+    (:func:`compressed_size`; OpenCV cannot read a header alone), so an image of more than
+    ``max_pixels`` pixels is refused without being decoded. Raises ``ImageConversionError`` for
+    empty data, bytes that are neither PNG nor JPEG (or whose header is cut short), a zero width
+    or height, more than ``max_pixels`` pixels, or bytes that do not decode.
     """
     buffer = _byte_buffer(msg.data, "compressed image")
     if buffer.size == 0:
         raise ImageConversionError(f"compressed image (format {msg.format!r}) has no data")
+    size = compressed_size(memoryview(buffer)[:_HEADER_BYTES])
+    if size is None:
+        raise ImageConversionError(
+            f"compressed image (format {msg.format!r}, {buffer.size} bytes) is neither PNG nor JPEG, or "
+            "its header is cut short: its size cannot be read before decoding"
+        )
+    width, height = size
+    if width == 0 or height == 0:
+        raise ImageConversionError(
+            f"compressed image (format {msg.format!r}) has no pixels: its header says {width}x{height}"
+        )
+    _check_pixels(width, height, max_pixels, f"compressed image (format {msg.format!r})")
     bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
     if bgr is None or bgr.size == 0:
         raise ImageConversionError(

@@ -25,6 +25,7 @@ Interface (all names relative, so they can be remapped):
   jumped back in time or changed resolution), per grounding query (``"event": "query"`` with its
   trigger, keyframe and stage timings) and on every error;
 - pub ``/diagnostics`` (diagnostic_msgs/DiagnosticArray, every second): rates, drops, latencies,
+  failed frames and queries, the query in progress, camera publishers, time to the first target,
   profile, device, target present (:mod:`vrs_node.ros.diagnostics`).
 
 Lifecycle (:class:`VrsLifecycleNode`): ``configure`` loads the models (a failure is logged and the
@@ -33,40 +34,51 @@ the engine (frames, features, tracker memory, query caches), moves the weights t
 empties the accelerator's cache; ``cleanup`` releases the models and publishers. Its ``main`` makes
 the configure and activate transitions itself unless ``autostart`` is false.
 
-Bad input (an unsupported encoding, a malformed image or prompt, a model that failed to load) is
-logged and reported on ``status``; the node keeps running.
+Bad input (an unsupported encoding, a malformed image or prompt, an image above
+``max_image_pixels``, a prompt with more than ``max_prompt_points`` points, off the image or
+stamped for no frame in the window, a model that failed to load) is logged and reported on
+``status`` (a prompt's at once, as ``"event": "prompt"`` with the prompt's stamp); it changes
+nothing and the node keeps running. README "Bad input and odd streams" lists every refusal.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 import json
 import logging
+import re
+import sys
+import textwrap
 import threading
+from pathlib import Path
 
-import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
+from rclpy.exceptions import ParameterException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.qos import (DurabilityPolicy, QoSPolicyKind, QoSProfile, ReliabilityPolicy, qos_policy_name_from_kind,
                        qos_profile_sensor_data)
 from rclpy.qos_overriding_options import QoSOverridingOptions
+from rclpy.utilities import remove_ros_args
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
 
 from vrs_node.core.engine import MODES, EngineConfig, FrameResult, QueryReport, StreamingEngine
 from vrs_node.core.grounder import Grounder, GrounderConfig
-from vrs_node.core.tracker import PointsPrompt, StreamingTracker
+from vrs_node.core.prompt_json import DEFAULT_MAX_PROMPT_POINTS, PromptRefused, prompt_from_json, short
+from vrs_node.core.tracker import StreamingTracker
 from vrs_node.models.profiles import (LoadedModels, get_profile, load_models, release_accelerator_memory,
                                       resolve_device)
+from vrs_node.ros.cli import ros_command
 from vrs_node.ros.diagnostics import HealthMonitor
-from vrs_node.ros.image import (ImageConversionError, compressed_msg_to_rgb, image_msg_to_rgb, mask_to_msg,
-                                ns_to_stamp, overlay_mask, rgb_to_msg, stamp_to_ns)
+from vrs_node.ros.image import (DEFAULT_MAX_IMAGE_PIXELS, ImageConversionError, compressed_msg_to_rgb,
+                                image_msg_to_rgb, mask_to_msg, ns_to_stamp, overlay_mask, rgb_to_msg, stamp_to_ns)
 
 RELIABLE_5 = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -74,43 +86,6 @@ LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability
 RUNTIME_ENGINE_PARAMETERS = ("score_threshold", "period_s", "lost_after_frames")
 DIAGNOSTICS_PERIOD_S = 1.0
 IMAGE_TRANSPORTS = ("raw", "compressed")
-
-
-def prompt_from_json(text: str) -> tuple[PointsPrompt, int | None]:
-    """Parse a ``prompt`` message: (PointsPrompt, stamp_ns or None). ValueError says what is wrong."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"prompt is not JSON: {exc}") from None
-    if not isinstance(data, dict) or not ({"box", "points"} & data.keys()):
-        raise ValueError('prompt must be a JSON object with "box" and/or "points" (+ "labels")')
-    unknown = data.keys() - {"box", "points", "labels", "stamp_ns"}
-    if unknown:
-        raise ValueError(f"unknown prompt fields: {sorted(unknown)}")
-    try:
-        box = None
-        if "box" in data:
-            box = tuple(float(v) for v in data["box"])
-            if not np.isfinite(box).all():
-                raise ValueError("prompt coordinates must be finite numbers")
-            if len(box) != 4 or not (box[0] < box[2] and box[1] < box[3]):
-                raise ValueError(f"box must be [x0, y0, x1, y1] with x0 < x1 and y0 < y1, got {data['box']}")
-        points = labels = None
-        if "points" in data or "labels" in data:
-            if "points" not in data or "labels" not in data:
-                raise ValueError('"points" and "labels" must be given together')
-            points = np.asarray(data.get("points"), dtype=np.float32)
-            labels = np.asarray(data.get("labels"), dtype=np.int32)
-            if labels.ndim != 1 or not np.isin(labels, (0, 1)).all():
-                raise ValueError(f"labels must be a list of 0 (negative) / 1 (positive), got {data.get('labels')}")
-        stamp = data.get("stamp_ns")
-        if stamp is not None and (isinstance(stamp, bool) or not isinstance(stamp, int)):
-            raise ValueError(f"stamp_ns must be an integer, got {stamp!r}")
-        if points is not None and not np.isfinite(points).all():
-            raise ValueError("prompt coordinates must be finite numbers")
-        return PointsPrompt(points=points, labels=labels, box=box), stamp
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"invalid prompt: {exc}") from None
 
 
 def qos_fix(topic: str, policy: QoSPolicyKind, side: str) -> str:
@@ -156,9 +131,6 @@ class _VrsInterface:
 
     def _setup(self) -> None:
         self._declare_parameters()
-        for name, allowed in (("mode", MODES), ("image_transport", IMAGE_TRANSPORTS)):
-            if self._param(name) not in allowed:
-                raise ValueError(f"parameter {name} must be one of {', '.join(allowed)}; got {self._param(name)!r}")
         self.models: LoadedModels | None = None
         self.engine: StreamingEngine | None = None
         self.model_error: str | None = None
@@ -175,6 +147,10 @@ class _VrsInterface:
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE_5)
         self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        # Checked last: a node refused here is complete, so destroying it (rclpy does so at shutdown) works.
+        for name, allowed in (("mode", MODES), ("image_transport", IMAGE_TRANSPORTS)):
+            if self._param(name) not in allowed:
+                raise ValueError(f"parameter {name} must be one of {', '.join(allowed)}; got {self._param(name)!r}")
 
     def _declare_parameters(self) -> None:
         def desc(text, read_only=True, **ranges):
@@ -215,6 +191,12 @@ class _VrsInterface:
             integer_range=[IntegerRange(from_value=0, to_value=64)]))
         self.declare_parameter("vrshq_checkpoint", "", desc(
             "directory of the released VRS-HQ weights (profile vrshq-7b)"))
+        self.declare_parameter("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS, desc(
+            "images with more pixels (width x height) are refused; compressed ones before decoding",
+            integer_range=[IntegerRange(from_value=1, to_value=1_000_000_000)]))
+        self.declare_parameter("max_prompt_points", DEFAULT_MAX_PROMPT_POINTS, desc(
+            "prompts with more points are refused",
+            integer_range=[IntegerRange(from_value=1, to_value=1000)]))
         self.declare_parameter("clip_anchor", "openai", desc(
             "open_clip weights of the CLIP ViT-L-14-336 anchor scorer (profile vrshq-7b): a tag or a file"))
 
@@ -369,12 +351,15 @@ class _VrsInterface:
         self._apply_instruction(msg.data)
 
     def _on_image(self, msg) -> None:
+        """Convert and push a camera frame; a refused one (``vrs_node.ros.image``, images above
+        ``max_image_pixels`` included) gets an error status with its stamp and reason."""
         engine = self.engine
         if engine is None:
             self._report_error(msg.header, self.model_error)
             return
+        convert = compressed_msg_to_rgb if isinstance(msg, CompressedImage) else image_msg_to_rgb
         try:
-            image = compressed_msg_to_rgb(msg) if isinstance(msg, CompressedImage) else image_msg_to_rgb(msg)
+            image = convert(msg, self._param("max_image_pixels"))
         except ImageConversionError as exc:
             self.get_logger().warning(f"image refused: {exc}", throttle_duration_sec=5.0)
             self._report_error(msg.header, f"image refused: {exc}")
@@ -384,17 +369,34 @@ class _VrsInterface:
             self._publish_result(result)
 
     def _on_prompt(self, msg: String) -> None:
+        """Parse (:func:`~vrs_node.core.prompt_json.prompt_from_json`) and set a prompt (the engine
+        checks its stamp and its place in the image at once). A refused prompt changes nothing;
+        its reason goes on ``status`` at once. A box clipped to the image is said so there too."""
         try:
-            prompt, stamp_ns = prompt_from_json(msg.data)
-        except ValueError as exc:
-            self.get_logger().warning(str(exc))
-            self._report_error(None, str(exc))
+            prompt, stamp_ns = prompt_from_json(msg.data, self._param("max_prompt_points"))
+        except PromptRefused as exc:
+            self._report_prompt("error", f"prompt refused: {exc}", exc.stamp_ns)
             return
-        if self.engine is None:
+        engine = self.engine
+        if engine is None:
             self._report_error(None, self.model_error)
             return
-        self.engine.set_prompt(prompt, stamp_ns=stamp_ns)
-        self.get_logger().info(f"prompt accepted: {msg.data}")
+        try:
+            notice = engine.set_prompt(prompt, stamp_ns=stamp_ns)
+        except ValueError as exc:
+            self._report_prompt("error", f"prompt refused: {exc}", stamp_ns)
+            return
+        if notice:
+            self._report_prompt("accepted", "prompt accepted (clipped)", stamp_ns, notice=notice)
+        self.get_logger().info(f"prompt accepted: {short(msg.data)}" + (f"; {notice}" if notice else ""))
+
+    def _report_prompt(self, status: str, reason: str, stamp_ns: int | None, **fields) -> None:
+        """One ``status`` message about a prompt: ``"event": "prompt"``, ``status`` (``error``:
+        refused, ``accepted``: accepted with a ``notice``), ``reason`` and the prompt's own
+        ``stamp_ns`` (None when it has none or it could not be read); a refusal is also logged."""
+        if status == "error":
+            self.get_logger().warning(reason, throttle_duration_sec=5.0)
+        self._publish_status({"event": "prompt", "status": status, "reason": reason, "stamp_ns": stamp_ns, **fields})
 
     def _on_reset(self, request, response):
         if self.engine is None:
@@ -426,7 +428,8 @@ class _VrsInterface:
         fields = {"event": "query", "trigger": report.trigger, "instruction": report.instruction.text,
                   "applied": report.applied, "latency_ms": round(report.latency_s * 1e3, 2)}
         if report.error is not None:
-            fields.update(status="error", reason=f"grounding failed: {report.error}")
+            fields.update(status="error", reason=f"grounding failed: {report.error}; tracking goes on, "
+                                                 "the query is retried at the next trigger")
         else:
             g = report.grounding
             fields.update(status="grounded", keyframe_stamp_ns=g.keyframe_stamp_ns,
@@ -435,11 +438,15 @@ class _VrsInterface:
         self._publish_status(fields)
 
     def _publish_diagnostics(self) -> None:
+        """Close a diagnostics period: one DiagnosticStatus on ``/diagnostics`` (see HealthMonitor)."""
         engine = self.engine
         instruction = engine.instruction if engine is not None else None
+        camera = next((s for s in self._inputs if getattr(s, "msg_type", None) in (Image, CompressedImage)), None)
         health = self.health.report(engine.stats if engine is not None else None,
                                     instruction.text if instruction is not None else None, self.model_error,
-                                    self._inactive_reason())
+                                    self._inactive_reason(),
+                                    image_publishers=camera.get_publisher_count() if camera is not None else None,
+                                    query_running_s=engine.query_elapsed_s if engine is not None else None)
         status = DiagnosticStatus(level=bytes([health.level]), name=f"{self.get_name()}: segmentation",
                                   message=health.message, hardware_id=self.device,
                                   values=[KeyValue(key=k, value=v) for k, v in health.values.items()])
@@ -528,28 +535,103 @@ class VrsLifecycleNode(_VrsInterface, LifecycleNode):
         return None if state == "active" else f"lifecycle state {state}: not processing images"
 
 
-def _spin(node) -> None:
+ROS_ARGUMENTS_HELP = """\
+ROS arguments go after --ros-args: -p NAME:=VALUE sets a parameter, --params-file FILE.yaml sets
+many (config/vrs_node.yaml, installed in share/vrs_node/config/), -r FROM:=TO remaps a topic (also
+__ns:=/NAMESPACE, __node:=NAME). For example:
+
+  {prog} --ros-args -p model_profile:=tiny-random -p mode:=sync -r image:=/camera/image_raw
+  {prog} --ros-args --params-file config/vrs_node.yaml -r __ns:=/vrs -p instruction:="the black swan"
+  ros2 run vrs_node {executable} --ros-args -p device:=cuda     (on a ROS 2 install)
+"""
+"""The end of a node's ``--help`` (:func:`_help_parser`)."""
+
+
+class _ParameterTable:
+    """Stands in for a node in :meth:`_VrsInterface._declare_parameters` to list the parameters
+    (name, default, descriptor), in declaration order, without starting ROS."""
+
+    def __init__(self):
+        self.rows: list[tuple[str, object, ParameterDescriptor]] = []
+
+    def declare_parameter(self, name: str, value, descriptor: ParameterDescriptor) -> None:
+        self.rows.append((name, value, descriptor))
+
+
+def _help_parser(prog: str, lifecycle: bool) -> argparse.ArgumentParser:
+    """The command-line parser of a node: its help is the module docstring (what the node does, its
+    topics, services and lifecycle), every parameter with its default and description, and how to
+    pass ROS arguments."""
+    table = _ParameterTable()
+    _VrsInterface._declare_parameters(table)
+    parameters = ["parameters (README \"Topics, services, parameters\"; all of them, commented, in "
+                  "config/vrs_node.yaml):"]
+    for name, value, descriptor in table.rows:
+        settable = "" if descriptor.read_only else ", runtime-settable"
+        parameters.append(f"  {name} (default {value!r}{settable})")
+        parameters += textwrap.wrap(descriptor.description, 96, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    ros = ROS_ARGUMENTS_HELP.format(prog=prog, executable="vrs_lifecycle_node" if lifecycle else "vrs_node")
+    if lifecycle:
+        ros += f"  {prog} --ros-args -p autostart:=false     (left unconfigured for a lifecycle manager)\n"
+    description = re.sub(r":\w+:`~?([^`]+)`", r"\1", __doc__).replace("``", "")
+    return argparse.ArgumentParser(
+        prog=prog, usage="%(prog)s [-h] [--ros-args [-p NAME:=VALUE] [-r FROM:=TO] [--params-file FILE] ...]",
+        description=description, epilog="\n".join(parameters) + "\n\n" + ros,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _parse_command_line(args: list[str] | None, lifecycle: bool) -> None:
+    """Check a node's command line (``args`` like ``sys.argv``, program first; None: ``sys.argv``)
+    before ROS starts: ``-h``/``--help`` prints the help and exits 0; an argument outside
+    ``--ros-args ...``, which ROS would silently ignore, is an error (exit 2)."""
+    argv = list(sys.argv if args is None else args)
+    prog = Path(argv[0]).name if argv else ("vrs-lifecycle-node" if lifecycle else "vrs-node")
+    parser = _help_parser(prog, lifecycle)
+    _, unknown = parser.parse_known_args(remove_ros_args(argv)[1:])
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)} (ROS arguments go after --ros-args, "
+                     f"e.g. {prog} --ros-args -p mode:=sync)")
+
+
+def _serve(node_class, args: list[str] | None, start=None) -> int:
+    """Run a ``node_class()`` node (then ``start(node)`` if given) until SIGINT or SIGTERM
+    (:mod:`vrs_node.ros.cli`), which end it with exit code 0 at any point, idle or busy (while it
+    spins, after the callback in progress); the node is destroyed (its engine threads stopped)
+    before ROS shuts down. A parameter the node refuses at start is one error line, exit code 1."""
     try:
-        rclpy.spin(node)
-    except KeyboardInterrupt:
+        with ros_command(args) as stop:
+            try:
+                node = node_class()
+            except (ValueError, ParameterException) as exc:
+                rclpy.logging.get_logger("vrs_node").error(f"cannot start: {exc}")
+                return 1
+            try:
+                if start is not None:
+                    start(node)
+                stop.spin(node)
+            finally:
+                node.destroy_node()
+    except KeyboardInterrupt:  # the stop signal before the node spun (loading models, say)
         pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    return 0
 
 
-def main(args=None) -> None:
-    """Console entry point ``vrs-node`` (``ros2 run vrs_node vrs_node`` on a ROS 2 install)."""
-    rclpy.init(args=args)
-    _spin(VrsNode())
+def main(args=None) -> int:
+    """Console entry point ``vrs-node`` (``ros2 run vrs_node vrs_node`` on a ROS 2 install); ``args``
+    is an argv list like ``sys.argv`` (program first). ``--help`` answers without starting ROS."""
+    _parse_command_line(args, lifecycle=False)
+    return _serve(VrsNode, args)
 
 
-def lifecycle_main(args=None) -> None:
-    """Console entry point ``vrs-lifecycle-node`` (``ros2 run vrs_node vrs_lifecycle_node``):
-    configures and activates itself unless ``autostart`` is false (then a lifecycle manager or
-    ``ros2 lifecycle set`` drives it)."""
-    rclpy.init(args=args)
-    node = VrsLifecycleNode()
+def _autostart(node: VrsLifecycleNode) -> None:
+    """The ``configure`` and ``activate`` transitions, unless ``autostart`` is false."""
     if node.get_parameter("autostart").value and node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
         node.trigger_activate()
-    _spin(node)
+
+
+def lifecycle_main(args=None) -> int:
+    """Console entry point ``vrs-lifecycle-node`` (``ros2 run vrs_node vrs_lifecycle_node``):
+    configures and activates itself unless ``autostart`` is false (then a lifecycle manager or
+    ``ros2 lifecycle set`` drives it). ``args`` and ``--help`` as for :func:`main`."""
+    _parse_command_line(args, lifecycle=True)
+    return _serve(VrsLifecycleNode, args, start=_autostart)

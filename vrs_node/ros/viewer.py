@@ -20,10 +20,10 @@ decodes: rgb8, bgr8, rgba8, bgra8, mono8):
   row. A tqdm bar on stderr counts the frames written.
 
 A frame that does not decode (an unsupported encoding such as ``16UC1``, truncated data) is logged
-(at most every 5 s) and skipped. ``--limit N`` exits after N decoded frames; Ctrl-C exits too; both
-with code 0, the video finalised and one summary line (frames received, skipped, written, path)
-on stdout. With no display (or ``--no-window``) and no ``--out`` there is nothing to do: one error
-line and exit code 1, as for an unusable ``--out``::
+(at most every 5 s) and skipped. ``--limit N`` exits after N decoded frames; Ctrl-C (SIGINT) and
+SIGTERM exit too; all with code 0, the video finalised and one summary line (frames received,
+skipped, written, path) on stdout. With no display (or ``--no-window``) and no ``--out`` there is
+nothing to do: one error line and exit code 1, as for an unusable ``--out``::
 
     vrs-view /vrs/overlay                                  # watch the segmentation live
     vrs-view /vrs/overlay --out overlay.mp4                # record it (and watch, if there is a display)
@@ -57,13 +57,13 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402 (and the imports below)
 import rclpy
 from rclpy.event_handler import SubscriptionEventCallbacks
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_policy_name_from_kind, qos_profile_sensor_data
 from rclpy.utilities import remove_ros_args
 from sensor_msgs.msg import Image
 from tqdm import tqdm
 
+from vrs_node.ros.cli import ros_command
 from vrs_node.ros.image import ImageConversionError, image_msg_to_rgb, stamp_to_ns
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".avi")
@@ -321,24 +321,25 @@ def main(args=None) -> int:
     except ViewerError as exc:
         logger.error(str(exc))
         return 1
-    rclpy.init(args=argv)
-    node = None
     try:
-        sink = VideoSink(options.out, options.fps) if options.out else None
-        node = ViewerNode(options.topic, options.best_effort, options.limit, window, sink)
-        while rclpy.ok() and not node.done and not (node.window and node.window.closed()):
-            rclpy.spin_once(node, timeout_sec=0.02 if node.window else 0.1)
-        return 0
-    except ViewerError as exc:
-        logger.error(str(exc))
-        return 1
-    except (KeyboardInterrupt, ExternalShutdownException):
-        return 0
-    finally:
-        if node is not None:
-            print(node.finish(), flush=True)
-            node.destroy_node()
-        rclpy.try_shutdown()
+        with ros_command(argv) as stop:
+            node = None
+            try:
+                sink = VideoSink(options.out, options.fps) if options.out else None
+                node = ViewerNode(options.topic, options.best_effort, options.limit, window, sink)
+                with stop.deferred():
+                    while not node.done and not (node.window and node.window.closed()) and stop.name is None:
+                        rclpy.spin_once(node, timeout_sec=0.02 if node.window else 0.1)
+            except ViewerError as exc:  # handled in the block: a half-built node must be gone before shutdown
+                logger.error(str(exc))
+                return 1
+            finally:
+                if node is not None:
+                    print(node.finish(), flush=True)
+                    node.destroy_node()
+    except KeyboardInterrupt:  # SIGINT or SIGTERM before the loop (vrs_node.ros.cli)
+        pass
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,86 @@
+"""What the ROS console commands (``vrs-node``, ``vrs-lifecycle-node``, ``vrs-camera``, ``vrs-view``,
+``vrs-demo``) share: a clean stop, exit code 0, on SIGINT and SIGTERM.
+
+rclpy's own signal handlers shut the ROS context down the moment a signal arrives, whatever the
+process is doing: a frame being tracked on another thread then fails to publish, and what ends the
+spin depends on how the signal came (``KeyboardInterrupt``, or ``ExternalShutdownException`` for
+SIGTERM and for a SIGINT that the parent ignored, as a shell does for background jobs), so a
+command could exit 1 with a traceback. Inside :func:`ros_command` rclpy installs no handlers; the
+first SIGINT or SIGTERM is a :class:`StopSignal`, later ones are ignored, and the ROS context stays
+up until the command has stopped its threads and destroyed its nodes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Iterator
+
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.signals import SignalHandlerOptions
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+POLL_S = 0.1
+"""Longest wait of :meth:`StopSignal.spin` between two looks at the stop signal."""
+
+
+class StopSignal:
+    """The first SIGINT or SIGTERM of a :func:`ros_command` block; ``name`` is ``"SIGINT"`` or
+    ``"SIGTERM"`` once it came (None before), and later signals are ignored.
+
+    By default it raises ``KeyboardInterrupt("stopped by SIGINT")`` in the main thread at once (to
+    cut short, say, a model load). Inside :meth:`deferred` it only sets ``name``, and the loop there
+    ends on it: an exception raised while rclpy converts a message (a callback loop does that all
+    the time) can come out of rclpy as another error."""
+
+    def __init__(self):
+        self.name: str | None = None
+        self._deferred = False
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.name is None:
+            self.name = signal.Signals(signum).name
+            if not self._deferred:
+                raise KeyboardInterrupt(f"stopped by {self.name}")
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """A block in which the signal only sets ``name``; the block's loop must look at it (a
+        Python signal handler runs only between bytecodes, so a ROS wait there needs a timeout)."""
+        self._deferred = True
+        try:
+            yield
+        finally:
+            self._deferred = False
+
+    def spin(self, node) -> None:
+        """Run ``node``'s callbacks in this thread until the signal comes; the callback in progress
+        is finished first. Waits at most :data:`POLL_S` at a time (``rclpy.spin`` waits forever)."""
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        try:
+            with self.deferred():
+                while self.name is None:
+                    executor.spin_once(timeout_sec=POLL_S)
+        finally:
+            executor.shutdown()
+
+
+@contextlib.contextmanager
+def ros_command(args: list[str] | None = None) -> Iterator[StopSignal]:
+    """``rclpy.init(args=args)`` for the ``with`` block, without rclpy's signal handlers; yields the
+    block's :class:`StopSignal`. The caller catches its ``KeyboardInterrupt`` (or ends its
+    :meth:`~StopSignal.deferred` loop), destroys its nodes (the context is still up) and exits 0.
+    Leaving the block shuts rclpy down (a signal meanwhile is ignored) and restores the signal
+    handlers found on entry. Call it from the main thread (``signal.signal`` requires it)."""
+    stop = StopSignal()
+    previous = {number: signal.signal(number, stop._handle) for number in STOP_SIGNALS}
+    try:
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+        yield stop
+    finally:
+        stop._deferred = True
+        rclpy.try_shutdown()
+        for number, handler in previous.items():
+            signal.signal(number, handler)
