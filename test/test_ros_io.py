@@ -5,6 +5,7 @@ incompatible-QoS report, and hostile streams (stamps going back, resolution chan
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import cv2
@@ -64,6 +65,7 @@ def test_compressed_topic_follows_the_image_remap(ros_nodes):
 
 
 def test_invalid_transport_or_mode_is_refused_at_startup(ros_nodes):
+    core_handlers = list(logging.getLogger("vrs_node").handlers)
     for name, value in (("image_transport", "theora"), ("mode", "fast")):
         try:
             VrsNode(parameter_overrides=[Parameter(name, value=value)])
@@ -71,6 +73,7 @@ def test_invalid_transport_or_mode_is_refused_at_startup(ros_nodes):
             assert f"parameter {name} must be one of" in str(exc) and value in str(exc)
         else:
             raise AssertionError(f"{name}={value} was accepted")
+    assert logging.getLogger("vrs_node").handlers == core_handlers, "a refused node left its log forwarding behind"
 
 
 def test_overlay_is_computed_only_while_subscribed(ros, monkeypatch):

@@ -140,6 +140,11 @@ class _VrsInterface:
         self._inputs: list = []
         self._outputs: list = []
         self._log_handler = RosLogHandler(self.get_logger())
+        # Checked once what destroy_node needs exists (rclpy destroys a refused node at shutdown) and
+        # before anything outlives the node (the core logger's handler).
+        for name, allowed in (("mode", MODES), ("image_transport", IMAGE_TRANSPORTS)):
+            if self._param(name) not in allowed:
+                raise ValueError(f"parameter {name} must be one of {', '.join(allowed)}; got {self._param(name)!r}")
         core_logger = logging.getLogger("vrs_node")
         core_logger.addHandler(self._log_handler)
         core_logger.propagate = False  # not also through a root handler a library may have set up
@@ -147,10 +152,6 @@ class _VrsInterface:
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE_5)
         self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        # Checked last: a node refused here is complete, so destroying it (rclpy does so at shutdown) works.
-        for name, allowed in (("mode", MODES), ("image_transport", IMAGE_TRANSPORTS)):
-            if self._param(name) not in allowed:
-                raise ValueError(f"parameter {name} must be one of {', '.join(allowed)}; got {self._param(name)!r}")
 
     def _declare_parameters(self) -> None:
         def desc(text, read_only=True, **ranges):
