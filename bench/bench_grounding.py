@@ -51,7 +51,7 @@ from conftest import box_of, davis_sequence  # noqa: E402
 from vrs_node.core.engine import EngineConfig, StreamingEngine  # noqa: E402
 from vrs_node.core.frames import FrameWindow  # noqa: E402
 from vrs_node.core.grounder import SAM2_KEY, Grounder  # noqa: E402
-from vrs_node.core.tracker import MaskPrompt, PointsPrompt, StreamingTracker  # noqa: E402
+from vrs_node.core.tracker import PointsPrompt, StreamingTracker, TokenPrompt  # noqa: E402
 from vrs_node.models.clip_anchor import ClipAnchorScorer  # noqa: E402
 from vrs_node.models.mllm import VrshqMLLM, vrshq_7b_config  # noqa: E402
 from vrs_node.models.profiles import (build_grounding_models, build_sam2_for_profile,  # noqa: E402
@@ -122,7 +122,7 @@ def query_breakdown(size, frames, args):
     first_total = time.perf_counter() - start
     cached_s, cached_all, g = timed(lambda: grounder.ground(window, instruction), args.repeats)
     following = [window.get_feature(i, SAM2_KEY) for i in window.indices() if i > g.keyframe]
-    catch_up_s, _, _ = timed(lambda: tracker.catch_up(g.keyframe_features, MaskPrompt(g.mask), following),
+    catch_up_s, _, _ = timed(lambda: tracker.catch_up(g.keyframe_features, TokenPrompt(g.token), following),
                              args.repeats)
     feats = [window.get_feature(i, SAM2_KEY) for i in g.dense_frames]
     token = torch.zeros(256)

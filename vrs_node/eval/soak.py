@@ -199,7 +199,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--fps", type=float, default=30.0, help="nominal frame rate of the stamps (30)")
     parser.add_argument("--period-s", type=float, default=1.0, help="re-query period in stamp seconds (1)")
     parser.add_argument("--segment", type=int, default=250, help="frames per prompt / instruction segment (250)")
-    parser.add_argument("--window-frames", type=int, default=16, help="engine window (16, the node's default)")
+    parser.add_argument("--window-frames", type=int, default=EngineConfig.window_frames,
+                        help="engine window (the engine's default, %(default)s)")
     parser.add_argument("--max-cond-frames", type=int, default=4, help="conditioning frames (4, the node's default)")
     parser.add_argument("--sample-every", type=int, default=100, help="frames between samples (100)")
     parser.add_argument("--reference-frame", type=int, default=1000, help="the RSS reference sample (1000)")
