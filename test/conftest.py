@@ -7,6 +7,7 @@ tests that need them fail, not skip, when they are missing.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import Counter
 from pathlib import Path
@@ -59,10 +60,11 @@ def blackswan():
     return davis_sequence("blackswan", 24)
 
 
-def make_tracker(image_size: int = 128, **kwargs) -> StreamingTracker:
-    """A tracker over tiny-random SAM-2 (seeded: every call builds identical weights)."""
+def make_tracker(image_size: int = 128, backend: str = "device", **kwargs) -> StreamingTracker:
+    """A tracker over tiny-random SAM-2 (seeded: every call builds identical weights); ``backend``
+    is its image transform's (``"reference"``: PIL, as sam2's video predictor pre-processes)."""
     model, transform = build_sam2_for_profile(get_profile("tiny-random"), image_size=image_size)
-    return StreamingTracker(model, transform, **kwargs)
+    return StreamingTracker(model, dataclasses.replace(transform, backend=backend), **kwargs)
 
 
 def make_grounder(tracker: StreamingTracker, **config):

@@ -5,8 +5,10 @@ from __future__ import annotations
 import threading
 import time
 
+import cv2
 import numpy as np
 import pytest
+import torch
 from conftest import box_of, make_tracker
 
 from vrs_node.core.engine import (STATUS_ERROR, STATUS_NO_PROMPT, STATUS_TARGET_ABSENT,
@@ -110,6 +112,48 @@ def test_malformed_image_is_refused_with_a_clear_error():
     with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
         engine.push(np.zeros((10, 10), np.uint8), 0)
     assert engine.stats.pushed == 0
+
+
+def test_reduced_frames_with_their_camera_size_give_camera_size_masks_and_camera_pixel_prompts(blackswan):
+    """Every other frame decoded at half size (427 x 240) and pushed with camera_hw=(480, 854), as
+    the node does with a JPEG stream: a click at x = 800 (inside the camera frame, outside the
+    reduced image) is accepted, SAM-2 gets the same points as for full-size frames, every mask is
+    480 x 854, and switching between full and reduced decodes is no resolution change."""
+    frames, masks, _ = blackswan
+    ys, xs = np.nonzero(masks[0])
+    click = PointsPrompt(points=np.array([[800.0, 400.0], [xs.mean(), ys.mean()]]), labels=np.array([0, 1]))
+    points = {}
+    for run in ("full", "reduced"):
+        tracker = make_tracker(128)
+        track_step = tracker.model.track_step
+        points[run] = []
+
+        def spy(*args, _seen=points[run], _track_step=track_step, **kwargs):
+            if kwargs["point_inputs"] is not None:
+                _seen.append(kwargs["point_inputs"]["point_coords"])
+            return _track_step(*args, **kwargs)
+
+        tracker.model.track_step = spy
+        engine = StreamingEngine(tracker)
+        results = []
+        for i, image in enumerate(frames[:4]):
+            camera_hw = None
+            if run == "reduced" and i % 2 == 0:
+                image, camera_hw = cv2.resize(image, (427, 240), interpolation=cv2.INTER_AREA), (480, 854)
+            if i == 1:
+                assert engine.set_prompt(click) == ""  # fitted to frame 0 (reduced: its camera size)
+            results.append(engine.push(image, i * 33_333_333, "cam", camera_hw))
+        assert [r.mask.shape for r in results] == [(480, 854)] * 4
+        assert [r.status for r in results] == [STATUS_NO_PROMPT] + [STATUS_TRACKING] * 3
+        assert all(r.notice == "" for r in results) and engine.stats.resolution_changes == 0
+        assert results[0].image.shape == ((240, 427, 3) if run == "reduced" else (480, 854, 3))
+    assert len(points["reduced"]) == 1 and torch.equal(points["reduced"][0], points["full"][0])
+    engine = StreamingEngine(make_tracker(128))
+    with pytest.raises(ValueError, match="camera_hw"):
+        engine.push(frames[0], 0, camera_hw=(240, 427))
+    assert engine.stats.pushed == 0
+    engine.push(frames[0], 0)
+    assert "resolution changed from 854x480 to 1708x960" in engine.push(frames[1], 1, camera_hw=(960, 1708)).notice
 
 
 def test_live_mode_newest_frame_wins_and_drops_are_counted(blackswan):

@@ -170,11 +170,11 @@ def test_an_encoder_failure_fails_that_frame_only(ros):
     tracker = h.node.engine.tracker
     real_encode, calls = tracker.encode, []
 
-    def encode(image):
+    def encode(image, camera_hw=None):
         calls.append(1)
         if len(calls) == 4:
             raise torch.cuda.OutOfMemoryError(OOM_TEXT)
-        return real_encode(image)
+        return real_encode(image, camera_hw)
 
     tracker.encode = encode
     statuses = [h.send_frame(frame_msg(image, i)) for i, image in enumerate(frames)]

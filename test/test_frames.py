@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 
-from vrs_node.core.frames import Frame, FrameWindow, anchor_lattice, sparse_dense_sample
+from vrs_node.core.frames import Frame, FrameWindow, anchor_lattice, camera_size, sparse_dense_sample
 
 
 def _image(value: int = 0, height: int = 4, width: int = 6) -> np.ndarray:
@@ -177,6 +177,26 @@ def test_frame_fields_and_size():
     assert Frame(0, 0, _image()).frame_id == ""
     with pytest.raises(dataclasses.FrozenInstanceError):
         frame.index = 4
+
+
+def test_frame_size_is_the_camera_size_the_image_may_be_smaller():
+    """A reduced decode of a 10 x 14 camera frame: height/width are the camera's, the image stays."""
+    frame = Frame(0, 0, _image(height=5, width=7), camera_hw=(10, 14))
+    assert (frame.height, frame.width) == (10, 14) and frame.camera_hw == (10, 14)
+    assert frame.image.shape == (5, 7, 3)
+    assert Frame(0, 0, _image(height=5, width=7)).camera_hw == (5, 7)
+    held = FrameWindow(2).append(_image(height=5, width=7), 0, "cam", camera_hw=(np.int64(9), 13))
+    assert held.camera_hw == (9, 13) and type(held.camera_hw[0]) is int
+
+
+@pytest.mark.parametrize("camera_hw", [(4, 7), (5, 6), (5,), (5, 7, 3), (5.0, 7), (True, 7), "57"])
+def test_a_camera_size_smaller_than_the_image_or_not_two_ints_is_refused(camera_hw):
+    window = FrameWindow(2)
+    with pytest.raises(ValueError, match="camera_hw"):
+        window.append(_image(height=5, width=7), 0, camera_hw=camera_hw)
+    assert len(window) == 0
+    with pytest.raises(ValueError, match="camera_hw"):
+        camera_size(_image(height=5, width=7), camera_hw)
 
 
 @pytest.mark.parametrize("capacity", [0, -1, 1.5, "3", True])

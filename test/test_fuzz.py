@@ -38,7 +38,7 @@ from vrs_node.core.prompt_json import (DEFAULT_MAX_PROMPT_POINTS, FIELDS, Prompt
 from vrs_node.core.tracker import PointsPrompt
 from vrs_node.models.prompt import IMAGE_TOKEN, MAX_INSTRUCTION_CHARS, RESERVED_TEXT, build_prompt, clean_instruction
 from vrs_node.ros.image import (SUPPORTED_ENCODINGS, ImageConversionError, compressed_msg_to_rgb, compressed_size,
-                                image_msg_to_rgb, ns_to_stamp, rgb_to_msg, stamp_to_ns)
+                                image_msg_to_rgb, jpeg_reduction, ns_to_stamp, rgb_to_msg, stamp_to_ns)
 
 EXAMPLES = int(os.environ.get("VRS_FUZZ_EXAMPLES", "200"))
 LIVE_EXAMPLES = int(os.environ.get("VRS_FUZZ_LIVE_EXAMPLES", "50"))
@@ -135,15 +135,19 @@ def compressed_data(draw):
 
 
 @fuzz(EXAMPLES)
-@given(data=compressed_data(), max_pixels=st.integers(1, 4096))
-def test_fuzz_compressed_images(data, max_pixels):
+@given(data=compressed_data(), max_pixels=st.integers(1, 4096),
+       min_hw=st.none() | st.tuples(st.integers(1, 80), st.integers(1, 80)))
+def test_fuzz_compressed_images(data, max_pixels, min_hw):
     size = compressed_size(data)
     try:
-        rgb = compressed_msg_to_rgb(types.SimpleNamespace(format="fuzz", data=data), max_pixels)
+        rgb, camera_hw = compressed_msg_to_rgb(types.SimpleNamespace(format="fuzz", data=data), max_pixels,
+                                               None if min_hw is None else lambda h, w: min_hw)
     except ImageConversionError:
         pass
-    else:  # decoded only when the header was read, and at the header's size, within the limit
-        assert size is not None and rgb.dtype == np.uint8 and rgb.shape == (size[1], size[0], 3)
+    else:  # decoded only when the header was read, at the header's size or a reduced one, within the limit
+        assert size is not None and camera_hw == (size[1], size[0]) and rgb.dtype == np.uint8
+        f = 1 if min_hw is None or data[:1] != b"\xff" else jpeg_reduction(*camera_hw, min_hw)
+        assert rgb.shape == (-(-size[1] // f), -(-size[0] // f), 3)
         assert size[0] * size[1] <= max_pixels
     FUZZ_EXAMPLES["compressed images"] += 1
 

@@ -25,6 +25,7 @@ from vrs_node.ros.image import (
     ImageConversionError,
     compressed_msg_to_rgb,
     compressed_size,
+    jpeg_reduction,
     image_msg_to_rgb,
     mask_to_msg,
     ns_to_stamp,
@@ -315,6 +316,18 @@ def test_overlay_alpha_extremes_and_uint8_mask():
     np.testing.assert_array_equal(full[~mask], image[~mask])
 
 
+@pytest.mark.parametrize("mask_dtype", [bool, np.uint8, np.int32, np.float32])
+def test_overlay_of_a_strided_view_with_any_mask_dtype_follows_the_formula(mask_dtype):
+    """OpenCV's look-up and masked copy read strided views and every mask dtype (non-zero = object)."""
+    rng = np.random.default_rng(7)
+    image = rng.integers(0, 256, size=(9, 14, 3), dtype=np.uint8)[::2, 1::3]
+    mask = (rng.integers(0, 3, size=image.shape[:2]) * 0.5).astype(mask_dtype)
+    out = overlay_mask(image, mask, color=(300, -4, 77), alpha=0.75)
+    expected = np.clip(np.rint(0.25 * image + 0.75 * np.array([300.0, -4.0, 77.0])), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(out, np.where((mask != 0)[:, :, None], expected, image))
+    assert out.flags.c_contiguous and not np.shares_memory(out, image)
+
+
 def test_overlay_default_color_is_red():
     image = np.zeros((1, 2, 3), dtype=np.uint8)
     out = overlay_mask(image, np.array([[True, False]]), alpha=1.0)
@@ -429,8 +442,9 @@ def test_an_image_above_max_pixels_is_refused_before_its_data_is_read():
 
 def test_the_hand_built_png_is_a_real_png():
     row = bytes(range(7))
-    rgb = compressed_msg_to_rgb(compressed(png_bytes(7, 3, row)))
+    rgb, camera_hw = compressed_msg_to_rgb(compressed(png_bytes(7, 3, row)))
     assert rgb.shape == (3, 7, 3) and (rgb == np.frombuffer(row, np.uint8)[None, :, None]).all()
+    assert camera_hw == (3, 7)
 
 
 def test_a_png_bomb_is_refused_from_its_header_without_decoding(monkeypatch):
@@ -450,7 +464,7 @@ def test_compressed_images_up_to_the_limit_decode():
     rgb = np.random.default_rng(0).integers(0, 256, (6, 9, 3), dtype=np.uint8)
     for ext in (".png", ".jpg"):
         _, data = cv2.imencode(ext, rgb)
-        assert compressed_msg_to_rgb(compressed(data.tobytes()), max_pixels=54).shape == (6, 9, 3)
+        assert compressed_msg_to_rgb(compressed(data.tobytes()), max_pixels=54)[0].shape == (6, 9, 3)
         with pytest.raises(ImageConversionError, match="9x6 = 54 pixels; the limit is 53"):
             compressed_msg_to_rgb(compressed(data.tobytes()), max_pixels=53)
 
@@ -467,7 +481,7 @@ def test_the_jpeg_frame_header_is_found_past_metadata_and_fill_bytes():
     app2 = b"\xff\xe2" + struct.pack(">H", 2)  # an empty segment
     data = jpeg_with_segments(33, 17, [app1, b"\xff\xff\xff", app2, app1])
     assert compressed_size(data) == (33, 17)
-    assert compressed_msg_to_rgb(compressed(data, "jpeg")).shape == (17, 33, 3)
+    assert compressed_msg_to_rgb(compressed(data, "jpeg"))[0].shape == (17, 33, 3)
 
 
 @pytest.mark.parametrize("data", [
@@ -491,3 +505,81 @@ def test_other_formats_opencv_decodes_are_refused():
 def test_a_compressed_header_without_pixels_is_refused():
     with pytest.raises(ImageConversionError, match="has no pixels: its header says 0x5"):
         compressed_msg_to_rgb(compressed(png_bytes(0, 5)))
+
+
+# --- reduced JPEG decoding (compressed_msg_to_rgb's min_size) ----------------------------------
+
+@pytest.mark.parametrize("height, width, min_hw, expected", [
+    (1080, 1920, (256, 256), 4),    # squash S=256: 270 x 480 covers it, 135 x 240 does not
+    (1080, 1920, (144, 256), 4),    # pad S=256 (content 144 x 256): 135 < 144 at 1/8
+    (1080, 1920, (576, 1024), 1),   # pad S=1024: 960 < 1024 at 1/2
+    (720, 1280, (288, 512), 2),     # pad S=512: 360 x 640
+    (720, 1280, (512, 512), 1),     # squash S=512: 360 < 512 at 1/2
+    (1081, 1921, (136, 241), 8),    # ceil: 1/8 of 1081 x 1921 is 136 x 241
+    (1081, 1921, (137, 241), 4),
+    (480, 640, (1, 1), 8),
+])
+def test_jpeg_reduction_is_the_largest_factor_still_covering_the_minimum(height, width, min_hw, expected):
+    assert jpeg_reduction(height, width, min_hw) == expected
+
+
+def jpeg_bytes(height, width, seed=0):
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (height // 8 + 1, width // 8 + 1, 3), dtype=np.uint8)
+    _, data = cv2.imencode(".jpg", cv2.resize(small, (width, height)), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return data.tobytes()
+
+
+@pytest.mark.parametrize("height, width, min_hw, decoded", [
+    (1080, 1920, (256, 256), (270, 480)),
+    (1080, 1920, (144, 256), (270, 480)),
+    (1081, 1921, (136, 241), (136, 241)),
+    (1081, 1921, (1081, 1921), (1081, 1921)),
+    (720, 1280, (288, 512), (360, 640)),
+])
+def test_a_jpeg_is_decoded_at_the_smallest_scale_covering_min_size(height, width, min_hw, decoded):
+    """The decode is OpenCV's reduced one (not a resize of the full decode), the camera size comes
+    from the header, and min_size is asked with that camera size."""
+    data = jpeg_bytes(height, width)
+    asked = []
+    rgb, camera_hw = compressed_msg_to_rgb(compressed(data, "jpeg"),
+                                           min_size=lambda h, w: asked.append((h, w)) or min_hw)
+    assert asked == [(height, width)] and camera_hw == (height, width)
+    assert rgb.shape == (*decoded, 3) and rgb.dtype == np.uint8 and rgb.flags.c_contiguous
+    f = jpeg_reduction(height, width, min_hw)
+    flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4}
+    reduced = cv2.imdecode(np.frombuffer(data, np.uint8), flags.get(f, cv2.IMREAD_REDUCED_COLOR_8))
+    np.testing.assert_array_equal(rgb, cv2.cvtColor(reduced, cv2.COLOR_BGR2RGB))
+    full, _ = compressed_msg_to_rgb(compressed(data, "jpeg"))
+    assert full.shape == (height, width, 3)
+
+
+def test_a_png_is_decoded_at_full_size_whatever_min_size_says():
+    rgb = np.random.default_rng(1).integers(0, 256, (40, 64, 3), dtype=np.uint8)
+    _, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    decoded, camera_hw = compressed_msg_to_rgb(compressed(data.tobytes()), min_size=lambda h, w: (1, 1))
+    assert camera_hw == (40, 64)
+    np.testing.assert_array_equal(decoded, rgb)
+
+
+def test_the_exif_orientation_is_not_applied_so_the_image_keeps_the_header_size():
+    """An EXIF orientation of 6 ("rotate 90"): the pixels are taken as stored, as image_transport's
+    decoder does, so the decoded size is the header's (full and reduced)."""
+    tiff = b"MM\x00\x2a\x00\x00\x00\x08\x00\x01" + struct.pack(">HHIHH", 0x0112, 3, 1, 6, 0) + bytes(4)
+    exif = b"\xff\xe1" + struct.pack(">H", 2 + 6 + len(tiff)) + b"Exif\x00\x00" + tiff
+    data = jpeg_with_segments(64, 16, [exif])
+    assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR).shape == (64, 16, 3), "OpenCV rotates it"
+    assert compressed_msg_to_rgb(compressed(data, "jpeg"))[0].shape == (16, 64, 3)
+    assert compressed_msg_to_rgb(compressed(data, "jpeg"), min_size=lambda h, w: (8, 32))[0].shape == (8, 32, 3)
+
+
+@pytest.mark.parametrize("mask", [
+    np.arange(30).reshape(5, 6) % 3 == 0,                     # bool
+    np.asfortranarray(np.arange(30).reshape(5, 6) % 4 == 0),  # not C-contiguous
+    (np.arange(60).reshape(5, 12) % 3 == 0)[:, ::2],          # strided
+    (np.arange(30).reshape(5, 6) % 5).astype(np.uint8),       # uint8, values 0..4
+])
+def test_mask_to_msg_maps_any_layout_to_0_and_255(mask):
+    msg = mask_to_msg(mask, make_header())
+    assert (msg.height, msg.width, msg.step, msg.encoding) == (5, 6, 6, "mono8")
+    np.testing.assert_array_equal(np.frombuffer(msg.data, np.uint8).reshape(5, 6), np.where(mask != 0, 255, 0))

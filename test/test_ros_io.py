@@ -56,6 +56,35 @@ def test_compressed_transport_decodes_jpeg_and_reports_corrupt_data(ros):
     assert h.send_frame(jpeg_msg(frames[2], 4))["status"] == "tracking"
 
 
+def test_jpeg_is_decoded_reduced_unless_the_overlay_is_subscribed(ros, monkeypatch):
+    """A JPEG goes to the engine decoded at the smallest scale covering SAM-2's input (854 x 480 at
+    S = 128: 1/2) with the camera size from its header; the mask is at camera size; while the
+    overlay has a subscriber the JPEG is decoded in full for it (no resolution change either way);
+    a result of a reduced decode gets no overlay."""
+    frames, masks, _ = davis_sequence("blackswan", 3)
+    h = ros(image_transport="compressed")
+    pushed, results = [], []
+    push = h.node.engine.push
+    monkeypatch.setattr(h.node.engine, "push", lambda image, *args: pushed.append((image.shape, args[-1]))
+                        or results.append(push(image, *args)) or results[-1])
+    prompt_box(h, masks[0])
+    status = h.send_frame(jpeg_msg(frames[0], 0))
+    assert pushed == [((240, 427, 3), (480, 854))] and status["status"] == "tracking"
+    overlays = []
+    h.peer.create_subscription(Image, "overlay", overlays.append, RELIABLE)
+    h.spin_until(lambda: h.node.overlay_pub.get_subscription_count() > 0)
+    status = h.send_frame(jpeg_msg(frames[1], 1))
+    assert pushed[1] == ((480, 854, 3), (480, 854)) and "notice" not in status
+    h.spin_until(lambda: len(h.masks) == 2 and len(overlays) == 1)
+    assert [(m.height, m.width) for m in h.masks] == [(480, 854)] * 2
+    assert (overlays[0].height, overlays[0].width) == (480, 854)
+    blended = []
+    monkeypatch.setattr(node_module, "overlay_mask", lambda *a: blended.append(1) or overlay_mask(*a))
+    h.node._publish_result(results[0])  # decoded reduced, published while the overlay is subscribed
+    h.spin_until(lambda: len(h.masks) == 3)
+    assert blended == [] and len(overlays) == 1
+
+
 def test_compressed_topic_follows_the_image_remap(ros_nodes):
     node = VrsNode(cli_args=["--ros-args", "-p", "image_size:=128", "-p", "image_transport:=compressed",
                              "-r", "image:=/cam/image_raw"])

@@ -299,3 +299,17 @@ def test_max_image_pixels_applies_to_raw_images(ros):
     h = ros(max_image_pixels=854 * 480 - 1)
     assert "854x480 = 409920 pixels; the limit is 409919" in h.send_frame(frame_msg(frames[0], 0))["reason"]
     assert h.send_frame(frame_msg(frames[0][:240], 1))["status"] == "no_prompt"
+
+
+def test_precision_parameter_runs_bf16_and_a_bad_value_is_reported(ros):
+    frames, masks, _ = davis_sequence("blackswan", 2)
+    h = ros(precision="bf16")
+    assert h.node.models.precision == "bf16" and h.node.models.tracker_options["autocast_dtype"] is not None
+    h.prompt_pub.publish(String(data=json.dumps({"box": box_of(masks[0])})))
+    h.spin_until(lambda: h.node.engine.prompt_pending)
+    status = h.send_frame(frame_msg(frames[0], 0))
+    assert (status["status"], status["precision"]) == ("tracking", "bf16")
+    bad = ros(precision="fp16")
+    assert bad.node.engine is None
+    status = bad.send_frame(frame_msg(frames[1], 1))
+    assert status["status"] == "error" and "precision must be one of" in status["reason"]

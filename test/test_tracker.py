@@ -14,7 +14,8 @@ from conftest import box_of, make_tracker
 from vrs_node.core.tracker import (HOLE_FILL_LOGIT, MaskPrompt, PointsPrompt, StreamingTracker,
                                    TokenPrompt, TrackResult, connected_components,
                                    fill_holes_in_mask_scores)
-from vrs_node.models.sam2_build import SAM2_CONFIGS, Sam2Spec, SamImageTransform
+from vrs_node.models.sam2_build import (DEVICE_BACKEND_MAX_ABS, SAM2_CONFIGS, Sam2Spec, SamImageTransform,
+                                        _resize_float)
 
 N_FRAMES = 20
 
@@ -82,7 +83,7 @@ def assert_matches_predictor(tracker, frames, reference, prompt):
 
 def test_mask_prompt_equals_video_predictor(blackswan, clip_dir, monkeypatch):
     frames, masks, _ = blackswan
-    tracker = make_tracker(256)
+    tracker = make_tracker(256, backend="reference")
     reference = predictor_reference(tracker, clip_dir, lambda p, s: p.add_new_mask(s, 0, 1, masks[0]),
                                     monkeypatch)
     assert_matches_predictor(tracker, frames, reference, MaskPrompt(masks[0]))
@@ -92,7 +93,7 @@ def test_click_and_box_prompts_equal_video_predictor(blackswan, clip_dir, monkey
     frames, masks, _ = blackswan
     ys, xs = np.nonzero(masks[0])
     click = np.array([[xs.mean(), ys.mean()]], np.float32)
-    tracker = make_tracker(128)
+    tracker = make_tracker(128, backend="reference")
     reference = predictor_reference(
         tracker, clip_dir,
         lambda p, s: p.add_new_points_or_box(s, 0, 1, points=click, labels=[1], box=box_of(masks[0])),
@@ -104,10 +105,11 @@ def test_click_and_box_prompts_equal_video_predictor(blackswan, clip_dir, monkey
 def test_without_hole_filling_the_tracker_differs_from_the_predictor(blackswan, clip_dir, monkeypatch):
     """The equivalence above depends on the filling: a tracker that skips it does not match."""
     frames, masks, _ = blackswan
-    reference = predictor_reference(make_tracker(256), clip_dir,
+    reference = predictor_reference(make_tracker(256, backend="reference"), clip_dir,
                                     lambda p, s: p.add_new_mask(s, 0, 1, masks[0]), monkeypatch)
     with pytest.raises(AssertionError, match="worst|<="):
-        assert_matches_predictor(make_tracker(256, fill_hole_area=0), frames, reference, MaskPrompt(masks[0]))
+        assert_matches_predictor(make_tracker(256, backend="reference", fill_hole_area=0), frames, reference,
+                                 MaskPrompt(masks[0]))
 
 
 def test_state_is_constant_over_1000_frames(blackswan):
@@ -214,6 +216,119 @@ def test_pad_transform_keeps_aspect_and_zero_pads():
     x = SamImageTransform(64, "pad")(image)
     assert x.shape == (1, 3, 64, 64)
     assert torch.all(x[0, :, 32:, :] == 0) and torch.all(x[0, :, :32, :] > 0)
+
+
+def test_reference_backend_is_the_video_predictors_input_byte_for_byte(blackswan, clip_dir):
+    """The reference backend gives exactly what sam2's ``load_video_frames`` feeds the predictor;
+    the device backend does not (its resize is torch's), which is why the equivalence tests above
+    run the reference backend."""
+    from sam2.utils.misc import load_video_frames
+
+    frames, _, _ = blackswan
+    images, height, width = load_video_frames(str(clip_dir[0].parent), 256, offload_video_to_cpu=True,
+                                              compute_device=torch.device("cpu"))
+    assert (height, width) == frames[0].shape[:2]
+    for i in (0, 7):
+        assert torch.equal(SamImageTransform(256, "squash", "reference")(frames[i])[0], images[i])
+    assert not torch.equal(SamImageTransform(256, "squash")(frames[0])[0], images[0])
+
+
+def hd_frames(frames):
+    """Two DAVIS frames upscaled to 1920 x 1080 and one of uniform noise: 1080p cameras."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    upscaled = [np.array(Image.fromarray(f).resize((1920, 1080), Image.Resampling.BICUBIC)) for f in frames]
+    return upscaled + [rng.integers(0, 256, (1080, 1920, 3), dtype=np.uint8)]
+
+
+@pytest.mark.parametrize("path", ["device", "float"])
+@pytest.mark.parametrize("size", [256, 1024])
+@pytest.mark.parametrize("resize", ["squash", "pad"])
+def test_device_backend_agrees_with_the_reference(blackswan, resize, size, path):
+    """Device backend against the PIL reference, within DEVICE_BACKEND_MAX_ABS (two uint8 levels):
+    on DAVIS frames (854 x 480) and at 1080p. ``float`` runs the float32 two-pass resize CUDA
+    uses (there is no uint8 antialiased kernel there) on the CPU."""
+    frames, _, _ = blackswan
+    reference = SamImageTransform(size, resize, "reference")
+    device = SamImageTransform(size, resize)
+    mode = "bicubic" if resize == "squash" else "bilinear"
+    worst, differing, total = 0.0, 0, 0
+    for image in frames[:3] + hd_frames(frames[:2]):
+        if path == "device":
+            x = device(image)
+        else:
+            pixels = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+            x = device._normalise_and_pad(_resize_float(pixels, device.valid_size(*image.shape[:2]), mode))
+        expected = reference(image)
+        assert x.shape == expected.shape == (1, 3, size, size) and x.dtype == torch.float32
+        delta = (x - expected).abs()
+        worst = max(worst, float(delta.max()))
+        differing, total = differing + int((delta > 0).sum()), total + delta.numel()
+    assert worst <= DEVICE_BACKEND_MAX_ABS, worst
+    assert differing / total <= 0.04, differing / total  # measured <= 3.5 %: nearly every value is PIL's
+
+
+def test_device_backend_keeps_the_padding_zero_and_reads_read_only_frames():
+    """A read-only frame (as a FrameWindow holds it) is read without torch's non-writable warning."""
+    image = np.full((30, 60, 3), 255, np.uint8)
+    image.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x = SamImageTransform(64, "pad")(image)
+    assert x.shape == (1, 3, 64, 64) and x.is_contiguous()
+    assert torch.all(x[0, :, 32:, :] == 0) and torch.all(x[0, :, :32, :] > 0)
+    assert torch.equal(x, SamImageTransform(64, "pad", "reference")(image))
+
+
+@pytest.mark.parametrize("backend", ["device", "reference"])
+def test_transform_fits_a_reduced_image_as_the_camera_frame(backend):
+    """With ``camera_hw`` the content is valid_size(camera): a 21 x 129 camera frame decoded at 1/2
+    (11 x 65) fills 10 rows of a 64-pixel pad input, as the camera frame would (alone: 11 rows)."""
+    transform = SamImageTransform(64, "pad", backend)
+    image = np.full((11, 65, 3), 255, np.uint8)
+    assert transform.valid_size(21, 129) == (10, 64) and transform.valid_size(11, 65) == (11, 64)
+    x = transform(image, camera_hw=(21, 129))
+    assert torch.all(x[0, :, :10] > 0) and torch.all(x[0, :, 10:] == 0)
+    assert torch.all(transform(image)[0, :, :11] > 0)
+
+
+def test_transform_options_are_checked():
+    with pytest.raises(ValueError, match="backend"):
+        SamImageTransform(64, "squash", "pil")
+    with pytest.raises(ValueError, match="resize"):
+        SamImageTransform(64, "crop")
+
+
+@pytest.mark.parametrize("resize", ["squash", "pad"])
+def test_mask_is_the_camera_logits_above_zero(resize):
+    """TrackResult.mask() (thresholded by numpy on the CPU) is exactly camera_logits() > 0, an
+    H x W bool array, also for logits at exactly 0."""
+    low = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(5))
+    low[0, 0, 4:8, 4:8] = 0.0
+    result = TrackResult(low, 1.0, (45, 70), SamImageTransform(64, resize))
+    mask = result.mask()
+    assert isinstance(mask, np.ndarray) and mask.dtype == bool and mask.shape == (45, 70)
+    assert np.array_equal(mask, (result.camera_logits() > 0).numpy()) and 0 < mask.mean() < 1
+
+
+def test_encode_with_the_camera_size_maps_prompts_in_camera_pixels(blackswan):
+    """A frame decoded at half size and encoded with its camera size: features carry the camera
+    size, a click in camera pixels becomes the same SAM-2 point as on the full frame, and the mask
+    comes back at camera size."""
+    import cv2
+
+    frames, masks, _ = blackswan
+    tracker = make_tracker(128)
+    half = cv2.resize(frames[0], (427, 240), interpolation=cv2.INTER_AREA)
+    feats = tracker.encode(half, camera_hw=(480, 854))
+    assert feats.image_hw == (480, 854) and tracker.encode(half).image_hw == (240, 427)
+    prompt = PointsPrompt(points=np.array([[800.0, 400.0]]), labels=np.array([1]))
+    assert torch.equal(tracker._point_input(prompt, feats.image_hw)["point_coords"],
+                       tracker._point_input(prompt, tracker.encode(frames[0]).image_hw)["point_coords"])
+    assert tracker.condition(feats, MaskPrompt(masks[0])).mask().shape == (480, 854)
+    with pytest.raises(ValueError, match="camera_hw"):
+        tracker.encode(frames[0], camera_hw=(240, 427))
 
 
 def test_mask_prompt_of_wrong_size_is_refused(blackswan):

@@ -25,7 +25,7 @@ import torch
 from transformers import CLIPConfig, CLIPTextConfig
 
 from vrs_node.core.tracker import StreamingTracker
-from vrs_node.models.mllm import VrshqMLLM, clip_l14_224_config, tiny_config, vrshq_7b_config
+from vrs_node.models.mllm import ATTENTION, VrshqMLLM, clip_l14_224_config, tiny_config, vrshq_7b_config
 from vrs_node.models.prompt import IMAGE_TOKEN_INDEX, build_prompt, clean_instruction, tokenize_prompt
 from vrs_node.models.sam2_build import Sam2Spec, SamImageTransform, build_sam2_model
 from vrs_node.models.tokenizer import TokenizerFileError
@@ -254,6 +254,15 @@ def test_the_tokenizer_gives_the_added_ids_and_keeps_instructions_inert(release,
     assert clean_instruction(hostile).neutralised
     assert counts(hostile, 2) == (2, 1, 2, 1, 1, 1, 1)
     assert tok(hostile, add_special_tokens=False).input_ids.count(loaded.seg_id) == 1, "the raw text is special"
+
+
+def test_both_towers_get_sdpa_attention_explicitly(release, loaded):
+    """The loader sets ``attn_implementation`` (mllm.ATTENTION) on the LLaMA and CLIP configs it builds."""
+    assert ATTENTION == "sdpa"
+    assert loaded.mllm.llm.config._attn_implementation == ATTENTION
+    assert loaded.mllm.vision_tower.config._attn_implementation == ATTENTION
+    config = mllm_config_from_json(loaded.config_json, release.clip_dir)
+    assert config.llm._attn_implementation == config.vision._attn_implementation == ATTENTION
 
 
 def test_bfloat16_load_equals_a_normally_built_bfloat16_model(release):

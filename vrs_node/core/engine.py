@@ -40,8 +40,14 @@ frame where it is seen (and logged):
   stamp, catch-up and keyframes never mix two timelines) and the periodic query schedule restarts
   at this frame; the tracker's memory of the target is kept. A smaller step back (frames of two
   publishers, or delivered out of order) is processed as it comes;
-- a resolution change is accepted: each frame's mask has that frame's size, the window may hold
-  both sizes (features are at SAM-2's fixed input size), and the target is kept.
+- a resolution change (of the camera size) is accepted: each frame's mask has that frame's size,
+  the window may hold both sizes (features are at SAM-2's fixed input size), and the target is
+  kept.
+
+A frame's camera size and its image's size may differ: ``push(..., camera_hw=(H, W))`` hands over
+an image decoded smaller than the H x W camera frame (a JPEG decoded at a reduced scale). Prompts
+are in camera pixels, the mask is H x W, and only a change of the camera size is a resolution
+change (an image decoded at another scale is not).
 
 Equal stamps are accepted as they come. Memory is bounded whatever the input rate: the window
 holds ``window_frames`` frames, live mode holds one waiting frame, the tracker ``max_cond_frames``
@@ -58,7 +64,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from vrs_node.core.frames import Frame, FrameWindow, check_image
+from vrs_node.core.frames import Frame, FrameWindow, camera_size, check_image
 from vrs_node.core.grounder import SAM2_KEY, Grounder, Grounding
 from vrs_node.core.prompt_json import fit_to_image
 from vrs_node.core.tracker import FrameFeatures, PointsPrompt, Prompt, StreamingTracker, TokenPrompt
@@ -112,9 +118,10 @@ class FrameResult:
 
     ``mask`` is H x W bool at camera resolution; ``object_score`` the SAM-2 object-score logit
     (None before any prompt); ``status`` one of the ``STATUS_*`` strings and ``reason`` a sentence
-    for people; ``latency_s`` from ``push`` to the result; ``image`` the frame itself (a read-only
-    view of the pushed array, no copy); ``notice`` a sentence about a stream
-    discontinuity first seen at this frame ("" when none; see the module docstring).
+    for people; ``latency_s`` from ``push`` to the result; ``image`` the frame's image (a read-only
+    view of the pushed array, no copy: smaller than ``mask`` when it was pushed with a larger
+    ``camera_hw``); ``notice`` a sentence about a stream discontinuity first seen at this frame
+    ("" when none; see the module docstring).
     """
 
     index: int
@@ -190,7 +197,7 @@ class _QueryState:
 @dataclass
 class _Slot:
     """The live-mode hand-over: the newest unprocessed frame as (image, stamp_ns, frame_id,
-    pushed_at)."""
+    camera_hw, pushed_at)."""
 
     frame: tuple | None = None
     closed: bool = False
@@ -333,12 +340,17 @@ class StreamingEngine:
             q = self._query
             q.instruction, q.generation, q.due, q.grounded = None, q.generation + 1, None, False
 
-    def push(self, image: np.ndarray, stamp_ns: int, frame_id: str = "") -> FrameResult | None:
-        """Hand over one camera frame (H x W x 3 uint8 RGB); see the module docstring for modes."""
+    def push(self, image: np.ndarray, stamp_ns: int, frame_id: str = "",
+             camera_hw: tuple[int, int] | None = None) -> FrameResult | None:
+        """Hand over one camera frame (h x w x 3 uint8 RGB); see the module docstring for modes.
+        ``camera_hw``: the camera frame's (H, W) when the image is a smaller decode of it
+        (default: the image's size); ValueError unless it is as
+        :func:`~vrs_node.core.frames.camera_size` requires."""
         pushed_at = time.perf_counter()
         check_image(image)
+        camera_hw = camera_size(image, camera_hw)
         self.stats.pushed += 1
-        frame = (image, int(stamp_ns), frame_id, pushed_at)
+        frame = (image, int(stamp_ns), frame_id, camera_hw, pushed_at)
         if self.config.mode == "sync":
             return self._process(*frame)
         with self._slot.cond:
@@ -463,16 +475,17 @@ class StreamingEngine:
                     q.due = TRIGGER_LOST
                     q.cond.notify_all()
 
-    def _process(self, image: np.ndarray, stamp_ns: int, frame_id: str, pushed_at: float) -> FrameResult:
+    def _process(self, image: np.ndarray, stamp_ns: int, frame_id: str, camera_hw: tuple[int, int],
+                 pushed_at: float) -> FrameResult:
         """The hot path: store, encode, (sync: ground), apply a pending prompt, track, upsample."""
-        notice = self._check_continuity(image, stamp_ns)
-        frame = self.window.append(image, stamp_ns, frame_id)
+        notice = self._check_continuity(camera_hw, stamp_ns)
+        frame = self.window.append(image, stamp_ns, frame_id, camera_hw)
         result = self._track(frame, pushed_at)
         self._count_lost(result.status)
         return replace(result, notice=notice) if notice else result
 
-    def _check_continuity(self, image: np.ndarray, stamp_ns: int) -> str:
-        """Handle a stamp going backwards or a resolution change (module docstring); the notice."""
+    def _check_continuity(self, camera_hw: tuple[int, int], stamp_ns: int) -> str:
+        """Handle a stamp going backwards or a change of the camera size (module docstring); the notice."""
         previous = self.window.latest
         if previous is None:
             return ""
@@ -485,17 +498,17 @@ class StreamingEngine:
                     self._query.last_stamp_ns = stamp_ns
             notices.append(f"time jumped back {(previous.stamp_ns - stamp_ns) / 1e9:.3f} s (stamp {stamp_ns} < "
                            f"previous {previous.stamp_ns}): new timeline, window emptied, target kept")
-        if image.shape != previous.image.shape:
+        if camera_hw != previous.camera_hw:
             self.stats.resolution_changes += 1
             notices.append(f"resolution changed from {previous.width}x{previous.height} to "
-                           f"{image.shape[1]}x{image.shape[0]}: target kept, masks follow the new size")
+                           f"{camera_hw[1]}x{camera_hw[0]}: target kept, masks follow the new size")
         for notice in notices:
             log.warning(notice)
         return "; ".join(notices)
 
     def _track(self, frame: Frame, pushed_at: float) -> FrameResult:
         try:
-            feats = self.tracker.encode(frame.image)
+            feats = self.tracker.encode(frame.image, frame.camera_hw)
             self.window.set_feature(frame.index, SAM2_KEY, feats)
             self._schedule_queries(frame)
             with self._prompt_lock:
@@ -561,8 +574,8 @@ class StreamingEngine:
     @staticmethod
     def _result(frame: Frame, pushed_at: float, mask: np.ndarray | None, status: str, reason: str,
                 score: float | None = None) -> FrameResult:
-        """A FrameResult; ``mask=None`` means an empty mask at the frame's size."""
+        """A FrameResult; ``mask=None`` means an empty mask at the frame's camera size."""
         if mask is None:
-            mask = np.zeros(frame.image.shape[:2], bool)
+            mask = np.zeros(frame.camera_hw, bool)
         return FrameResult(frame.index, frame.stamp_ns, frame.frame_id, mask, score, status, reason,
                            time.perf_counter() - pushed_at, frame.image)

@@ -29,6 +29,11 @@ class Frame:
     time in nanoseconds, ``image`` an H×W×3 uint8 RGB array (read-only when it comes from a
     window), ``frame_id`` the optical frame name from the message header.
 
+    ``camera_hw`` is the camera frame's (height, width); ``height`` and ``width`` are those. The
+    image may be smaller than the camera frame (a JPEG decoded at a reduced scale,
+    :func:`vrs_node.ros.image.compressed_msg_to_rgb`); prompts and masks are in camera pixels
+    either way. Default (None): the image's own size.
+
     Frames compare and hash by identity (``eq=False``): comparing the pixel arrays field by field
     would be ambiguous for numpy arrays.
     """
@@ -37,16 +42,20 @@ class Frame:
     stamp_ns: int
     image: np.ndarray
     frame_id: str = ""
+    camera_hw: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "camera_hw", camera_size(self.image, self.camera_hw))
 
     @property
     def height(self) -> int:
-        """Image height in pixels."""
-        return int(self.image.shape[0])
+        """Camera frame height in pixels."""
+        return self.camera_hw[0]
 
     @property
     def width(self) -> int:
-        """Image width in pixels."""
-        return int(self.image.shape[1])
+        """Camera frame width in pixels."""
+        return self.camera_hw[1]
 
 
 def check_image(image: np.ndarray) -> None:
@@ -57,6 +66,21 @@ def check_image(image: np.ndarray) -> None:
         raise ValueError(f"image must have shape (H, W, 3), got {image.shape}")
     if image.dtype != np.uint8:
         raise ValueError(f"image must be uint8, got {image.dtype}")
+
+
+def camera_size(image: np.ndarray, camera_hw: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The camera frame's (height, width) of ``image``: ``camera_hw`` as a tuple of two ints, or
+    the image's own (height, width) when it is None. ValueError unless ``camera_hw`` is two
+    integers at least as large as the image's sides (the image may be a reduced decode of the
+    camera frame, never larger)."""
+    image_hw = (int(image.shape[0]), int(image.shape[1]))
+    if camera_hw is None:
+        return image_hw
+    if (len(camera_hw) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in camera_hw)
+            or camera_hw[0] < image_hw[0] or camera_hw[1] < image_hw[1]):
+        raise ValueError(f"camera_hw must be (height, width), integers at least the image's "
+                         f"{image_hw}; got {camera_hw!r}")
+    return int(camera_hw[0]), int(camera_hw[1])
 
 
 class FrameWindow:
@@ -88,16 +112,19 @@ class FrameWindow:
         """Maximum number of frames held."""
         return self._capacity
 
-    def append(self, image: np.ndarray, stamp_ns: int, frame_id: str = "") -> Frame:
+    def append(self, image: np.ndarray, stamp_ns: int, frame_id: str = "",
+               camera_hw: tuple[int, int] | None = None) -> Frame:
         """Store ``image`` as the newest frame and return it; evicts the oldest frame when full.
+        ``camera_hw``: the camera frame's size when ``image`` is a reduced decode of it (:class:`Frame`).
 
-        Raises ValueError unless ``image`` is an H×W×3 uint8 array.
+        Raises ValueError unless ``image`` is an H×W×3 uint8 array (and ``camera_hw``, if given,
+        is as :func:`camera_size` requires).
         """
         check_image(image)
         view = image.view()
         view.flags.writeable = False
         with self._lock:
-            frame = Frame(self._next_index, int(stamp_ns), view, frame_id)
+            frame = Frame(self._next_index, int(stamp_ns), view, frame_id, camera_hw)
             self._next_index += 1
             if len(self._frames) >= self._capacity:
                 oldest, _ = self._frames.popitem(last=False)

@@ -132,7 +132,7 @@ class Grounder:
             images = self._cached(window, frames, CLIP_KEY,
                                   lambda fs: [self.anchor_scorer.embed_image(f.image) for f in fs])
             anchor = ClipAnchorScorer.anchor(torch.stack(images), text.to(images[0]))
-            timings["clip_anchor"] = time.perf_counter() - start
+            timings["clip_anchor"] = self._elapsed(start)
         else:
             positions = {f.index: p for p, f in enumerate(frames)}
             if anchor_frame not in positions:
@@ -145,19 +145,19 @@ class Grounder:
         start = time.perf_counter()
         tokens = dict(zip(needed, self._cached(window, [frames[p] for p in needed], MLLM_KEY,
                                                lambda fs: self.mllm.frame_tokens([f.image for f in fs]))))
-        timings["mllm_frame_tokens"] = time.perf_counter() - start
+        timings["mllm_frame_tokens"] = self._elapsed(start)
 
         start = time.perf_counter()
         ids = tokenize_prompt(build_prompt(instruction, len(dense)), self.tokenizer)
         out = self.mllm(ids, [tokens[p] for p in dense], self.seg_id, self.tak_id,
                         sparse=[tokens[p] for p in sparse])
-        timings["mllm_prefill"] = time.perf_counter() - start
+        timings["mllm_prefill"] = self._elapsed(start)
 
         start = time.perf_counter()
         tak, weights = temporal_dynamic_aggregation(out.seg, out.tak, self.config.tda_alpha)
         candidates = [encoded[frames[p].index] for p in dense]
         key = select_keyframe(self.tracker, candidates, tak, weights)
-        timings["tks"] = time.perf_counter() - start
+        timings["tks"] = self._elapsed(start)
 
         keyframe = frames[dense[key.position]]
         return Grounding(
@@ -167,6 +167,13 @@ class Grounder:
             dense_frames=[frames[p].index for p in dense], sparse_frames=[frames[p].index for p in sparse],
             input_ids=ids, tokens=out, tks_object_scores=key.object_scores.tolist(),
             tks_scores=key.scores.tolist(), tda_weights=weights.tolist(), timings_s=timings)
+
+    def _elapsed(self, start: float) -> float:
+        """Seconds since ``start`` (``time.perf_counter``) once the stage's work is done: on CUDA
+        the device is synchronised first, since kernels run asynchronously to the host."""
+        if self.tracker.device.type == "cuda":
+            torch.cuda.synchronize(self.tracker.device)
+        return time.perf_counter() - start
 
     @staticmethod
     def _cached(window: FrameWindow, frames: list[Frame], key: str, compute) -> list:

@@ -31,13 +31,14 @@ it silently without).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vrs_node.core.frames import check_image
+from vrs_node.core.frames import camera_size, check_image
 from vrs_node.models.sam2_build import FILL_HOLE_AREA, SamImageTransform
 
 NO_OBJ_SCORE = -1024.0
@@ -92,7 +93,9 @@ class FrameFeatures:
 
     ``vision_feats`` holds the three levels (the two high-resolution ones already projected by
     the decoder's ``conv_s0``/``conv_s1``); ``top_pos_embed`` is the positional encoding of the
-    lowest-resolution level, the only one the tracker reads. ``image_hw`` is the camera size.
+    lowest-resolution level, the only one the tracker reads. ``image_hw`` is the camera size
+    (H, W): prompts are in camera pixels and masks come back at that size, also when the encoded
+    image was a smaller (reduced) decode of the camera frame.
     """
 
     vision_feats: tuple[torch.Tensor, ...]
@@ -177,8 +180,13 @@ class TrackResult:
         return logits[0, 0]
 
     def mask(self) -> np.ndarray:
-        """Binary mask at camera resolution (H x W bool): camera logits > 0."""
-        return (self.camera_logits() > 0).cpu().numpy()
+        """Binary mask at camera resolution (H x W bool numpy): ``camera_logits() > 0``, thresholded
+        on the logits' device, so only the bool mask comes back to the host. On the CPU the
+        comparison is numpy's (the same IEEE comparison as torch's, 2-3x faster there)."""
+        logits = self.camera_logits()
+        if logits.device.type == "cpu":
+            return logits.numpy() > 0
+        return (logits > 0).cpu().numpy()
 
 
 class StreamingTracker:
@@ -192,11 +200,19 @@ class StreamingTracker:
     ``fill_hole_area``: the predictor's hole filling (module docstring; 0 turns it off);
     ``memory_dtype``: dtype the memory features are stored in (``Sam2Spec.tracker_options`` gives
     both as the spec's reference predictor sets them).
+
+    ``autocast_dtype``: None runs the model as it is (float32 weights: plain float32); a dtype
+    (``torch.bfloat16``) runs every model call -- the image encoder, ``track_step``, the memory
+    encoder and the token decode -- under ``torch.autocast(device_type=<model device type>,
+    dtype=autocast_dtype)`` with the weights left float32, as sam2's own predictor and demos run
+    on CUDA (``vrs_node.models.precision.tracker_precision_options``). The encoded
+    :class:`FrameFeatures` are then in that dtype; the low-res logits given back stay float32
+    (sam2 casts them) and the memory bank stores ``memory_dtype`` either way.
     """
 
     def __init__(self, model: torch.nn.Module, transform: SamImageTransform, max_cond_frames: int = 4,
                  num_frames: int = DEFAULT_NUM_FRAMES, fill_hole_area: int = FILL_HOLE_AREA,
-                 memory_dtype: torch.dtype = torch.bfloat16):
+                 memory_dtype: torch.dtype = torch.bfloat16, autocast_dtype: torch.dtype | None = None):
         if max_cond_frames < 1:
             raise ValueError(f"max_cond_frames must be >= 1, got {max_cond_frames}")
         if fill_hole_area < 0:
@@ -209,6 +225,9 @@ class StreamingTracker:
         self.num_frames = num_frames
         self.fill_hole_area = fill_hole_area
         self.memory_dtype = memory_dtype
+        if autocast_dtype not in (None, torch.bfloat16, torch.float16):
+            raise ValueError(f"autocast_dtype must be None, torch.bfloat16 or torch.float16, got {autocast_dtype}")
+        self.autocast_dtype = autocast_dtype
         stride = model.memory_temporal_stride_for_eval
         self._top_pos_embeds: dict[tuple[int, int], torch.Tensor] = {}
         self.keep_non_cond = max(model.max_obj_ptrs_in_encoder - 1 if model.use_obj_ptrs_in_encoder else 0,
@@ -232,15 +251,20 @@ class StreamingTracker:
         self._step = 0
 
     @torch.inference_mode()
-    def encode(self, image: np.ndarray) -> FrameFeatures:
-        """Run the image encoder on one camera frame (H x W x 3 uint8 RGB)."""
+    def encode(self, image: np.ndarray, camera_hw: tuple[int, int] | None = None) -> FrameFeatures:
+        """Run the image encoder on one camera frame (H x W x 3 uint8 RGB). ``camera_hw`` is the
+        camera size when ``image`` is a smaller (reduced) decode of the frame (default: the
+        image's size); the features' ``image_hw`` is the camera size, the transform fits the
+        image into the input as the camera frame would fit (:class:`SamImageTransform`)."""
         check_image(image)
-        x = self.transform(image, self.device)
-        backbone_out = self.model.forward_image(x)
-        _, feats, pos, sizes = self.model._prepare_backbone_features(backbone_out)
+        camera_hw = camera_size(image, camera_hw)
+        x = self.transform(image, self.device, camera_hw)
+        with self._autocast():
+            backbone_out = self.model.forward_image(x)
+            _, feats, pos, sizes = self.model._prepare_backbone_features(backbone_out)
         # The positional encoding depends only on the feature size: one tensor serves every frame.
         top_pos = self._top_pos_embeds.setdefault(tuple(sizes[-1]), pos[-1])
-        return FrameFeatures(tuple(feats), top_pos, tuple(sizes), tuple(image.shape[:2]))
+        return FrameFeatures(tuple(feats), top_pos, tuple(sizes), camera_hw)
 
     @torch.inference_mode()
     def condition(self, feats: FrameFeatures, prompt: Prompt) -> TrackResult:
@@ -260,19 +284,21 @@ class StreamingTracker:
             point_inputs = self._point_input(prompt, feats.image_hw)
         t = self._next_step()
         self._bank["non_cond_frame_outputs"].clear()
-        out = self.model.track_step(
-            frame_idx=t, is_init_cond_frame=True, current_vision_feats=list(feats.vision_feats),
-            current_vision_pos_embeds=[feats.top_pos_embed], feat_sizes=list(feats.feat_sizes),
-            point_inputs=point_inputs, mask_inputs=mask_inputs, output_dict=self._bank,
-            num_frames=self.num_frames, run_mem_encoder=False)
+        with self._autocast():
+            out = self.model.track_step(
+                frame_idx=t, is_init_cond_frame=True, current_vision_feats=list(feats.vision_feats),
+                current_vision_pos_embeds=[feats.top_pos_embed], feat_sizes=list(feats.feat_sizes),
+                point_inputs=point_inputs, mask_inputs=mask_inputs, output_dict=self._bank,
+                num_frames=self.num_frames, run_mem_encoder=False)
         # The predictor fills holes in the output and encodes a prompted frame's memory from it.
         out["pred_masks"] = self._fill_holes(out["pred_masks"])
         size = self.model.image_size
         high_res = F.interpolate(out["pred_masks"], size=(size, size), mode="bilinear", align_corners=False)
-        maskmem, pos_enc = self.model._encode_new_memory(
-            current_vision_feats=list(feats.vision_feats), feat_sizes=list(feats.feat_sizes),
-            pred_masks_high_res=high_res, object_score_logits=out["object_score_logits"],
-            is_mask_from_pts=True)
+        with self._autocast():
+            maskmem, pos_enc = self.model._encode_new_memory(
+                current_vision_feats=list(feats.vision_feats), feat_sizes=list(feats.feat_sizes),
+                pred_masks_high_res=high_res, object_score_logits=out["object_score_logits"],
+                is_mask_from_pts=True)
         out["maskmem_features"], out["maskmem_pos_enc"] = maskmem, pos_enc
         cond = self._bank["cond_frame_outputs"]
         cond[t] = self._compact(out)
@@ -286,11 +312,12 @@ class StreamingTracker:
         if not self.has_prompt:
             raise RuntimeError("the tracker has no prompt yet: call condition() first")
         t = self._next_step()
-        out = self.model.track_step(
-            frame_idx=t, is_init_cond_frame=False, current_vision_feats=list(feats.vision_feats),
-            current_vision_pos_embeds=[feats.top_pos_embed], feat_sizes=list(feats.feat_sizes),
-            point_inputs=None, mask_inputs=None, output_dict=self._bank,
-            num_frames=self.num_frames, run_mem_encoder=True)
+        with self._autocast():
+            out = self.model.track_step(
+                frame_idx=t, is_init_cond_frame=False, current_vision_feats=list(feats.vision_feats),
+                current_vision_pos_embeds=[feats.top_pos_embed], feat_sizes=list(feats.feat_sizes),
+                point_inputs=None, mask_inputs=None, output_dict=self._bank,
+                num_frames=self.num_frames, run_mem_encoder=True)
         out["pred_masks"] = self._fill_holes(out["pred_masks"])  # output only: memory is encoded already
         non_cond = self._bank["non_cond_frame_outputs"]
         non_cond[t] = self._compact(out)
@@ -315,7 +342,8 @@ class StreamingTracker:
 
         The low-res logits are those ``add_new_points`` computes (object-score gate, holes filled).
         """
-        out = self._decode_token(feats, token)
+        with self._autocast():
+            out = self._decode_token(feats, token)
         return self._result({**out, "pred_masks": self._fill_holes(out["pred_masks"])}, feats)
 
     def state_size(self) -> tuple[int, int]:
@@ -348,11 +376,20 @@ class StreamingTracker:
     def _fill_holes(self, low_res: torch.Tensor) -> torch.Tensor:
         return fill_holes_in_mask_scores(low_res, self.fill_hole_area)
 
+    def _autocast(self):
+        """The context every model call runs in: ``torch.autocast`` to ``autocast_dtype`` on the
+        model's current device type, or no context at all when ``autocast_dtype`` is None."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
     def _token_mask_input(self, feats: FrameFeatures, token: torch.Tensor) -> torch.Tensor:
         """1 x 1 x S x S {0, 1} mask of a token's decode: VRS-HQ's ``out_mask_logits > 0``, where
         ``out_mask_logits`` is ``add_new_points``' output at "video" resolution, which for VRS-HQ
         (its video frames are the padded S x S SAM inputs) is S x S."""
-        low_res = self._fill_holes(self._decode_token(feats, token)["pred_masks"])
+        with self._autocast():
+            decoded = self._decode_token(feats, token)
+        low_res = self._fill_holes(decoded["pred_masks"])
         size = self.model.image_size
         high_res = F.interpolate(low_res, size=(size, size), mode="bilinear", align_corners=False)
         return (high_res > 0).float()

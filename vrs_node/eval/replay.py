@@ -336,11 +336,14 @@ class Models:
     random_weights: bool
     device: str
     image_size: int
+    precision: str
 
 
 def load_replay_models(profile_name: str, device: str = "auto", image_size: int = 0, sam2_checkpoint: str = "",
-                       vrshq_checkpoint: str = "", clip_anchor: str = "openai", max_cond_frames: int = 4) -> Models:
-    """Build the profile's models (as the node does); ReplayError with the reason if that fails."""
+                       vrshq_checkpoint: str = "", clip_anchor: str = "openai", max_cond_frames: int = 4,
+                       precision: str = "auto", compile: bool = False, reasoner_quantization: str = "none") -> Models:
+    """Build the profile's models (as the node does, ``precision``, ``compile`` and
+    ``reasoner_quantization`` as its parameters); ReplayError with the reason if that fails."""
     from vrs_node.core.grounder import Grounder
     from vrs_node.core.tracker import StreamingTracker
     from vrs_node.models.profiles import get_profile, load_models, resolve_device
@@ -349,7 +352,8 @@ def load_replay_models(profile_name: str, device: str = "auto", image_size: int 
         profile = get_profile(profile_name)
         dev = resolve_device(device)
         loaded = load_models(profile, dev, image_size=image_size or None, sam2_checkpoint=sam2_checkpoint or None,
-                             vrshq_checkpoint=vrshq_checkpoint or None, clip_anchor=clip_anchor)
+                             vrshq_checkpoint=vrshq_checkpoint or None, clip_anchor=clip_anchor,
+                             precision=precision, compile=compile, reasoner_quantization=reasoner_quantization)
         tracker = StreamingTracker(loaded.sam2, loaded.transform, max_cond_frames=max_cond_frames,
                                    **loaded.tracker_options)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
@@ -358,7 +362,8 @@ def load_replay_models(profile_name: str, device: str = "auto", image_size: int 
     if loaded.grounding is not None:
         g = loaded.grounding
         grounder = Grounder(g.mllm, g.tokenizer, g.anchor_scorer, tracker)
-    return Models(tracker, grounder, profile.name, profile.random_weights, str(dev), loaded.transform.image_size)
+    return Models(tracker, grounder, profile.name, profile.random_weights, str(dev), loaded.transform.image_size,
+                  loaded.precision)
 
 
 # --- predictors ----------------------------------------------------------------------------------
@@ -877,6 +882,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--profile", default="tiny-random", help="model profile (default %(default)s)")
     model.add_argument("--image-size", type=int, default=0, help="SAM-2 input size (0 = the profile's)")
     model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    model.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                       help="bf16 = SAM-2 under autocast and MLLM bf16 weights (auto: bf16 on CUDA, else fp32)")
+    model.add_argument("--compile", action="store_true", help="torch.compile SAM-2's parts (for CUDA)")
+    model.add_argument("--reasoner-quantization", choices=("none", "int8", "nf4"), default="none",
+                       help="MLLM's LLaMA quantized with bitsandbytes (default none)")
     model.add_argument("--sam2-checkpoint", default="", help="SAM-2 .pt for the sam2.1-hiera-* profiles")
     model.add_argument("--vrshq-checkpoint", default="", help="released VRS-HQ folder for the vrshq-7b profile")
     model.add_argument("--clip-anchor", default="openai", help="CLIP-336 anchor weights for vrshq-7b")
@@ -947,10 +957,11 @@ def replay(args: argparse.Namespace, predictor: Predictor | None = None) -> dict
         except ValueError as error:
             raise ReplayError(str(error)) from None
         models = load_replay_models(args.profile, args.device, args.image_size, args.sam2_checkpoint,
-                                    args.vrshq_checkpoint, args.clip_anchor, args.max_cond_frames)
+                                    args.vrshq_checkpoint, args.clip_anchor, args.max_cond_frames,
+                                    args.precision, args.compile, args.reasoner_quantization)
         predictor = PREDICTORS[args.mode](models, args.prompt, config, speed=args.speed, progress=not args.quiet)
         meta.update(profile=models.profile, random_weights=models.random_weights, device=models.device,
-                    image_size=models.image_size)
+                    image_size=models.image_size, precision=models.precision)
     else:
         meta.update(profile=getattr(predictor, "name", getattr(predictor, "__name__", type(predictor).__name__)))
     out = args.out

@@ -28,10 +28,15 @@ TINY_CLIP_CONFIG = {
 class ClipAnchorScorer:
     """Image/text embeddings and the anchor = argmax_t cos(image_t, text) over a window."""
 
-    def __init__(self, model: torch.nn.Module, preprocess, tokenizer):
+    def __init__(self, model: torch.nn.Module, preprocess, tokenizer, precision: str = "fp32"):
+        """``precision``: open_clip's precision the model was created in; images are fed to it in
+        open_clip's input dtype for it (bfloat16 for ``"bf16"``, float32 for ``"fp32"``)."""
+        import open_clip
+
         self.model = model.eval()
         self.preprocess = preprocess
         self.tokenizer = tokenizer
+        self.input_dtype = open_clip.get_input_dtype(precision) or torch.float32
 
     @property
     def device(self) -> torch.device:
@@ -42,29 +47,34 @@ class ClipAnchorScorer:
     def from_pretrained(cls, model_name: str = "ViT-L-14-336", pretrained: str = "openai",
                         device: str | torch.device = "cpu", precision: str = "fp32") -> "ClipAnchorScorer":
         """An open_clip model by name with ``pretrained`` weights (a tag such as "openai" or a
-        checkpoint file path; None = open_clip's random initialisation, for benchmarks)."""
+        checkpoint file path; None = open_clip's random initialisation, for benchmarks) in open_clip's
+        ``precision`` ("fp32", or "bf16": bfloat16 weights, LayerNorms computing in float32)."""
         import open_clip
 
         model, _, preprocess = open_clip.create_model_and_transforms(
             model_name, pretrained=pretrained, device=device, precision=precision)
-        return cls(model, preprocess, open_clip.get_tokenizer(model_name))
+        return cls(model, preprocess, open_clip.get_tokenizer(model_name), precision)
 
     @classmethod
-    def tiny(cls, seed: int = 0, device: str | torch.device = "cpu") -> "ClipAnchorScorer":
-        """:data:`TINY_CLIP_CONFIG` with seeded random weights and CLIP's own preprocessing."""
+    def tiny(cls, seed: int = 0, device: str | torch.device = "cpu", precision: str = "fp32") -> "ClipAnchorScorer":
+        """:data:`TINY_CLIP_CONFIG` with seeded random weights and CLIP's own preprocessing, in
+        open_clip's ``precision`` (built by ``open_clip.create_model`` as :meth:`from_pretrained`
+        builds a named model; the name it is given only supplies the defaults the tiny
+        configuration replaces)."""
         import open_clip
 
         torch.manual_seed(seed)
-        model = open_clip.CLIP(**TINY_CLIP_CONFIG).to(device)
+        model = open_clip.create_model("ViT-B-32", pretrained=None, device=device, precision=precision,
+                                       **TINY_CLIP_CONFIG)
         preprocess = open_clip.image_transform(TINY_CLIP_CONFIG["vision_cfg"]["image_size"], is_train=False)
-        return cls(model, preprocess, open_clip.get_tokenizer("ViT-B-32"))
+        return cls(model, preprocess, open_clip.get_tokenizer("ViT-B-32"), precision)
 
     @torch.inference_mode()
     def embed_image(self, image: np.ndarray) -> torch.Tensor:
         """Unit-norm image embedding (D,) of one H x W x 3 uint8 RGB frame."""
         from PIL import Image
 
-        x = self.preprocess(Image.fromarray(image))[None].to(self.device)
+        x = self.preprocess(Image.fromarray(image))[None].to(self.device, self.input_dtype)
         return F.normalize(self.model.encode_image(x).float(), dim=-1)[0]
 
     @torch.inference_mode()

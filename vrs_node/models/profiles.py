@@ -32,6 +32,10 @@ import torch
 
 from vrs_node.models.clip_anchor import ClipAnchorScorer
 from vrs_node.models.mllm import VrshqMLLM, tiny_config, vrshq_7b_config
+from vrs_node.models.precision import PRECISIONS, resolve_precision_name, tracker_precision_options
+from vrs_node.models.quantize import check_supported, move_reasoner, quantize_reasoner
+from vrs_node.models.sam2_compile import DEFAULT_MODE as DEFAULT_COMPILE_MODE
+from vrs_node.models.sam2_compile import compile_sam2
 from vrs_node.models.sam2_build import Sam2Spec, SamImageTransform, build_sam2_model
 from vrs_node.models.tokenizer import byte_tokenizer
 from vrs_node.models.vrshq_checkpoint import load_vrshq_checkpoint
@@ -70,6 +74,10 @@ PROFILES = {
                      language="vrshq-checkpoint"),
         *(ModelProfile(f"sam2.1-hiera-{size}", f"SAM-2.1 Hiera-{size.upper()} at 1024 px from a checkpoint",
                        Sam2Spec(f"sam2.1-hiera-{size}", image_size=1024), False)
+          for size in ("t", "s", "b+", "l")),
+        *(ModelProfile(f"sam2.1-hiera-{size}-random", f"SAM-2.1 Hiera-{size.upper()} at 1024 px, seeded random "
+                       "weights (benchmarks, bench/device_check.py)",
+                       Sam2Spec(f"sam2.1-hiera-{size}", image_size=1024), True, object_score_bias=5.0)
           for size in ("t", "s", "b+", "l")),
     )
 }
@@ -127,49 +135,54 @@ class GroundingModels:
     anchor_scorer: ClipAnchorScorer
 
 
-def default_dtype(device: torch.device) -> torch.dtype:
-    """bfloat16 on CUDA (what VRS-HQ was evaluated in), float32 elsewhere."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
-
-
 def build_grounding_models(profile: ModelProfile, device: str | torch.device = "cpu",
-                           seed: int = 0) -> GroundingModels:
-    """The profile's random-weight grounding models (``language`` "tiny" or "vrshq-7b-random")."""
+                           seed: int = 0, precision: str = "auto") -> GroundingModels:
+    """The profile's random-weight grounding models (``language`` "tiny" or "vrshq-7b-random"):
+    the MLLM's weights and the CLIP anchor scorer in ``precision`` (:func:`resolve_precision`)."""
     device = torch.device(device)
+    name = resolve_precision_name(precision, device)
     tokenizer = byte_tokenizer()
     torch.manual_seed(seed)
     if profile.language == "tiny":
         mllm = VrshqMLLM(tiny_config(len(tokenizer)))
-        anchor = ClipAnchorScorer.tiny(seed=seed, device=device)
+        anchor = ClipAnchorScorer.tiny(seed=seed, device=device, precision=name)
     elif profile.language == "vrshq-7b-random":
-        mllm = VrshqMLLM(vrshq_7b_config(vocab_size=len(tokenizer)))
-        anchor = ClipAnchorScorer.from_pretrained("ViT-L-14-336", pretrained=None, device=device)
+        with device:  # initialised where it runs: on a GPU in seconds, where the CPU takes minutes
+            mllm = VrshqMLLM(vrshq_7b_config(vocab_size=len(tokenizer)))
+        anchor = ClipAnchorScorer.from_pretrained("ViT-L-14-336", pretrained=None, device=device, precision=name)
     else:
         raise ValueError(f"profile {profile.name!r} has no random-weight language models "
                          f"(language={profile.language!r})")
-    mllm = mllm.to(device=device, dtype=default_dtype(device)).eval()
+    mllm = mllm.to(device=device, dtype=PRECISIONS[name]).eval()
     return GroundingModels(mllm, tokenizer, anchor)
 
 
 @dataclass(frozen=True)
 class LoadedModels:
     """Everything a node or tool runs: SAM-2, its image transform, the grounding models (None for
-    a profile without language) and the ``StreamingTracker`` options of its SAM-2's reference
-    predictor (:meth:`Sam2Spec.tracker_options`)."""
+    a profile without language), the ``StreamingTracker`` options -- those of its SAM-2's reference
+    predictor (:meth:`Sam2Spec.tracker_options`) and of the precision
+    (:func:`tracker_precision_options`) -- and ``precision``, the resolved :data:`PRECISIONS`
+    name (``"fp32"`` or ``"bf16"``) the models run in, ``reasoner_quantization`` the MLLM's
+    (:data:`~vrs_node.models.quantize.QUANTIZATION_MODES`) and ``compiled`` whether SAM-2's parts
+    are compiled."""
 
     sam2: torch.nn.Module
     transform: SamImageTransform
     grounding: GroundingModels | None
     tracker_options: dict
+    precision: str
+    reasoner_quantization: str = "none"
+    compiled: bool = False
 
     def to(self, device: str | torch.device) -> None:
         """Move every model's weights to ``device`` in place (dtypes kept), e.g. to host memory
-        while a lifecycle node is inactive and back when it is activated again."""
-        modules = [self.sam2]
+        while a lifecycle node is inactive and back when it is activated again; a quantized MLLM
+        moves with its quantization statistics (:func:`~vrs_node.models.quantize.move_reasoner`)."""
+        self.sam2.to(device)
         if self.grounding is not None:
-            modules += [self.grounding.mllm, self.grounding.anchor_scorer.model]
-        for module in modules:
-            module.to(device)
+            move_reasoner(self.grounding.mllm, device)
+            self.grounding.anchor_scorer.model.to(device)
 
 
 def release_accelerator_memory(device: str | torch.device) -> None:
@@ -182,27 +195,51 @@ def release_accelerator_memory(device: str | torch.device) -> None:
 
 def load_models(profile: ModelProfile, device: str | torch.device = "cpu", image_size: int | None = None,
                 sam2_checkpoint: str | None = None, vrshq_checkpoint: str | None = None,
-                clip_anchor: str = "openai", seed: int = 0) -> LoadedModels:
-    """Build or load every model of ``profile`` on ``device``.
+                clip_anchor: str = "openai", seed: int = 0, precision: str = "auto", compile: bool = False,
+                reasoner_quantization: str = "none") -> LoadedModels:
+    """Build or load every model of ``profile`` on ``device`` in ``precision`` (``"fp32"``,
+    ``"bf16"`` or ``"auto"``: :mod:`vrs_node.models.precision` says what each model does in it).
 
     ``vrshq_checkpoint`` (a directory in the released VRS-HQ layout) is required by, and only
     accepted for, ``language="vrshq-checkpoint"`` profiles; it provides SAM-2, the MLLM and the
     tokenizer. ``clip_anchor`` is open_clip's ``pretrained`` for the CLIP-336 anchor scorer there.
+
+    ``compile``: SAM-2's parts are compiled in place (:func:`~vrs_node.models.sam2_compile.compile_sam2`:
+    sam2's ``max-autotune`` on CUDA, inductor's default mode elsewhere); the first frames of each
+    new shape then take the compile time. ``reasoner_quantization`` (``"none"``, ``"int8"``,
+    ``"nf4"``: :mod:`vrs_node.models.quantize`): the MLLM is built or loaded in host memory and
+    its LLaMA quantized onto ``device`` layer by layer, so the unquantized LLM never occupies the
+    device; refused (before anything is built) for a profile without an MLLM or a device it
+    cannot run on.
     """
     device = torch.device(device)
+    name = resolve_precision_name(precision, device)
+    check_supported(reasoner_quantization, device)
+    if reasoner_quantization != "none" and not profile.language:
+        raise ValueError(f"profile {profile.name!r} has no reasoner (MLLM) to quantize "
+                         f"(reasoner_quantization={reasoner_quantization!r})")
+    build_on = device if reasoner_quantization == "none" else torch.device("cpu")
+    precision_options = tracker_precision_options(name, device)
     if profile.language != "vrshq-checkpoint":
         if vrshq_checkpoint:
             raise ValueError(f"profile {profile.name!r} does not load a VRS-HQ checkpoint; use profile 'vrshq-7b'")
         sam2, transform = build_sam2_for_profile(profile, device, image_size, sam2_checkpoint, seed)
-        grounding = build_grounding_models(profile, device, seed) if profile.language else None
-        return LoadedModels(sam2, transform, grounding, profile.sam2.tracker_options())
-    if not vrshq_checkpoint:
-        raise ValueError(f"profile {profile.name!r} needs vrshq_checkpoint: the directory of the released "
-                         "VRS-HQ weights (Hugging Face SitongGong/VRS-HQ)")
-    dtype = default_dtype(device)
-    ckpt = load_vrshq_checkpoint(vrshq_checkpoint, device=device, dtype=dtype, sam2_image_size=image_size)
-    spec = ckpt.sam2_spec  # recognised from the weights
-    anchor = ClipAnchorScorer.from_pretrained("ViT-L-14-336", clip_anchor, device=device,
-                                              precision="bf16" if dtype == torch.bfloat16 else "fp32")
-    return LoadedModels(ckpt.sam2_model, SamImageTransform(spec.image_size, spec.resize),
-                        GroundingModels(ckpt.mllm, ckpt.tokenizer, anchor), spec.tracker_options())
+        grounding = build_grounding_models(profile, build_on, seed, name) if profile.language else None
+        tracker_options = {**profile.sam2.tracker_options(), **precision_options}
+    else:
+        if not vrshq_checkpoint:
+            raise ValueError(f"profile {profile.name!r} needs vrshq_checkpoint: the directory of the released "
+                             "VRS-HQ weights (Hugging Face SitongGong/VRS-HQ)")
+        ckpt = load_vrshq_checkpoint(vrshq_checkpoint, device=build_on, dtype=PRECISIONS[name],
+                                     sam2_image_size=image_size)
+        spec = ckpt.sam2_spec  # recognised from the weights
+        sam2, transform = ckpt.sam2_model.to(device), SamImageTransform(spec.image_size, spec.resize)
+        anchor = ClipAnchorScorer.from_pretrained("ViT-L-14-336", clip_anchor, device=build_on, precision=name)
+        grounding = GroundingModels(ckpt.mllm, ckpt.tokenizer, anchor)
+        tracker_options = {**spec.tracker_options(), **precision_options}
+    if reasoner_quantization != "none":
+        quantize_reasoner(grounding.mllm, reasoner_quantization, device)
+        grounding.anchor_scorer.model.to(device)
+    if compile:
+        compile_sam2(sam2, mode=DEFAULT_COMPILE_MODE if device.type == "cuda" else "default")
+    return LoadedModels(sam2, transform, grounding, tracker_options, name, reasoner_quantization, compile)

@@ -23,11 +23,13 @@ whose stability score is below 0.98 would be swapped for the best of the multima
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 SAM2_CONFIGS = {
     "sam2.1-hiera-t": "configs/sam2.1/sam2.1_hiera_t.yaml",
@@ -154,20 +156,63 @@ def load_sam2_checkpoint(model: torch.nn.Module, path: str | Path) -> None:
         )
 
 
+BACKENDS = ("device", "reference")
+"""Where :class:`SamImageTransform` resizes: on the model's device with torch, or with PIL on the host."""
+
+DEVICE_BACKEND_MAX_ABS = 0.036
+"""Largest |Δ| allowed between the ``device`` and ``reference`` backends' normalised inputs (same
+frame, same mode and size), tested in ``test/test_tracker.py``: two uint8 levels at the smallest
+std, 2 / (255 x 0.224) = 0.0350 (squash) and 2 / 57.12 = 0.0350 (pad). Normalisation and padding
+are the same code in both backends, so only the resized uint8 values differ.
+
+Measured (torch 2.13, Pillow 13; DAVIS blackswan, all 50 frames at 854 x 480 and 5 of them
+upscaled to 1920 x 1080; S = 256 and 1024): CPU uint8 kernel at most 2 levels (0.0350; bicubic
+squash to 1024, an enlargement), 1 level (0.0175) elsewhere, 0.19-0.54 % of the values differ;
+the float two-pass path (CUDA's, run on the CPU) at most 2 levels as well, 0.001-3.5 % differing
+(3.5 %: bilinear enlargement, where PIL's fixed-point rounding of ties differs). Uniform noise at
+1080p: 2 levels (uint8 kernel), 1 level (float path). No mode is exact in general: some size
+pairs are on these frames (854 x 480 -> 1024 pad, DAVIS 1080p -> 256 pad), but not for every
+content (random sizes and noise differ)."""
+
+
 @dataclass(frozen=True)
 class SamImageTransform:
     """Camera frame (H x W x 3 uint8 RGB) -> normalised SAM-2 input (1 x 3 x S x S float32).
 
-    ``squash``: ``PIL.Image.resize((S, S))`` (bicubic, PIL's default), /255, ImageNet mean/std --
-    byte for byte what ``sam2.utils.misc.load_video_frames`` does, so the tracker equals the video
-    predictor. ``pad``: VRS-HQ's input (``RVOSEvalDataset``) byte for byte: longest side resized to
-    S with PIL bilinear (SAM-1's ``ResizeLongestSide``: torchvision's resize of a PIL image, size
-    ``int(side * S / longest + 0.5)``), ``(x - mean) / std`` on the 0-255 scale in float32
-    (:data:`SAM1_PIXEL_MEAN`, :data:`SAM1_PIXEL_STD`), zero-padded bottom/right.
+    ``squash``: resized to S x S bicubic (PIL's default filter), /255 in float64, then to float32
+    and ImageNet mean/std -- byte for byte what ``sam2.utils.misc.load_video_frames`` does, so the
+    tracker equals the video predictor. ``pad``: VRS-HQ's input (``RVOSEvalDataset``) byte for byte:
+    longest side resized to S bilinear (SAM-1's ``ResizeLongestSide``: torchvision's resize of a PIL
+    image, size ``int(side * S / longest + 0.5)``), ``(x - mean) / std`` on the 0-255 scale in
+    float32 (:data:`SAM1_PIXEL_MEAN`, :data:`SAM1_PIXEL_STD`), zero-padded bottom/right.
+
+    ``backend`` (:data:`BACKENDS`) says where the resize runs:
+
+    - ``"reference"``: PIL on the host (``Image.resize``), then the tensor goes to the device:
+      exactly the references above. The equivalence test with sam2's ``SAM2VideoPredictor``,
+      ``vrs-parity`` and the VRS-HQ parity tests use it.
+    - ``"device"`` (default; what the node runs): the uint8 frame goes to the device once (on CUDA
+      from page-locked memory, ``non_blocking=True``) and is resized there by
+      ``torch.nn.functional.interpolate(antialias=True)``, whose antialiased bicubic (a = -0.5)
+      and bilinear filters are PIL's. On the CPU torch's uint8 kernel runs (made to match PIL; its
+      weights have 16-bit precision where PIL's have 22). Elsewhere (CUDA has no uint8 antialiased
+      kernel) the resize runs in float32 as PIL's two passes, width then height, each rounded and
+      clamped to 0..255 as PIL stores its intermediate image. It agrees with the reference within
+      :data:`DEVICE_BACKEND_MAX_ABS`.
+
+    The content (the resized image inside the S x S input) is :meth:`valid_size` of the camera
+    size, which ``camera_hw`` gives when the image is a reduced decode of a larger camera frame.
     """
 
     image_size: int
     resize: str = "squash"
+    backend: str = "device"
+
+    def __post_init__(self) -> None:
+        if self.resize not in ("squash", "pad"):
+            raise ValueError(f"resize must be 'squash' or 'pad', got {self.resize!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
 
     def valid_size(self, height: int, width: int) -> tuple[int, int]:
         """(h', w') of the image content inside the S x S input (the rest is padding)."""
@@ -176,19 +221,84 @@ class SamImageTransform:
         scale = self.image_size / max(height, width)
         return int(height * scale + 0.5), int(width * scale + 0.5)
 
-    def __call__(self, image: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
-        """Return the normalised 1 x 3 x S x S float32 tensor on ``device``."""
-        from PIL import Image
+    def __call__(self, image: np.ndarray, device: str | torch.device = "cpu",
+                 camera_hw: tuple[int, int] | None = None) -> torch.Tensor:
+        """The normalised 1 x 3 x S x S float32 tensor on ``device``; the content is
+        ``valid_size(*camera_hw)`` (default: the image's own size)."""
+        device = torch.device(device)
+        size = self.valid_size(*(camera_hw or image.shape[:2]))
+        if self.backend == "reference":
+            from PIL import Image
 
-        size = self.image_size
-        h, w = image.shape[:2]
-        new_h, new_w = self.valid_size(h, w)
+            pil_filter = Image.Resampling.BICUBIC if self.resize == "squash" else Image.Resampling.BILINEAR
+            resized = np.array(Image.fromarray(image).resize(size[::-1], pil_filter))
+            return self._normalise_and_pad(torch.from_numpy(resized).permute(2, 0, 1)[None]).to(device)
+        x = _upload(image, device).permute(2, 0, 1)[None]
+        x = _resize(x, size, "bicubic" if self.resize == "squash" else "bilinear")
+        return self._normalise_and_pad(x)
+
+    def _normalise_and_pad(self, x: torch.Tensor) -> torch.Tensor:
+        """1 x 3 x h' x w' resized pixels (uint8, or whole-number floats) -> the normalised, zero-padded,
+        contiguous 1 x 3 x S x S float32 input on ``x``'s device, with the references' arithmetic
+        (squash: float64 / 255, to float32, - mean, / std; pad: float32 - mean, / std)."""
+        mean, std = _normalisation(self.resize, x.device)
+        x = x.contiguous()
         if self.resize == "squash":
-            resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BICUBIC))
-            x = torch.from_numpy(resized / 255.0).permute(2, 0, 1).to(torch.float32)
-            x = (x - IMAGENET_MEAN) / IMAGENET_STD
-            return x[None].to(device)
-        resized = np.array(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR))
-        x = (torch.from_numpy(resized).permute(2, 0, 1) - SAM1_PIXEL_MEAN) / SAM1_PIXEL_STD
-        x = torch.nn.functional.pad(x, (0, size - new_w, 0, size - new_h))
-        return x[None].to(device)
+            x = x.double().div_(255.0).float().sub_(mean).div_(std)
+        else:
+            x = (x.float() - mean).div_(std)
+        pad_h, pad_w = self.image_size - x.shape[-2], self.image_size - x.shape[-1]
+        return F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
+
+
+@functools.lru_cache(maxsize=None)
+def _normalisation(resize: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) of ``resize``'s normalisation on ``device``, copied there once."""
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if resize == "squash" else (SAM1_PIXEL_MEAN, SAM1_PIXEL_STD)
+    return mean.to(device), std.to(device)
+
+
+def _upload(image: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``image`` as an H x W x 3 uint8 tensor on ``device``, copied once: on CUDA into a
+    page-locked buffer (torch's caching host allocator reuses it once the copy is done) and from
+    there with ``non_blocking=True``; on the CPU not copied at all.
+
+    ``torch.from_numpy`` warns (once per process) on a read-only array, and frames from a
+    ``FrameWindow`` are read-only views; the tensor is only read here, so it is made over a
+    writable view of the same memory when the memory's owner is writable (else over a copy).
+    """
+    image = np.ascontiguousarray(image)
+    if not image.flags.writeable:
+        view = image.view()
+        try:
+            view.flags.writeable = True
+        except ValueError:  # read-only at its source (e.g. an array over bytes)
+            view = image.copy()
+        image = view
+    host = torch.from_numpy(image)
+    if device.type != "cuda":
+        return host.to(device)
+    staging = torch.empty(host.shape, dtype=torch.uint8, pin_memory=True)
+    staging.copy_(host)
+    return staging.to(device, non_blocking=True)
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """Antialiased ``mode`` ("bicubic" or "bilinear") resize of 1 x 3 x H x W uint8 ``x`` to
+    ``size`` (h, w): uint8 on the CPU (torch's uint8 kernel), whole-number float32 elsewhere
+    (:func:`_resize_float`). A frame already at ``size`` is returned as it is (PIL copies it)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if x.device.type == "cpu":
+        return F.interpolate(x, size=size, mode=mode, antialias=True, align_corners=False)
+    return _resize_float(x.contiguous().float(), size, mode)  # CUDA's kernel wants NCHW (copies otherwise)
+
+
+def _resize_float(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """PIL's resize in float32: the width pass, then the height pass (a pass is skipped when that
+    side keeps its size, as PIL does), each rounded (half to even) and clamped to 0..255 since PIL
+    stores the intermediate image as uint8. For devices without uint8 antialiased interpolation."""
+    for step in ((x.shape[-2], size[1]), tuple(size)):
+        if tuple(x.shape[-2:]) != step:
+            x = F.interpolate(x, size=step, mode=mode, antialias=True, align_corners=False).round_().clamp_(0, 255)
+    return x

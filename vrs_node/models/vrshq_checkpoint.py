@@ -69,7 +69,8 @@ import torch
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig
 
 from vrs_node.models.clip_preprocess import ClipPreprocessor
-from vrs_node.models.mllm import MllmConfig, VrshqMLLM, special_token_ids
+from vrs_node.models.mllm import ATTENTION, MllmConfig, VrshqMLLM, special_token_ids
+from vrs_node.models.precision import resolve_precision
 from vrs_node.models.prompt import SEG_TOKEN, TAK_TOKEN
 from vrs_node.models.sam2_build import Sam2Spec, build_sam2_model
 from vrs_node.models.sam2_variant import infer_sam2_spec
@@ -187,7 +188,8 @@ def mllm_config_from_json(config: dict, vision_dir: Path) -> MllmConfig:
     """:class:`MllmConfig` from a VRS-HQ ``config.json`` (ChatUniVi: LLaMA fields + mm fields) and
     the vision tower's directory (its ``config.json``: a full ``CLIPModel`` config or a vision-only
     one). ``num_key_value_heads`` defaults to the head count; ``rope_theta`` and ``hidden_act`` are
-    used when present; RoPE scaling is refused.
+    used when present; RoPE scaling is refused. Both configs get ``attn_implementation`` =
+    :data:`~vrs_node.models.mllm.ATTENTION` (SDPA).
     """
     if config.get("model_type") != "ChatUniVi":
         raise CheckpointError(f"config.json has model_type {config.get('model_type')!r}, expected 'ChatUniVi': "
@@ -199,9 +201,10 @@ def mllm_config_from_json(config: dict, vision_dir: Path) -> MllmConfig:
         raise CheckpointError(f"config.json sets rope_scaling={config['rope_scaling']}; VRS-HQ uses plain RoPE")
     optional = {k: config[k] for k in ("rope_theta", "hidden_act") if k in config}
     llm = LlamaConfig(**{k: config[k] for k in LLAMA_FIELDS}, **optional,
-                      num_key_value_heads=config.get("num_key_value_heads", config["num_attention_heads"]))
+                      num_key_value_heads=config.get("num_key_value_heads", config["num_attention_heads"]),
+                      attn_implementation=ATTENTION)
     read_json(vision_dir / "config.json")  # a readable error naming the file, before transformers parses it
-    vision = CLIPVisionConfig.from_pretrained(vision_dir, local_files_only=True)
+    vision = CLIPVisionConfig.from_pretrained(vision_dir, local_files_only=True, attn_implementation=ATTENTION)
     if vision.hidden_size != config["mm_hidden_size"]:
         raise CheckpointError(f"config.json's mm_hidden_size {config['mm_hidden_size']} != the vision tower's "
                               f"hidden size {vision.hidden_size} ({vision_dir})")
@@ -333,7 +336,7 @@ def load_vrshq_checkpoint(path: str | Path, device: str | torch.device = "cpu", 
         raise ValueError("sam2_spec.checkpoint must be None: SAM-2's weights come from the VRS-HQ checkpoint")
     device = torch.device(device)
     if dtype is None:
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        dtype = resolve_precision("auto", device)
     config_json = read_json(directory / "config.json")
     vision_dir = resolve_vision_tower(config_json, directory, vision_tower)
     mllm_config = mllm_config_from_json(config_json, vision_dir)

@@ -8,19 +8,20 @@ the numpy side of this module works without ROS installed.
 """
 
 import array
+import math
 
 import cv2
 import numpy as np
 
 SUPPORTED_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
 
-# encoding -> (bytes per pixel, source channel of R, G and B)
+# encoding -> (bytes per pixel, OpenCV conversion to RGB; None: the bytes are RGB already)
 _LAYOUTS = {
-    "rgb8": (3, (0, 1, 2)),
-    "bgr8": (3, (2, 1, 0)),
-    "rgba8": (4, (0, 1, 2)),
-    "bgra8": (4, (2, 1, 0)),
-    "mono8": (1, (0, 0, 0)),
+    "rgb8": (3, None),
+    "bgr8": (3, cv2.COLOR_BGR2RGB),
+    "rgba8": (4, cv2.COLOR_RGBA2RGB),
+    "bgra8": (4, cv2.COLOR_BGRA2RGB),
+    "mono8": (1, cv2.COLOR_GRAY2RGB),
 }
 
 _NS_PER_S = 1_000_000_000
@@ -72,7 +73,7 @@ def image_msg_to_rgb(msg, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndar
             f"unsupported image encoding {encoding!r}; supported encodings: "
             f"{', '.join(SUPPORTED_ENCODINGS)}"
         )
-    channels, sources = _LAYOUTS[encoding]
+    channels, conversion = _LAYOUTS[encoding]
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if height <= 0 or width <= 0:
         raise ImageConversionError(
@@ -95,13 +96,11 @@ def image_msg_to_rgb(msg, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndar
     # Zero-copy view of the pixels, padding excluded: (height, width, channels).
     rows = buffer[:expected].reshape(height, step)[:, :row_bytes]
     pixels = rows.reshape(height, width, channels)
-    if encoding == "rgb8":
+    if conversion is None:
         return pixels.copy()  # the only copy; C-contiguous
-    # One plane at a time: ~7x faster than copying a strided or reversed channel view.
-    rgb = np.empty((height, width, 3), dtype=np.uint8)
-    for target, source in enumerate(sources):
-        rgb[:, :, target] = pixels[:, :, source]
-    return rgb
+    # One pass of OpenCV's (SIMD, multi-threaded) conversion, padded rows read in place: ~8x
+    # faster than reordering the channels with numpy.
+    return cv2.cvtColor(pixels, conversion)
 
 
 def compressed_size(data) -> tuple[int, int] | None:
@@ -143,18 +142,54 @@ def compressed_size(data) -> tuple[int, int] | None:
     return None
 
 
-def compressed_msg_to_rgb(msg, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+JPEG_REDUCTIONS = (8, 4, 2)
+"""Factors f a JPEG can be decoded smaller by (OpenCV's ``IMREAD_REDUCED_COLOR_<f>``: libjpeg's
+DCT scaling to ceil(H / f) x ceil(W / f), far cheaper than decoding in full and resizing)."""
+
+_DECODE_FLAGS = {
+    1: cv2.IMREAD_COLOR,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
+
+
+def jpeg_reduction(height: int, width: int, min_hw: tuple[int, int]) -> int:
+    """The largest f of :data:`JPEG_REDUCTIONS` whose reduced decode, ceil(height / f) x
+    ceil(width / f), still has at least ``min_hw`` = (min_height, min_width) pixels; 1 (full size)
+    when none has."""
+    for f in JPEG_REDUCTIONS:
+        if -(-height // f) >= min_hw[0] and -(-width // f) >= min_hw[1]:
+            return f
+    return 1
+
+
+def compressed_msg_to_rgb(msg, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                          min_size=None) -> tuple[np.ndarray, tuple[int, int]]:
     """Decode a ``sensor_msgs/CompressedImage`` (JPEG or PNG, what ``image_transport``'s
-    compressed plugin sends) into a new ``uint8`` RGB array ``(H, W, 3)``; grey, 16-bit and alpha
-    images become 8-bit RGB.
+    compressed plugin sends) into ``(rgb, (H, W))``: a new ``uint8`` RGB array ``(h, w, 3)`` and
+    the camera frame's size from the header; grey, 16-bit and alpha images become 8-bit RGB.
 
     ``msg`` is any object with ``format`` and ``data`` (a byte buffer). The bytes decide the codec,
     as ``image_transport``'s compressed plugin does; ``format`` (e.g. ``"jpeg"``, ``"rgb8; jpeg
     compressed bgr8"``) is only quoted in errors. The size is read from the header first
     (:func:`compressed_size`; OpenCV cannot read a header alone), so an image of more than
-    ``max_pixels`` pixels is refused without being decoded. Raises ``ImageConversionError`` for
-    empty data, bytes that are neither PNG nor JPEG (or whose header is cut short), a zero width
-    or height, more than ``max_pixels`` pixels, or bytes that do not decode.
+    ``max_pixels`` pixels is refused without being decoded. Pixels are taken as stored, an EXIF
+    orientation is not applied (as ``image_transport``'s decoder does), so the image always has
+    the header's orientation.
+
+    ``min_size`` None decodes at full size: (h, w) = (H, W). Otherwise it is a function of the
+    camera size, ``min_size(H, W) -> (min_h, min_w)``, the smallest image the consumer needs; a
+    JPEG is then decoded at the smallest scale 1/f that still gives that many pixels in both
+    directions (:func:`jpeg_reduction`; (h, w) = (ceil(H / f), ceil(W / f))). The node passes
+    :meth:`~vrs_node.models.sam2_build.SamImageTransform.valid_size`, the size of the content in
+    SAM-2's S x S input, so the decoded image is never enlarged by the model's resize: for
+    ``squash`` both sides >= S, for ``pad`` the longest side >= S. A PNG is always decoded at
+    full size.
+
+    Raises ``ImageConversionError`` for empty data, bytes that are neither PNG nor JPEG (or whose
+    header is cut short), a zero width or height, more than ``max_pixels`` pixels, bytes that do
+    not decode, or a decoded image whose size is not the one the header gives.
     """
     buffer = _byte_buffer(msg.data, "compressed image")
     if buffer.size == 0:
@@ -171,13 +206,21 @@ def compressed_msg_to_rgb(msg, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np
             f"compressed image (format {msg.format!r}) has no pixels: its header says {width}x{height}"
         )
     _check_pixels(width, height, max_pixels, f"compressed image (format {msg.format!r})")
-    bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    is_jpeg = buffer[0] == 0xFF  # compressed_size accepted PNG's or JPEG's signature
+    f = jpeg_reduction(height, width, min_size(height, width)) if is_jpeg and min_size is not None else 1
+    bgr = cv2.imdecode(buffer, _DECODE_FLAGS[f] | cv2.IMREAD_IGNORE_ORIENTATION)
     if bgr is None or bgr.size == 0:
         raise ImageConversionError(
             f"compressed image (format {msg.format!r}, {buffer.size} bytes) does not decode: "
             "truncated or not an image OpenCV reads"
         )
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    expected = (-(-height // f), -(-width // f))
+    if bgr.shape[:2] != expected:
+        raise ImageConversionError(
+            f"compressed image (format {msg.format!r}) decodes to {bgr.shape[1]}x{bgr.shape[0]}, "
+            f"its header says {width}x{height}" + (f" (1/{f} scale: {expected[1]}x{expected[0]})" if f > 1 else "")
+        )
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), (height, width)
 
 
 def rgb_to_msg(image: np.ndarray, header):
@@ -192,14 +235,15 @@ def rgb_to_msg(image: np.ndarray, header):
             f"RGB image must be uint8 with shape (H, W, 3), H and W > 0; got {image.dtype} "
             f"with shape {image.shape}"
         )
-    return _image_msg(image, "rgb8", header)
+    return _image_msg(image.shape, "rgb8", header, lambda out: np.copyto(out, image))
 
 
 def mask_to_msg(mask: np.ndarray, header):
     """Build a ``mono8`` ``sensor_msgs.msg.Image`` mask (0 = background, 255 = object).
 
     ``mask`` must be ``bool`` or ``uint8`` with shape ``(H, W)``, H and W > 0; every non-zero
-    pixel becomes 255. The message gets ``step = W``, ``is_bigendian = 0`` and a copy of
+    pixel becomes 255, in one pass (OpenCV's threshold, a bool mask read as its 0/1 bytes) straight
+    into the message's buffer. The message gets ``step = W``, ``is_bigendian = 0`` and a copy of
     ``header`` (same stamp and ``frame_id`` as the source image's header, as perception packages
     do). Raises ``ImageConversionError`` for any other array.
     """
@@ -208,7 +252,9 @@ def mask_to_msg(mask: np.ndarray, header):
             f"mask must be bool or uint8 with shape (H, W), H and W > 0; got {mask.dtype} "
             f"with shape {mask.shape}"
         )
-    return _image_msg((mask != 0).view(np.uint8) * np.uint8(255), "mono8", header)
+    pixels = np.ascontiguousarray(mask).view(np.uint8)
+    return _image_msg(mask.shape, "mono8", header,
+                      lambda out: cv2.threshold(pixels, 0, 255, cv2.THRESH_BINARY, dst=out))
 
 
 def overlay_mask(
@@ -237,14 +283,16 @@ def overlay_mask(
         raise ValueError(f"color must be three values (R, G, B); got {color.tolist()}")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha={alpha} is outside [0, 1]")
-    # Blend of every possible level per channel (256 x 3), then one table look-up per plane:
-    # exact, and ~4x faster than float arithmetic on the masked pixels.
+    # Blend of every possible level per channel (256 x 3), then one look-up pass (OpenCV's
+    # per-channel LUT) and one masked copy into a copy of the image: exact, and ~10x faster at
+    # 1080p than numpy's per-plane look-up and select.
     table = np.rint((1.0 - alpha) * np.arange(256.0)[:, None] + alpha * color)
     table = table.clip(0, 255).astype(np.uint8)
-    blended = np.empty_like(image_rgb)
-    for channel in range(3):
-        blended[:, :, channel] = table[:, channel].take(image_rgb[:, :, channel])
-    return np.where((mask != 0)[:, :, None], blended, image_rgb)
+    blended = cv2.LUT(image_rgb, table[None])
+    selected = mask.view(np.uint8) if mask.dtype == np.bool_ else (mask != 0).view(np.uint8)
+    out = image_rgb.copy()
+    cv2.copyTo(blended, np.ascontiguousarray(selected), out)
+    return out
 
 
 def _byte_buffer(data, what: str) -> np.ndarray:
@@ -279,23 +327,23 @@ def _copy_header(header):
     return Header(stamp=stamp, frame_id=str(header.frame_id))
 
 
-def _image_msg(pixels: np.ndarray, encoding: str, header):
-    """Pack a validated ``uint8`` (H, W) or (H, W, C) array into an unpadded Image message."""
+def _image_msg(shape: tuple[int, ...], encoding: str, header, fill):
+    """An unpadded Image message of ``shape`` ((H, W) or (H, W, C) uint8 pixels) whose pixels
+    ``fill(out)`` writes, ``out`` being a ``shape`` numpy view of the message's own buffer."""
     from sensor_msgs.msg import Image
 
-    height, width = pixels.shape[:2]
+    # The pixels are written once, straight into the array.array rclpy stores: the setter keeps an
+    # array.array as is (the constructor would copy it again) and skips the per-byte Python check
+    # that bytes get under ROS_PYTHON_CHECK_FIELDS=1. Repeating one zero byte is a memset.
+    data = array.array("B", [0]) * math.prod(shape)
+    fill(np.frombuffer(data, np.uint8).reshape(shape))
     msg = Image(
         header=_copy_header(header),
-        height=height,
-        width=width,
+        height=shape[0],
+        width=shape[1],
         encoding=encoding,
         is_bigendian=0,
-        step=pixels[0].size,
+        step=math.prod(shape[1:]),
     )
-    # One copy straight into the array.array rclpy stores: the setter keeps an array.array as is
-    # (the constructor would copy it again) and skips the per-byte Python check that bytes get
-    # under ROS_PYTHON_CHECK_FIELDS=1.
-    data = array.array("B")
-    data.frombytes(np.ascontiguousarray(pixels))
     msg.data = data
     return msg

@@ -6,7 +6,9 @@ Interface (all names relative, so they can be remapped):
 
 - sub ``image`` (sensor_msgs/Image), or with ``image_transport:=compressed`` ``<image>/compressed``
   (sensor_msgs/CompressedImage, JPEG/PNG; ``<image>`` is the resolved, remapped ``image`` topic, as
-  image_transport names it); sensor-data QoS by default, overridable with ROS 2's
+  image_transport names it; a JPEG is decoded at the smallest scale covering the model input
+  while ``overlay`` has no subscriber, at full size otherwise, and masks always have the camera's
+  size); sensor-data QoS by default, overridable with ROS 2's
   ``qos_overrides.<topic>.subscription.*`` parameters; an incompatible-QoS match is logged and
   reported on ``status`` with the fix;
 - sub ``prompt`` (std_msgs/String, JSON): ``{"box": [x0, y0, x1, y1]}`` and/or
@@ -21,7 +23,7 @@ Interface (all names relative, so they can be remapped):
 - pub ``overlay`` (sensor_msgs/Image rgb8, the input frame with the mask blended in, its header):
   computed only while someone subscribes;
 - pub ``status`` (std_msgs/String, JSON): status, reason, object score, latency, counters,
-  instruction, model profile and device, per processed frame (with ``notice`` when the stream
+  instruction, model profile, device and precision, per processed frame (with ``notice`` when the stream
   jumped back in time or changed resolution), per grounding query (``"event": "query"`` with its
   trigger, keyframe and stage timings) and on every error;
 - pub ``/diagnostics`` (diagnostic_msgs/DiagnosticArray, every second): rates, drops, latencies,
@@ -160,6 +162,12 @@ class _VrsInterface:
         self.declare_parameter("model_profile", "tiny-random", desc(
             "model profile (vrs_node.models.profiles): tiny-random, hiera-t-512-random, sam2.1-hiera-t, ..."))
         self.declare_parameter("device", "auto", desc("torch device: auto, cpu, cuda, cuda:1, ..."))
+        self.declare_parameter("precision", "auto", desc(
+            "fp32 | bf16 | auto (bf16 on CUDA, fp32 elsewhere): bf16 = SAM-2 under autocast, MLLM bf16 weights"))
+        self.declare_parameter("compile", False, desc(
+            "torch.compile SAM-2's parts as sam2's vos_optimized does (for CUDA; the first frames compile)"))
+        self.declare_parameter("reasoner_quantization", "none", desc(
+            "none | int8 | nf4: the MLLM's LLaMA quantized with bitsandbytes (for GPUs short of memory)"))
         self.declare_parameter("image_size", 0, desc(
             "SAM-2 input resolution in pixels (multiple of 32); 0 = the profile's",
             integer_range=[IntegerRange(from_value=0, to_value=2048, step=32)]))
@@ -232,7 +240,9 @@ class _VrsInterface:
             self.models = load_models(profile, device, image_size=self._param("image_size") or None,
                                       sam2_checkpoint=self._param("sam2_checkpoint") or None,
                                       vrshq_checkpoint=self._param("vrshq_checkpoint") or None,
-                                      clip_anchor=self._param("clip_anchor"))
+                                      clip_anchor=self._param("clip_anchor"), precision=self._param("precision"),
+                                      compile=self._param("compile"),
+                                      reasoner_quantization=self._param("reasoner_quantization"))
         except Exception as exc:  # noqa: BLE001 -- any load failure is reported, the node stays up
             self.model_error = f"model could not be loaded: {type(exc).__name__}: {exc}"
             self.get_logger().error(self.model_error)
@@ -244,7 +254,10 @@ class _VrsInterface:
         language = "follows instructions" if self.models.grounding is not None else "prompts only (no language model)"
         self.get_logger().info(
             f"model profile {profile.name!r} ({profile.description}) on {self.device}, "
-            f"{self.models.transform.image_size} px, {weights}; mode {self._param('mode')}; {language}")
+            f"{self.models.transform.image_size} px, {self.models.precision}"
+            f"{', compiled' if self.models.compiled else ''}"
+            f"{', reasoner ' + self.models.reasoner_quantization if self.models.reasoner_quantization != 'none' else ''}"
+            f", {weights}; mode {self._param('mode')}; {language}")
         return True
 
     def _start(self) -> None:
@@ -353,19 +366,30 @@ class _VrsInterface:
 
     def _on_image(self, msg) -> None:
         """Convert and push a camera frame; a refused one (``vrs_node.ros.image``, images above
-        ``max_image_pixels`` included) gets an error status with its stamp and reason."""
+        ``max_image_pixels`` included) gets an error status with its stamp and reason.
+
+        A JPEG is decoded at the smallest reduced scale that still covers SAM-2's input
+        (:func:`~vrs_node.ros.image.compressed_msg_to_rgb` with the transform's ``valid_size``)
+        and pushed with the camera size from its header, so masks stay at camera size; while the
+        ``overlay`` topic has subscribers it is decoded at full size (the overlay blends the mask
+        into the full image)."""
         engine = self.engine
         if engine is None:
             self._report_error(msg.header, self.model_error)
             return
-        convert = compressed_msg_to_rgb if isinstance(msg, CompressedImage) else image_msg_to_rgb
+        max_pixels = self._param("max_image_pixels")
         try:
-            image = convert(msg, self._param("max_image_pixels"))
+            if isinstance(msg, CompressedImage):
+                reduce = self.overlay_pub.get_subscription_count() == 0
+                image, camera_hw = compressed_msg_to_rgb(
+                    msg, max_pixels, engine.tracker.transform.valid_size if reduce else None)
+            else:
+                image, camera_hw = image_msg_to_rgb(msg, max_pixels), None
         except ImageConversionError as exc:
             self.get_logger().warning(f"image refused: {exc}", throttle_duration_sec=5.0)
             self._report_error(msg.header, f"image refused: {exc}")
             return
-        result = engine.push(image, stamp_to_ns(msg.header.stamp), msg.header.frame_id)
+        result = engine.push(image, stamp_to_ns(msg.header.stamp), msg.header.frame_id, camera_hw)
         if result is not None:
             self._publish_result(result)
 
@@ -410,11 +434,12 @@ class _VrsInterface:
     # --- outputs -----------------------------------------------------------------------------
     def _publish_result(self, result: FrameResult) -> None:
         """Publish the mask (with the input frame's stamp and frame_id), the overlay if anyone
-        subscribes, and the status."""
+        subscribes, and the status. A frame decoded at a reduced scale (received before the
+        overlay had a subscriber: :meth:`_on_image`) gets no overlay."""
         self.health.on_result(result)
         header = Header(stamp=ns_to_stamp(result.stamp_ns), frame_id=result.frame_id)
         self.mask_pub.publish(mask_to_msg(result.mask, header))
-        if self.overlay_pub.get_subscription_count() > 0:
+        if self.overlay_pub.get_subscription_count() > 0 and result.image.shape[:2] == result.mask.shape:
             self.overlay_pub.publish(rgb_to_msg(overlay_mask(result.image, result.mask), header))
         fields = {"stamp_ns": result.stamp_ns, "frame_id": result.frame_id, "frame_index": result.index,
                   "status": result.status, "reason": result.reason, "object_score": result.object_score,
@@ -466,7 +491,8 @@ class _VrsInterface:
 
     def _publish_status(self, fields: dict) -> None:
         engine = self.engine
-        fields.update(model_profile=self.profile_name, device=self.device)
+        fields.update(model_profile=self.profile_name, device=self.device,
+                      precision=self.models.precision if self.models is not None else None)
         if engine is not None:
             stats, instruction = engine.stats, engine.instruction
             fields.update(pushed=stats.pushed, processed=stats.processed, dropped=stats.dropped,

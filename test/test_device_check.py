@@ -1,0 +1,60 @@
+"""bench/device_check.sh: it refuses to run without CUDA, and its ``--cpu-smoke`` run drives every
+part (tracker FPS per setting, memory, reasoner stages and quantizations, first mask, hot path,
+deactivate) through the same code on the CPU with tiny sizes, so the GPU run does not fail on
+plumbing. The smoke run measures nothing worth reporting."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_refuses_without_cuda(tmp_path):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "VRS_PYTHON": sys.executable}
+    run = subprocess.run([str(REPO / "bench" / "device_check.sh"), "--out-dir", str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "CUDA is not available" in run.stderr and "refuses to run" in run.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cpu_smoke_runs_every_part(tmp_path):
+    run = subprocess.run([sys.executable, str(REPO / "bench" / "device_check.py"), "--cpu-smoke",
+                          "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=900,
+                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    report = json.loads((tmp_path / "device_cpu_smoke.json").read_text())
+    parts = report["parts"]
+    assert set(parts) == {"host", "tracker_fps", "memory", "reasoner", "first_mask", "hot_path", "deactivate", "cuda_checks",
+                          "targets"}
+    errors = {name: part["error"] for name, part in parts.items() if "error" in part}
+    assert not errors, errors
+    assert 0 < parts["host"]["total"]["p50_ms"] <= parts["host"]["total"]["p99_ms"]
+    fps = parts["tracker_fps"]
+    assert set(fps) == {"hiera-t fp32", "hiera-t bf16", "hiera-t bf16+compile"}
+    for key, value in fps.items():
+        assert value.get("fps", 0) > 0, (key, value)
+    assert fps["hiera-t bf16+compile"]["compile_s"] > 0
+    memory = parts["memory"]
+    assert memory["frames"] == 30 and memory["bank"] <= 4 + 15 and memory["spread"] is None  # no CUDA allocator
+    reasoner = parts["reasoner"]
+    assert set(reasoner["first_query_stages_s"]) == {"clip_anchor", "mllm_frame_tokens", "mllm_prefill", "tks"}
+    assert set(reasoner["quantization"]) == {"none", "int8", "nf4"}
+    for mode, value in reasoner["quantization"].items():
+        assert "prefill_s" in value, (mode, value)
+    assert reasoner["quantization"]["none"]["tak_cosine_to_none"] > 0.99999  # itself
+    assert parts["first_mask"]["first_mask_ms"] > 0
+    hot = parts["hot_path"]
+    assert hot["no_query"]["processed"] > 0 and hot["query_1hz"]["queries"] >= 1 and hot["p99_ratio"] > 0
+    assert set(parts["deactivate"]) >= {"allocated_active_bytes", "returned_bytes"}
+    checks = parts["cuda_checks"]
+    assert checks["compile_max_abs_logit_diff"] <= 1e-5  # aot_eager in the smoke run: the same kernels
+    for mode in ("int8", "nf4"):
+        assert checks[mode]["within_tolerance"] and checks[mode]["round_trip_identical"], checks[mode]
+    assert "issue 14" in parts["targets"]["not_run"]
+    table = (tmp_path / "device_cpu_smoke.md").read_text()
+    assert "| hiera-t bf16+compile at 128 px |" in table and "instruction -> first mask" in table
