@@ -12,8 +12,8 @@ Two parts, one invocation:
   medians / p90 over the steady-state frames (frame index >= ``--warmup-frames``, i.e. memory bank
   and pointer history full) of all rounds, plus the median of the per-frame paired ratios. The
   predictor's frame decoding (``init_state``) is reported separately; the tracker's per-frame time
-  *includes* its pre-processing (PIL resize + normalisation), which the predictor does inside
-  ``init_state`` -- reported separately too.
+  *includes* its pre-processing (the transform's device backend: resize + normalisation), which the
+  predictor does inside ``init_state`` -- reported separately too.
 * **Memory** (``--memory-frames``, default 1000, at ``--memory-size`` px with the ``tiny-random``
   profile): the tracker's ``state_size()`` and the predictor's inference-state size (tensor bytes of
   ``inference_state["images"]`` + every ``output_dict_per_obj`` entry + the shared ``maskmem_pos_enc``)
@@ -308,8 +308,8 @@ def run_interleaved(tracker, predictor, folder: Path, frames, mask, predictor_fi
     frame k of the tracker, or the other way round), so machine noise hits both alike.
 
     Predictor frame time = time inside ``next()`` of ``propagate_in_video`` (frame 0 also runs the
-    preflight memory encoding of the prompt frame). Tracker frame time = ``encode`` (incl. PIL
-    resize + normalise) + ``condition``/``track`` + ``camera_logits()`` (the predictor upsamples
+    preflight memory encoding of the prompt frame). Tracker frame time = ``encode`` (incl. the
+    device pre-processing: resize + normalise) + ``condition``/``track`` + ``camera_logits()`` (the predictor upsamples
     to video resolution every frame too).
     """
     from vrs_node.core.tracker import MaskPrompt
@@ -380,7 +380,7 @@ def timing_part(args, davis: Path, tmp: Path) -> dict:
     make_jpeg_folder(davis / "JPEGImages", 3, warm)
     run_interleaved(tracker, predictor, warm, frames[:3], mask, True, "warm-up")
 
-    pre_t = []  # the tracker's own pre-processing (PIL resize + normalise), inside encode()
+    pre_t = []  # the tracker's own pre-processing (device backend: resize + normalise), inside encode()
     for image in frames[: min(len(frames), 20)]:
         a = time.perf_counter()
         tracker.transform(image)
@@ -447,7 +447,7 @@ def timing_part(args, davis: Path, tmp: Path) -> dict:
                 "per-frame figures pool frames >= steady_state_from_frame of every round",
                 "predictor frame time = time inside next() of propagate_in_video (includes the "
                 "upsampling to video resolution and the failed fill_hole attempt)",
-                "tracker frame time = encode (incl. PIL resize + normalise) + track + camera_logits() "
+                "tracker frame time = encode (incl. device resize + normalise) + track + camera_logits() "
                 "(upsampling to video resolution); JPEGs decoded before the loop",
                 "the predictor's frame decoding/resizing happens in init_state, reported separately",
             ]}
