@@ -44,9 +44,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "test"))
 
-from conftest import box_of, davis_sequence  # noqa: E402
+from common import box_of, davis_sequence  # noqa: E402
 
 from vrs_node.core.engine import EngineConfig, StreamingEngine  # noqa: E402
 from vrs_node.core.frames import FrameWindow  # noqa: E402

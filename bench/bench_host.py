@@ -52,17 +52,18 @@ if str(REPO) not in sys.path:
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from common import DAVIS  # noqa: E402
 from PIL import Image as PilImage  # noqa: E402
 from sensor_msgs.msg import CompressedImage  # noqa: E402
 from std_msgs.msg import Header, String  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from vrs_node.core.tracker import TrackResult, fill_holes_in_mask_scores  # noqa: E402
+from vrs_node.io.image import (compressed_msg_to_rgb, image_msg_to_rgb, mask_to_msg,  # noqa: E402
+                               overlay_mask, rgb_to_msg)
 from vrs_node.models.sam2_build import FILL_HOLE_AREA, SamImageTransform  # noqa: E402
-from vrs_node.ros.image import (compressed_msg_to_rgb, image_msg_to_rgb, mask_to_msg,  # noqa: E402
-                                overlay_mask, rgb_to_msg)
 
-DEFAULT_DAVIS = REPO.parent / "shared" / "data" / "davis2016" / "blackswan" / "JPEGImages"
+DEFAULT_DAVIS = DAVIS / "blackswan" / "JPEGImages"
 STAGES = ("decode", "preprocess", "fill_holes", "mask", "mask_msg", "status")
 EXTRAS = ("preprocess_reference", "decode_full", "overlay_msg")
 GOALS_MS = {("cpu", "raw", 256): 3.0, ("cpu", "jpeg", 256): 8.0, ("cuda", "raw", 1024): 3.0}

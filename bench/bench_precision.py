@@ -31,12 +31,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "test"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from bench_tracker import loadavg, machine_info, stats_ms  # noqa: E402
-from conftest import davis_sequence  # noqa: E402
+from common import davis_sequence  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from vrs_node.core.tracker import MaskPrompt, StreamingTracker  # noqa: E402

@@ -49,10 +49,11 @@ if str(REPO) not in sys.path:
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from common import DAVIS  # noqa: E402
 from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-DEFAULT_DAVIS = REPO.parent / "shared" / "data" / "davis2016" / "blackswan"
+DEFAULT_DAVIS = DAVIS / "blackswan"
 
 
 # --------------------------------------------------------------------------------------------

@@ -57,6 +57,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from common import box_of  # noqa: E402
+
 from vrs_node.core.engine import STATUS_TRACKING, EngineConfig, StreamingEngine  # noqa: E402
 from vrs_node.core.grounder import SAM2_KEY, Grounder  # noqa: E402
 from vrs_node.core.frames import FrameWindow  # noqa: E402
@@ -134,11 +136,6 @@ def load_frames(sizes: Sizes) -> tuple[list[np.ndarray], np.ndarray]:
                          interpolation=cv2.INTER_LINEAR) for p in paths]
     mask = cv2.imread(str(SAMPLE / "Annotations" / (paths[0].stem + ".png")), cv2.IMREAD_GRAYSCALE)
     return frames, cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST) > 0
-
-
-def box_of(mask: np.ndarray) -> tuple[float, float, float, float]:
-    ys, xs = np.nonzero(mask)
-    return float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())
 
 
 def percentile_ms(values_s: list[float], q: float) -> float:

@@ -14,7 +14,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
 
-from vrs_node.ros.image import ns_to_stamp, rgb_to_msg, stamp_to_ns
+from vrs_node.io.image import ns_to_stamp, rgb_to_msg, stamp_to_ns
 from vrs_node.ros.node import VrsNode
 
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)

@@ -17,8 +17,8 @@ from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
+from vrs_node.io.image import image_msg_to_rgb, stamp_to_ns
 from vrs_node.ros.camera import CameraNode
-from vrs_node.ros.image import image_msg_to_rgb, stamp_to_ns
 
 FRAMES = DAVIS / "blackswan" / "JPEGImages"
 

@@ -36,8 +36,8 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header, String
 
-from vrs_node.ros.image import ns_to_stamp, rgb_to_msg
-from vrs_node.ros.node import LATCHED
+from vrs_node.io.image import ns_to_stamp, rgb_to_msg
+from vrs_node.ros.qos import LATCHED
 
 BIN = Path(sys.executable).parent  # the venv the tests run in, with its console scripts
 COMMANDS = re.findall(r'"([\w-]+) = vrs_node\.', (REPO / "setup.py").read_text())

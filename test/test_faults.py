@@ -40,10 +40,10 @@ from std_msgs.msg import Header, String
 
 from vrs_node.core.engine import (STATUS_GROUNDING, STATUS_TRACKING, TRIGGER_INSTRUCTION, TRIGGER_LOST,
                                   TRIGGER_PERIOD, EngineStats, QueryReport)
+from vrs_node.io.image import image_msg_to_rgb, ns_to_stamp, rgb_to_msg, stamp_to_ns
 from vrs_node.models.prompt import clean_instruction
 from vrs_node.ros.diagnostics import OK, WARN, HealthMonitor
-from vrs_node.ros.image import image_msg_to_rgb, ns_to_stamp, rgb_to_msg, stamp_to_ns
-from vrs_node.ros.node import LATCHED
+from vrs_node.ros.qos import LATCHED
 
 BASE_NS = 1_700_000_000_000_000_000
 OOM_TEXT = "CUDA out of memory. Tried to allocate 20.00 GiB (injected)"

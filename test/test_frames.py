@@ -1,8 +1,8 @@
 """Tests for vrs_node.core.frames: the frame window, its feature cache and the sampling rules.
 
 Expected index lists for the sampling rules are worked out by hand from the upstream formulas
-(VRS-HQ ``sample_frames``; VideoLISA ``chat.py`` ``uniform_sample`` / ``get_sparse_indices`` /
-``get_dense_indices``), not produced by the code under test.
+(VRS-HQ ``sample_frames``; VideoLISA ``chat.py`` ``uniform_sample`` / ``get_sparse_indices``), not
+produced by the code under test.
 """
 
 import dataclasses
@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 
-from vrs_node.core.frames import Frame, FrameWindow, anchor_lattice, camera_size, sparse_dense_sample
+from vrs_node.core.frames import Frame, FrameWindow, anchor_lattice, camera_size, sparse_sample
 
 
 def _image(value: int = 0, height: int = 4, width: int = 6) -> np.ndarray:
@@ -76,24 +76,12 @@ def test_anchor_lattice_rejects_bad_arguments(args):
 
 
 # ---------------------------------------------------------------------------------------------
-# sparse_dense_sample (VideoLISA)
-
-
-def test_dense_positions_default():
-    # edges int(linspace(0, 31, 5)) = [0, 7, 15, 23, 31]; bins [0,6] [7,14] [15,22] [23,30]
-    _, dense = sparse_dense_sample(100)
-    assert dense == [3, 10, 18, 26]
-
-
-def test_dense_positions_sparse50():
-    # edges int(linspace(0, 49, 5)) = [0, 12, 24, 36, 49]; bins [0,11] [12,23] [24,35] [36,48]
-    _, dense = sparse_dense_sample(100, num_sparse=50, num_dense=4)
-    assert dense == [5, 17, 29, 42]
+# sparse_sample (VideoLISA)
 
 
 def test_sparse_t100():
     # bin width 3.125: edges 0, 3, 6, 9, 12, 15, 18, 21, 25, ... repeating every 25 frames
-    sparse, _ = sparse_dense_sample(100)
+    sparse = sparse_sample(100, 32)
     assert sparse[:4] == [1, 4, 7, 10]
     assert sparse[-1] == 97
     assert sparse == [25 * k + j for k in range(4) for j in (1, 4, 7, 10, 13, 16, 19, 22)]
@@ -101,46 +89,39 @@ def test_sparse_t100():
 
 def test_sparse_t40():
     # bin width 1.25: bins [0,0] [1,1] [2,2] [3,4] then repeating every 5 frames
-    sparse, _ = sparse_dense_sample(40)
-    assert sparse == [5 * k + j for k in range(8) for j in (0, 1, 2, 3)]
+    assert sparse_sample(40, 32) == [5 * k + j for k in range(8) for j in (0, 1, 2, 3)]
 
 
 def test_sparse_t10_repeats_and_adds_bin_centres():
     # 32 = 3*10 + 2: every frame 3 times, plus the centres of 2 bins over [0,10): 2 and 7
-    sparse, _ = sparse_dense_sample(10)
-    expected = sorted(list(range(10)) * 3 + [2, 7])
-    assert sparse == expected
+    sparse = sparse_sample(10, 32)
+    assert sparse == sorted(list(range(10)) * 3 + [2, 7])
     assert sparse[:10] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 2]
 
 
 def test_sparse_t32_is_every_frame_once():
-    sparse, _ = sparse_dense_sample(32)
-    assert sparse == list(range(32))
+    assert sparse_sample(32, 32) == list(range(32))
 
 
 def test_sparse_t33_skips_last_frame():
     # bin width 33/32: bins [0,0] ... [30,30], [31,32] whose centre is 31; frame 32 is never taken
-    sparse, _ = sparse_dense_sample(33)
-    assert sparse == list(range(32))
+    assert sparse_sample(33, 32) == list(range(32))
 
 
 def test_sparse_single_frame_repeated():
-    sparse, dense = sparse_dense_sample(1)
-    assert sparse == [0] * 32
-    assert dense == [3, 10, 18, 26]
+    assert sparse_sample(1, 32) == [0] * 32
 
 
 def test_sparse_uses_upstream_float_linspace_edges():
     # T=58, S=50: exact edge 25*58/50 = 29, but float linspace gives 28.999999999999996 -> 28,
     # so upstream's bin 25 is [28, 29] (centre 28), not [29, 29] (centre 29).
-    sparse, _ = sparse_dense_sample(58, num_sparse=50, num_dense=4)
-    assert sparse[24:27] == [27, 28, 30]
+    assert sparse_sample(58, 50)[24:27] == [27, 28, 30]
 
 
-def test_sparse_dense_properties():
-    for s in range(2, 40):
+def test_sparse_properties():
+    for s in range(1, 40):
         for t in range(1, 120):
-            sparse, _ = sparse_dense_sample(t, num_sparse=s, num_dense=1)
+            sparse = sparse_sample(t, s)
             assert len(sparse) == s
             assert sparse == sorted(sparse)
             assert 0 <= sparse[0] and sparse[-1] < t
@@ -150,20 +131,12 @@ def test_sparse_dense_properties():
                 counts = np.bincount(sparse, minlength=t)
                 assert set(counts.tolist()) <= {s // t, s // t + 1}
                 assert counts.min() >= 1
-        for d in range(1, s):
-            _, dense = sparse_dense_sample(10, num_sparse=s, num_dense=d)
-            assert len(dense) == d
-            assert all(a < b for a, b in zip(dense, dense[1:]))
-            assert 0 <= dense[0] and dense[-1] <= s - 2
 
 
-@pytest.mark.parametrize(
-    "args",
-    [(0, 32, 4), (-1, 32, 4), (10, 0, 4), (10, 32, 0), (10, 32, 32), (10, 4, 5), (10, 1, 1)],
-)
-def test_sparse_dense_rejects_bad_arguments(args):
+@pytest.mark.parametrize("args", [(0, 32), (-1, 32), (10, 0), (10, -1)])
+def test_sparse_rejects_bad_arguments(args):
     with pytest.raises(ValueError):
-        sparse_dense_sample(*args)
+        sparse_sample(*args)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,7 +196,7 @@ def test_window_rejects_bad_image(image):
     assert len(window) == 0
 
 
-def test_append_assigns_indices_and_get_returns_frames():
+def test_append_assigns_indices_and_snapshot_returns_frames():
     window = FrameWindow(4)
     assert len(window) == 0 and window.latest is None and window.indices() == []
     images = [_image(i) for i in range(3)]
@@ -232,8 +205,7 @@ def test_append_assigns_indices_and_get_returns_frames():
     assert len(window) == 3
     assert window.indices() == [0, 1, 2]
     assert window.latest is frames[-1]
-    assert 1 in window and 3 not in window
-    got = window.get(1)
+    got = window.snapshot()[1]
     assert got is frames[1]
     assert got.stamp_ns == 101 and got.frame_id == "cam"
     assert np.array_equal(got.image, images[1])
@@ -255,17 +227,16 @@ def test_ring_buffer_evicts_oldest():
         window.append(_image(i), i)
     assert len(window) == 3
     assert window.indices() == [2, 3, 4]
-    assert 0 not in window and 1 not in window
     assert window.latest.index == 4
     with pytest.raises(KeyError, match="frame 1 is not in the window.*held: 2..4"):
-        window.get(1)
+        window.set_feature(1, "emb", 0)
     with pytest.raises(KeyError, match="frame 99"):
-        window.get(99)
+        window.set_feature(99, "emb", 0)
 
 
-def test_get_on_empty_window_raises():
+def test_set_feature_on_empty_window_raises():
     with pytest.raises(KeyError, match="empty"):
-        FrameWindow(2).get(0)
+        FrameWindow(2).set_feature(0, "emb", 0)
 
 
 def test_capacity_one():
@@ -311,7 +282,7 @@ def test_features_evicted_with_their_frame():
     window.append(_image(), 1)
     assert window.has_feature(first.index, "emb")
     window.append(_image(), 2)  # evicts frame 0
-    assert first.index not in window
+    assert first.index not in window.indices()
     assert not window.has_feature(first.index, "emb")
     assert window.get_feature(first.index, "emb") is None
     assert window.feature_count() == 0
@@ -416,8 +387,6 @@ def test_concurrent_writer_and_reader():
     [
         lambda w: w.append(_image(), 5),
         len,
-        lambda w: 0 in w,
-        lambda w: w.get(0),
         lambda w: w.latest,
         lambda w: w.indices(),
         lambda w: w.snapshot(),

@@ -1,4 +1,4 @@
-"""Tests for vrs_node.ros.image: sensor_msgs/Image <-> numpy conversions.
+"""Tests for vrs_node.io.image: sensor_msgs/Image <-> numpy conversions.
 
 Expected values are built independently of the implementation: message bytes are assembled
 pixel by pixel in plain Python, and expected arrays are plain numpy constructions.
@@ -18,8 +18,8 @@ from builtin_interfaces.msg import Time
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
-from vrs_node.ros import image as image_module
-from vrs_node.ros.image import (
+from vrs_node.io import image as image_module
+from vrs_node.io.image import (
     DEFAULT_MAX_IMAGE_PIXELS,
     SUPPORTED_ENCODINGS,
     ImageConversionError,
@@ -371,7 +371,7 @@ def test_numpy_side_imports_and_runs_without_ros():
         "for name in ('rclpy', 'sensor_msgs', 'std_msgs', 'builtin_interfaces'):\n"
         "    sys.modules[name] = None\n"
         "import types, numpy as np\n"
-        "from vrs_node.ros.image import image_msg_to_rgb, overlay_mask\n"
+        "from vrs_node.io.image import image_msg_to_rgb, overlay_mask\n"
         "msg = types.SimpleNamespace(height=1, width=2, encoding='bgr8', step=6,\n"
         "                            data=bytes([1, 2, 3, 4, 5, 6]))\n"
         "rgb = image_msg_to_rgb(msg)\n"

@@ -38,7 +38,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header, String
 
-from vrs_node.ros.image import ns_to_stamp, rgb_to_msg, stamp_to_ns
+from vrs_node.io.image import ns_to_stamp, rgb_to_msg, stamp_to_ns
 
 SEQUENCES = ("blackswan", "car-shadow", "kite-surf", "motocross-jump")  # 180 frames, 854x480
 FRAMES, WIDTH, HEIGHT = 200, 854, 480

@@ -20,9 +20,10 @@ import pytest
 from conftest import DAVIS, REPO, make_grounder, make_tracker
 from PIL import Image
 
-from vrs_node.eval.bag import COMPRESSED, IMAGE, IMAGE_TOPIC, MASK_TOPIC, read_images, read_masks, topics, write_bag
+from vrs_node.eval.bag import COMPRESSED, IMAGE, IMAGE_TOPIC, read_images, read_masks, topics, write_bag
+from vrs_node.eval.bag import GROUND_TRUTH_MASK_TOPIC as GT_TOPIC
 from vrs_node.eval.replay import BAG_DIR, Prediction, run
-from vrs_node.eval.replay import MASK_TOPIC as PRED_TOPIC
+from vrs_node.eval.replay import PREDICTED_MASK_TOPIC as PRED_TOPIC
 
 FRAMES = 8
 BLACKSWAN = DAVIS / "blackswan"
@@ -57,7 +58,7 @@ def bag8(tmp_path_factory):
 
 
 def bag_args(bag, out, *extra):
-    return ["--bag", str(bag), "--gt-topic", MASK_TOPIC, "--out", str(out), *COMMON, *extra]
+    return ["--bag", str(bag), "--gt-topic", GT_TOPIC, "--out", str(out), *COMMON, *extra]
 
 
 # --- stream mode on a bag ------------------------------------------------------------------------
@@ -83,9 +84,9 @@ def test_a_bag_replays_end_to_end_in_stream_mode_reproducibly(bag8, tmp_path, ca
     # node's topic and the ground truth, each on its own topic with the input's type, the input stamps
     out_bag = seq_dir / BAG_DIR
     assert BAG_DIR == "masks_bag" and PRED_TOPIC == "/vrs/mask" and (out_bag / "metadata.yaml").is_file()
-    assert {t.name: t.msgtype for t in topics(out_bag)} == {IMAGE_TOPIC: IMAGE, PRED_TOPIC: IMAGE, MASK_TOPIC: IMAGE}
+    assert {t.name: t.msgtype for t in topics(out_bag)} == {IMAGE_TOPIC: IMAGE, PRED_TOPIC: IMAGE, GT_TOPIC: IMAGE}
     assert first["sequences"]["blackswan"]["bag"] == {"path": str(out_bag.resolve()), "topics": {
-        "frames": IMAGE_TOPIC, "masks": PRED_TOPIC, "ground_truth": MASK_TOPIC}}
+        "frames": IMAGE_TOPIC, "masks": PRED_TOPIC, "ground_truth": GT_TOPIC}}
     assert f"{seq_dir} (masks, frames.csv, overlay.mp4, masks_bag with the masks on /vrs/mask)" in printed
     predicted = list(read_masks(out_bag, PRED_TOPIC))
     assert [stamp for stamp, _, _ in predicted] == input_stamps
@@ -174,24 +175,24 @@ def test_output_names_a_bag_folder_without_bag_and_a_topic_per_message_type(tmp_
     compressed = tmp_path / "swan.bag"
     write_bag(compressed, BLACKSWAN / "JPEGImages", BLACKSWAN / "Annotations", compressed="jpeg",
               image_topic=IMAGE_TOPIC + "/compressed", limit=3)
-    summary = run(["--bag", str(compressed), "--image-topic", IMAGE_TOPIC + "/compressed", "--gt-topic", MASK_TOPIC,
+    summary = run(["--bag", str(compressed), "--image-topic", IMAGE_TOPIC + "/compressed", "--gt-topic", GT_TOPIC,
                    "--prompt", "gt-mask", "--out", str(tmp_path / "out"), "--quiet"], predictor=oracle)
     assert list(summary["sequences"]) == ["swan"] and sorted(p.name for p in (tmp_path / "out").iterdir()) == \
         ["plots", "summary.json", "swan"]
     out_bag = tmp_path / "out" / "swan" / BAG_DIR
-    assert {t.name: t.msgtype for t in topics(out_bag)} == {IMAGE_TOPIC: IMAGE, PRED_TOPIC: IMAGE, MASK_TOPIC: IMAGE}
+    assert {t.name: t.msgtype for t in topics(out_bag)} == {IMAGE_TOPIC: IMAGE, PRED_TOPIC: IMAGE, GT_TOPIC: IMAGE}
     decoded = [image for _, _, image in read_images(compressed, IMAGE_TOPIC + "/compressed")]
     assert all(np.array_equal(a, b) for (_, _, a), b in zip(read_images(out_bag, IMAGE_TOPIC), decoded, strict=True))
 
     raw = tmp_path / "raw"
     write_bag(raw, BLACKSWAN / "JPEGImages", BLACKSWAN / "Annotations", limit=3)
-    run(["--bag", str(raw), "--gt-topic", MASK_TOPIC, "--prompt", "gt-mask", "--bag-images", "jpeg",
+    run(["--bag", str(raw), "--gt-topic", GT_TOPIC, "--prompt", "gt-mask", "--bag-images", "jpeg",
          "--out", str(tmp_path / "out_jpeg"), "--quiet"], predictor=oracle)
     assert {t.name: t.msgtype for t in topics(tmp_path / "out_jpeg" / "raw" / BAG_DIR)} == \
-        {IMAGE_TOPIC + "/compressed": COMPRESSED, PRED_TOPIC: IMAGE, MASK_TOPIC: IMAGE}
+        {IMAGE_TOPIC + "/compressed": COMPRESSED, PRED_TOPIC: IMAGE, GT_TOPIC: IMAGE}
     with pytest.raises(SystemExit, match="bag topics must differ: {'frames': '/camera/image_raw', 'masks': "
                                          "'/camera/image_raw', 'ground_truth': '/camera/gt_mask'}"):
-        run(["--bag", str(raw), "--gt-topic", MASK_TOPIC, "--prompt", "gt-mask", "--mask-topic", IMAGE_TOPIC,
+        run(["--bag", str(raw), "--gt-topic", GT_TOPIC, "--prompt", "gt-mask", "--mask-topic", IMAGE_TOPIC,
              "--out", str(tmp_path / "clash"), "--quiet"], predictor=oracle)
 
 
@@ -213,7 +214,7 @@ def test_the_overlay_video_keeps_every_pixel_of_odd_sizes(tmp_path, width, heigh
         for frame in sequence.frames():
             yield Prediction(frame, np.zeros(frame.image.shape[:2], bool))
 
-    run(["--bag", str(tmp_path / "odd"), "--gt-topic", MASK_TOPIC, "--prompt", "gt-mask", "--out", str(tmp_path / "out"),
+    run(["--bag", str(tmp_path / "odd"), "--gt-topic", GT_TOPIC, "--prompt", "gt-mask", "--out", str(tmp_path / "out"),
          "--quiet"], predictor=empty)
     video = cv2.VideoCapture(str(tmp_path / "out" / "odd" / "overlay.mp4"))
     shown = [video.read()[1] for _ in range(3)]

@@ -18,7 +18,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
 import vrs_node.ros.node as node_module
-from vrs_node.ros.image import image_msg_to_rgb, overlay_mask, stamp_to_ns
+from vrs_node.io.image import image_msg_to_rgb, overlay_mask, stamp_to_ns
 from vrs_node.ros.node import VrsNode
 
 

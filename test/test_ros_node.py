@@ -12,7 +12,7 @@ from ros_harness import RELIABLE, frame_msg
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
-from vrs_node.ros.image import image_msg_to_rgb, stamp_to_ns
+from vrs_node.io.image import image_msg_to_rgb, stamp_to_ns
 from vrs_node.ros.node import VrsNode
 
 
@@ -95,7 +95,7 @@ def test_packaged_parameter_file_matches_the_declared_parameters(ros):
 
 
 def test_latched_instruction_reaches_a_late_node_and_every_frame_gets_a_mask(ros):
-    from vrs_node.ros.node import LATCHED
+    from vrs_node.ros.qos import LATCHED
 
     frames, _, _ = davis_sequence("blackswan", 8)
     rclpy_node = rclpy.create_node("vrs_test_instructor")

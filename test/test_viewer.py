@@ -18,7 +18,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
-from vrs_node.ros.image import ns_to_stamp, rgb_to_msg
+from vrs_node.io.image import ns_to_stamp, rgb_to_msg
 from vrs_node.ros.viewer import RateMeter, VideoSink, annotate
 
 RELIABLE_5 = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)  # as vrs-node publishes overlay/mask

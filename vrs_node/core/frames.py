@@ -6,8 +6,8 @@ ROS-free: numpy and the standard library only.
 - :class:`FrameWindow` is a thread-safe ring buffer of the most recent frames. Anything cached for a
   frame (image embeddings, CLIP scores, ...) lives in the window next to the frame and is dropped
   with it, so memory stays bounded by ``capacity``.
-- :func:`anchor_lattice` (VRS-HQ) and :func:`sparse_dense_sample` (VideoLISA) choose which frames of
-  a clip the MLLM sees.
+- :func:`anchor_lattice` (VRS-HQ: the dense frames) and :func:`sparse_sample` (VideoLISA: the
+  optional sparse frames) choose which frames of the window the MLLM sees.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class Frame:
 
     ``camera_hw`` is the camera frame's (height, width); ``height`` and ``width`` are those. The
     image may be smaller than the camera frame (a JPEG decoded at a reduced scale,
-    :func:`vrs_node.ros.image.compressed_msg_to_rgb`); prompts and masks are in camera pixels
+    :func:`vrs_node.io.image.compressed_msg_to_rgb`); prompts and masks are in camera pixels
     either way. Default (None): the image's own size.
 
     Frames compare and hash by identity (``eq=False``): comparing the pixel arrays field by field
@@ -137,11 +137,6 @@ class FrameWindow:
         with self._lock:
             return len(self._frames)
 
-    def __contains__(self, index: object) -> bool:
-        """Whether the frame with sequence number ``index`` is held."""
-        with self._lock:
-            return index in self._frames
-
     def _missing(self, index: int) -> KeyError:
         """KeyError naming ``index`` and the range held; call with the lock held."""
         if not self._frames:
@@ -151,14 +146,6 @@ class FrameWindow:
             f"frame {index} is not in the window (evicted or never appended; "
             f"held: {first}..{last})"
         )
-
-    def get(self, index: int) -> Frame:
-        """Return the frame with sequence number ``index``; KeyError if evicted or unknown."""
-        with self._lock:
-            try:
-                return self._frames[index]
-            except KeyError:
-                raise self._missing(index) from None
 
     @property
     def latest(self) -> Frame | None:
@@ -207,7 +194,12 @@ class FrameWindow:
             return sum(len(per_frame) for per_frame in self._features.values())
 
 
-def anchor_lattice(num_frames: int, anchor: int, max_frames: int = 11) -> list[int]:
+VRSHQ_MAX_DENSE_FRAMES = 11
+"""VRS-HQ's frame budget for the lattice: its hard-coded ``max_image_token = 12`` minus one
+(``sample_frames`` in ``model/VISA_multiseg_cliptree_bf16.py``)."""
+
+
+def anchor_lattice(num_frames: int, anchor: int, max_frames: int = VRSHQ_MAX_DENSE_FRAMES) -> list[int]:
     """VRS-HQ frame choice: the uniform lattice through the anchor frame.
 
     With T = ``num_frames``::
@@ -217,9 +209,7 @@ def anchor_lattice(num_frames: int, anchor: int, max_frames: int = 11) -> list[i
         indices = [start, start + step, start + 2·step, ...]   (all < T)
 
     The anchor is always included, at most ``max_frames`` indices are returned, and every frame
-    is returned when T ≤ ``max_frames``. VRS-HQ uses ``max_frames = 11``: its hard-coded
-    ``max_image_token = 12`` minus one (``sample_frames`` in
-    ``model/VISA_multiseg_cliptree_bf16.py``).
+    is returned when T ≤ ``max_frames``; VRS-HQ's is the default, :data:`VRSHQ_MAX_DENSE_FRAMES`.
     Example: T = 100, anchor 37 → step 10 → [7, 17, ..., 97].
 
     Raises ValueError unless T ≥ 1, 0 ≤ anchor < T and max_frames ≥ 1.
@@ -246,45 +236,19 @@ def _bin_centres(stop: int, num_bins: int) -> list[int]:
     return [(lo + hi - 1) // 2 for lo, hi in zip(edges[:-1], edges[1:])]
 
 
-def sparse_dense_sample(
-    num_frames: int, num_sparse: int = 32, num_dense: int = 4
-) -> tuple[list[int], list[int]]:
-    """VideoLISA Sparse-Dense Sampling: returns (sparse frame indices, dense positions).
-
-    With T = ``num_frames``, S = ``num_sparse``, D = ``num_dense`` and ``centres(n, k)`` the
-    middles of k integer bins over [0, n) (edges int(linspace(0, n, k + 1)), centre of
-    [e_i, e_{i+1} - 1] rounded down):
-
-    - sparse (absolute frame indices, sorted, always S of them):
-      T > S: ``centres(T, S)``;
-      T ≤ S: every frame ⌊S / T⌋ times plus ``centres(T, S mod T)``, sorted (repeats adjacent).
-    - dense (positions *within the sparse list*, not frame numbers; frame = sparse[d]):
-      ``centres(S - 1, D)``. For S = 32, D = 4: [3, 10, 18, 26]. Upstream's linspace stops at
-      S - 1 (not S), so the bins cover positions 0..S - 2 and the last sparse frame is never dense.
-
-    Example: T = 100 → sparse [1, 4, 7, 10, ..., 94, 97].
-
-    Reproduces ``uniform_sample``, ``get_sparse_indices`` and ``get_dense_indices`` in VideoLISA's
-    ``chat.py`` (L71-99; the same functions are in its ``evaluation/*/inference_*.py``), including
-    their float ``linspace`` edges (for S = 32 these equal the exact edges i·T/S rounded down, at
-    least for T ≤ 100 000; for S = 50 they do not always). VideoLISA's scripts use S = 32, D = 4
-    (the argparse default for S is 50). Interpretation: upstream does not validate arguments;
-    here T ≥ 1, S ≥ 1 and 1 ≤ D < S are required (ValueError otherwise), because with D ≥ S
-    upstream's dense bins become empty and yield invalid positions such as -1.
-    """
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    if num_sparse < 1:
-        raise ValueError(f"num_sparse must be >= 1, got {num_sparse}")
-    if not 1 <= num_dense < num_sparse:
-        raise ValueError(f"num_dense must be in [1, num_sparse={num_sparse}), got {num_dense}")
-    return sparse_sample(num_frames, num_sparse), _bin_centres(num_sparse - 1, num_dense)
-
-
 def sparse_sample(num_frames: int, num_sparse: int) -> list[int]:
-    """The sparse half of :func:`sparse_dense_sample`: ``num_sparse`` frame indices over
-    [0, ``num_frames``), sorted (T > S: bin centres; T ≤ S: every frame ⌊S / T⌋ times plus
-    the centres of S mod T bins)."""
+    """VideoLISA's sparse sampling: ``num_sparse`` frame indices over [0, ``num_frames``), sorted.
+
+    With T = ``num_frames``, S = ``num_sparse`` and ``centres(n, k)`` the middles of k integer bins
+    over [0, n) (:func:`_bin_centres`): T > S: ``centres(T, S)``; T ≤ S: every frame ⌊S / T⌋
+    times plus ``centres(T, S mod T)``, sorted (repeats adjacent). Example: T = 100, S = 32 →
+    [1, 4, 7, 10, ..., 94, 97].
+
+    Reproduces ``uniform_sample`` and ``get_sparse_indices`` in VideoLISA's ``chat.py`` (L71-99),
+    including their float ``linspace`` edges (for S = 32 these equal the exact edges i·T/S rounded
+    down, at least for T ≤ 100 000; for S = 50 they do not always). VideoLISA's scripts use S = 32.
+    Raises ValueError unless T ≥ 1 and S ≥ 1 (upstream does not validate).
+    """
     if num_frames < 1 or num_sparse < 1:
         raise ValueError(f"need num_frames >= 1 and num_sparse >= 1, got {num_frames}, {num_sparse}")
     if num_frames > num_sparse:

@@ -4,7 +4,7 @@ The VRS-HQ inference pipeline (REFERENCE_VRSHQ_VIDEOLISA.md §1.2-1.9) made caus
 window of recent frames:
 
 1. CLIP anchor: anchor = argmax_t cos(CLIP-336 image_t, CLIP text) over the window's frames;
-2. dense frames = the VRS-HQ lattice through the anchor (≤ 11 frames, one ``[SEG]`` each);
+2. dense frames = the VRS-HQ lattice through the anchor (≤ ``max_dense_frames``, one ``[SEG]`` each);
    optional sparse frames = VideoLISA's uniform sparse sample of the whole window (one pooled
    token each; 0 by default, which is VRS-HQ's input exactly);
 3. one MLLM prefill -> per-dense-frame SEG tokens and the TAK token;
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from vrs_node.core.frames import Frame, FrameWindow, anchor_lattice, sparse_sample
+from vrs_node.core.frames import VRSHQ_MAX_DENSE_FRAMES, Frame, FrameWindow, anchor_lattice, sparse_sample
 from vrs_node.core.grounding import TDA_ALPHA, select_keyframe, temporal_dynamic_aggregation
 from vrs_node.core.tracker import FrameFeatures, StreamingTracker, TrackResult
 from vrs_node.models.clip_anchor import ClipAnchorScorer
@@ -42,10 +42,10 @@ MLLM_KEY = "mllm_tokens"
 
 @dataclass(frozen=True)
 class GrounderConfig:
-    """``max_dense_frames``: VRS-HQ's lattice budget (11); ``sparse_frames``: pooled context frames
-    (0 = VRS-HQ's input); ``tda_alpha``: TDA's alpha."""
+    """``max_dense_frames``: the lattice budget (VRS-HQ's, :data:`VRSHQ_MAX_DENSE_FRAMES`, by
+    default); ``sparse_frames``: pooled context frames (0 = VRS-HQ's input); ``tda_alpha``: TDA's alpha."""
 
-    max_dense_frames: int = 11
+    max_dense_frames: int = VRSHQ_MAX_DENSE_FRAMES
     sparse_frames: int = 0
     tda_alpha: float = TDA_ALPHA
 

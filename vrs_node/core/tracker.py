@@ -41,9 +41,6 @@ import torch.nn.functional as F
 from vrs_node.core.frames import camera_size, check_image
 from vrs_node.models.sam2_build import FILL_HOLE_AREA, SamImageTransform
 
-NO_OBJ_SCORE = -1024.0
-"""Logit SAM-2 writes into every mask pixel of a frame whose object score is <= 0."""
-
 HOLE_FILL_LOGIT = 0.1
 """Logit a filled hole gets (``sam2.utils.misc.fill_holes_in_mask_scores``)."""
 
@@ -155,7 +152,7 @@ class TrackResult:
     """One frame's SAM-2 output: low-res mask logits (1 x 1 x S/4 x S/4) and the object-score logit.
 
     The object-score (occlusion) logit > 0 means "target visible"; when it is <= 0 SAM-2 has
-    already set every mask logit to ``NO_OBJ_SCORE``.
+    already set every mask logit to ``sam2.modeling.sam2_base.NO_OBJ_SCORE``.
     """
 
     low_res_logits: torch.Tensor
@@ -432,6 +429,8 @@ class StreamingTracker:
         token appended after the prompt encoder's two padding points; the image feature is the
         top level + ``no_mem_embed`` (no memory), dense prompt = ``no_mask_embed``.
         """
+        from sam2.modeling.sam2_base import NO_OBJ_SCORE  # lazy, as in models/: importing sam2 starts hydra
+
         model = self.model
         token = token.reshape(1, 1, -1).to(self.device)
         pix = model._prepare_memory_conditioned_features(

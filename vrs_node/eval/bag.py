@@ -9,14 +9,14 @@ Bags written here (:func:`write_bag`):
   ``sensor_msgs/msg/CompressedImage`` (``format`` ``"jpeg"`` or ``"png"``; a frame file already in
   that format is stored byte for byte, anything else is encoded with OpenCV);
 - optionally a ground-truth mask topic: ``sensor_msgs/msg/Image`` ``mono8``, 0 = background,
-  255 = object (the convention of :func:`vrs_node.ros.image.mask_to_msg`), for the frames that have
+  255 = object (the convention of :func:`vrs_node.io.image.mask_to_msg`), for the frames that have
   a mask PNG of the same stem;
 - frame i (0-based) has header stamp and bag time ``start_ns + round(i · 1e9 / rate_hz)`` ns
   (nearest, ties to even); a mask has the stamp and ``frame_id`` of its frame.
 
 Reading (:func:`read_images`, :func:`read_masks`): ``Image`` with the encodings of
-:data:`vrs_node.ros.image.SUPPORTED_ENCODINGS` (row padding given by ``step`` skipped) is decoded by
-:func:`vrs_node.ros.image.image_msg_to_rgb`, which is duck-typed and works on the messages
+:data:`vrs_node.io.image.SUPPORTED_ENCODINGS` (row padding given by ``step`` skipped) is decoded by
+:func:`vrs_node.io.image.image_msg_to_rgb`, which is duck-typed and works on the messages
 ``rosbags`` deserialises; ``CompressedImage`` is decoded by ``cv2.imdecode``, whatever its
 ``format`` string says. A bag is a rosbag2 folder (with ``metadata.yaml``) or one ``.mcap``/``.db3``
 storage file. Every failure to open or decode a bag, and a missing topic, raises :class:`BagError`
@@ -41,14 +41,16 @@ from rosbags.typesys import Stores, get_typestore
 from tqdm import tqdm
 
 from vrs_node.eval.datasets import image_files, read_label_png, read_rgb
-from vrs_node.ros.image import ImageConversionError, image_msg_to_rgb, stamp_to_ns
+from vrs_node.io.image import ImageConversionError, image_msg_to_rgb, stamp_to_ns
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED = "sensor_msgs/msg/CompressedImage"
 STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 COMPRESSED_FORMATS = {"jpeg": (".jpg", ".jpeg"), "png": (".png",)}
 IMAGE_TOPIC = "/camera/image_raw"
-MASK_TOPIC = "/camera/gt_mask"
+GROUND_TRUTH_MASK_TOPIC = "/camera/gt_mask"
+"""Default topic of the ground-truth masks in a bag (the predicted ones: ``vrs_node.eval.replay``'s
+``PREDICTED_MASK_TOPIC``)."""
 START_NS = 1_700_000_000_000_000_000
 """Default stamp of the first frame (2023-11-14T22:13:20Z), as ``vrs-demo`` uses."""
 
@@ -235,7 +237,7 @@ def write_bag(
     rate_hz: float = 30.0,
     compressed: str | None = None,
     image_topic: str = IMAGE_TOPIC,
-    mask_topic: str = MASK_TOPIC,
+    mask_topic: str = GROUND_TRUTH_MASK_TOPIC,
     frame_id: str = "camera",
     start_ns: int = START_NS,
     limit: int = 0,
@@ -339,7 +341,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     make.add_argument("--compressed", nargs="?", const="jpeg", choices=tuple(COMPRESSED_FORMATS),
                       help="write sensor_msgs/CompressedImage (jpeg if no format given) instead of Image rgb8")
     make.add_argument("--topic", help=f"image topic (default {IMAGE_TOPIC}, + /compressed when compressed)")
-    make.add_argument("--mask-topic", default=MASK_TOPIC)
+    make.add_argument("--mask-topic", default=GROUND_TRUTH_MASK_TOPIC)
     make.add_argument("--frame-id", default="camera")
     make.add_argument("--start-ns", type=int, default=START_NS, help="stamp of the first frame in ns")
     make.add_argument("--limit", type=int, default=0, help="only the first N frames (0 = all)")

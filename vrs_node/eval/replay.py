@@ -84,6 +84,7 @@ from vrs_node.eval.bag import BagError
 from vrs_node.eval.metrics import (BOUND_TH, JF, boundary_measure, davis_statistics, davis_summary,
                                    region_similarity, summarize_expressions)
 from vrs_node.eval.report import format_report, write_plots
+from vrs_node.io.image import overlay_mask
 from vrs_node.models.prompt import clean_instruction
 
 if TYPE_CHECKING:  # torch-side imports stay lazy: errors and --help answer without loading torch
@@ -92,8 +93,9 @@ if TYPE_CHECKING:  # torch-side imports stay lazy: errors and --help answer with
     from vrs_node.core.tracker import Prompt, StreamingTracker
 
 PROMPTS = ("instruction", "gt-box", "gt-mask")
-MODES = ("stream", "realtime", "offline")
-MASK_TOPIC = "/vrs/mask"
+REPLAY_MODES = ("stream", "realtime", "offline")
+"""``--mode`` choices (the module docstring says what each does); not the engine's own modes."""
+PREDICTED_MASK_TOPIC = "/vrs/mask"
 """Default topic of the predicted masks in the output bag: ``vrs-node``'s ``mask`` in the namespace
 ``vrs`` of ``launch/vrs.launch.py``."""
 BAG_DIR = "masks_bag"
@@ -547,10 +549,8 @@ class OfflinePredictor(_ModelPredictor):
         feats = [window.get_feature(i, SAM2_KEY) for i in range(len(frames))]  # fresh window: index = position
         info: dict = {"window_frames": len(frames)}
         if self.prompt == "instruction":
-            from vrs_node.models.prompt import clean_instruction as clean
-
             start = time.perf_counter()
-            grounding = self.models.grounder.ground(window, clean(self._instruction(seq)))
+            grounding = self.models.grounder.ground(window, clean_instruction(self._instruction(seq)))
             info.update(queries=1, query_latency_ms=[round((time.perf_counter() - start) * 1e3, 2)],
                         keyframes=[grounding.keyframe], anchor=grounding.anchor,
                         dense_frames=grounding.dense_frames, keyframe_object_score=grounding.object_score)
@@ -639,8 +639,6 @@ class _MaskBag:
 
 def overlay_frame(image: np.ndarray, mask: np.ndarray, gt: np.ndarray | None) -> np.ndarray:
     """RGB frame with the prediction blended in red and the ground-truth contour in green."""
-    from vrs_node.ros.image import overlay_mask
-
     shown = overlay_mask(image, _resize_mask(mask, image.shape[:2])) if mask.any() else image.copy()
     if gt is not None and gt.any():
         contours, _ = cv2.findContours(_resize_mask(gt, image.shape[:2]).view(np.uint8), cv2.RETR_EXTERNAL,
@@ -676,9 +674,9 @@ def _stats(values: Sequence[float]) -> dict:
 
 
 def run_sequence(seq: ReplaySequence, predictor: Predictor, out_dir: Path | str, *,
-                 image_topic: str = bagio.IMAGE_TOPIC, mask_topic: str = MASK_TOPIC,
-                 gt_topic: str | None = bagio.MASK_TOPIC, bag_storage: str = "mcap", bag_images: str = "raw",
-                 bound_th: float = BOUND_TH, progress: bool = True) -> tuple[dict, list[dict]]:
+                 image_topic: str = bagio.IMAGE_TOPIC, mask_topic: str = PREDICTED_MASK_TOPIC,
+                 gt_topic: str | None = bagio.GROUND_TRUTH_MASK_TOPIC, bag_storage: str = "mcap",
+                 bag_images: str = "raw", bound_th: float = BOUND_TH, progress: bool = True) -> tuple[dict, list[dict]]:
     """Replay one sequence through ``predictor``; write and score its output.
 
     Every frame gets: its mask PNG (0/255, at the ground-truth resolution ``seq.gt_hw``, else camera
@@ -876,7 +874,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     source.add_argument("--limit", type=int, default=0, help="only the first N frames of each sequence (0 = all)")
     parser.add_argument("--prompt", choices=PROMPTS, default="instruction", help="what tells the target (default instruction)")
     parser.add_argument("--instruction", help="the instruction for --bag with --prompt instruction")
-    parser.add_argument("--mode", choices=MODES, default="stream", help="stream (default), realtime or offline")
+    parser.add_argument("--mode", choices=REPLAY_MODES, default="stream", help="stream (default), realtime or offline")
     parser.add_argument("--speed", type=float, default=1.0, help="realtime: replay speed factor (2 = twice as fast)")
     model = parser.add_argument_group("model and engine")
     model.add_argument("--profile", default="tiny-random", help="model profile (default %(default)s)")
@@ -898,7 +896,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--max-catchup-frames", type=int, default=16, help="frames tracked when catching up")
     output = parser.add_argument_group("output")
     output.add_argument("--out", type=Path, default=Path("out/replay"), help="output folder (default %(default)s)")
-    output.add_argument("--mask-topic", default=MASK_TOPIC,
+    output.add_argument("--mask-topic", default=PREDICTED_MASK_TOPIC,
                         help=f"topic of the predicted masks in <out>/<sequence>/{BAG_DIR}/, a rosbag2 folder "
                              "(default %(default)s, as vrs-node publishes them under launch/vrs.launch.py)")
     output.add_argument("--bag-storage", choices=tuple(bagio.STORAGES), default="mcap")
@@ -966,7 +964,7 @@ def replay(args: argparse.Namespace, predictor: Predictor | None = None) -> dict
         meta.update(profile=getattr(predictor, "name", getattr(predictor, "__name__", type(predictor).__name__)))
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    gt_topic = args.gt_topic or bagio.MASK_TOPIC
+    gt_topic = args.gt_topic or bagio.GROUND_TRUTH_MASK_TOPIC
     results, per_frame = {}, {}
     for seq in tqdm(sequences, desc="sequences", unit="seq", disable=args.quiet or len(sequences) < 2):
         if args.prompt == "instruction" and not seq.instruction:

@@ -37,7 +37,7 @@ from vrs_node.models.quantize import check_supported, move_reasoner, quantize_re
 from vrs_node.models.sam2_compile import DEFAULT_MODE as DEFAULT_COMPILE_MODE
 from vrs_node.models.sam2_compile import compile_sam2
 from vrs_node.models.sam2_build import Sam2Spec, SamImageTransform, build_sam2_model
-from vrs_node.models.tokenizer import byte_tokenizer
+from vrs_node.models.tokenizer import HF_REPO, byte_tokenizer
 from vrs_node.models.vrshq_checkpoint import load_vrshq_checkpoint
 
 
@@ -229,7 +229,7 @@ def load_models(profile: ModelProfile, device: str | torch.device = "cpu", image
     else:
         if not vrshq_checkpoint:
             raise ValueError(f"profile {profile.name!r} needs vrshq_checkpoint: the directory of the released "
-                             "VRS-HQ weights (Hugging Face SitongGong/VRS-HQ)")
+                             f"VRS-HQ weights (Hugging Face {HF_REPO})")
         ckpt = load_vrshq_checkpoint(vrshq_checkpoint, device=build_on, dtype=PRECISIONS[name],
                                      sam2_image_size=image_size)
         spec = ckpt.sam2_spec  # recognised from the weights

@@ -80,6 +80,8 @@ from vrs_node.models.prompt import SEG_TOKEN, TAK_TOKEN
 BYTE_SPECIALS = ("<unk>", "<s>", "</s>", SEG_TOKEN, TAK_TOKEN)
 SPIECE_UNDERLINE = "\u2581"
 HF_REPO = "SitongGong/VRS-HQ"
+"""The Hugging Face repository of the released VRS-HQ checkpoint (tokenizer files and weights);
+here rather than in vrshq_checkpoint.py, which imports this module."""
 # transformers' special-token attributes, in its order (which decides whose strip flags count, rule 4)
 SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token",
                 "additional_special_tokens")

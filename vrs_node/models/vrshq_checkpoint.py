@@ -74,11 +74,10 @@ from vrs_node.models.precision import resolve_precision
 from vrs_node.models.prompt import SEG_TOKEN, TAK_TOKEN
 from vrs_node.models.sam2_build import Sam2Spec, build_sam2_model
 from vrs_node.models.sam2_variant import infer_sam2_spec
-from vrs_node.models.tokenizer import load_vrshq_tokenizer
+from vrs_node.models.tokenizer import HF_REPO, load_vrshq_tokenizer
 
 log = logging.getLogger(__name__)
 
-HF_REPO = "SitongGong/VRS-HQ"
 CLIP_L14_224 = "openai/clip-vit-large-patch14"
 INDEX_FILE = "pytorch_model.bin.index.json"
 SINGLE_FILE = "pytorch_model.bin"

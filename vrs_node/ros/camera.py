@@ -43,12 +43,13 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import qos_profile_sensor_data
 from rclpy.utilities import remove_ros_args
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 from vrs_node.ros.cli import ros_command
+from vrs_node.ros.qos import RELIABLE_5
 
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 ENCODINGS = ("rgb8", "bgr8")
@@ -172,8 +173,7 @@ class CameraNode(Node):
             raise SourceError(f"rate {rate} Hz is outside [0, 1000] (0 = the source's own rate)")
         self.frames = FrameSource(get("source"))
         self.rate = rate or self.frames.native_rate or DEFAULT_RATE_HZ
-        qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE) if get("reliable") \
-            else qos_profile_sensor_data
+        qos = RELIABLE_5 if get("reliable") else qos_profile_sensor_data
         self.publisher = self.create_publisher(Image, "image", qos)
         self.published, self.done, self.error = 0, False, None
         self._first_published_at = None  # the rate is measured from the first frame, after any wait

@@ -27,9 +27,10 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header, String
 from tqdm import tqdm
 
+from vrs_node.io.image import image_msg_to_rgb, ns_to_stamp, overlay_mask, rgb_to_msg, stamp_to_ns
 from vrs_node.ros.cli import ros_command
-from vrs_node.ros.image import image_msg_to_rgb, ns_to_stamp, overlay_mask, rgb_to_msg, stamp_to_ns
-from vrs_node.ros.node import LATCHED, VrsNode
+from vrs_node.ros.node import VrsNode
+from vrs_node.ros.qos import LATCHED
 
 
 def _sample_dir() -> Path:

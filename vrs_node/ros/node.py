@@ -63,8 +63,7 @@ from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallba
 from rclpy.exceptions import ParameterException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
-from rclpy.qos import (DurabilityPolicy, QoSPolicyKind, QoSProfile, ReliabilityPolicy, qos_policy_name_from_kind,
-                       qos_profile_sensor_data)
+from rclpy.qos import QoSPolicyKind, qos_policy_name_from_kind, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.utilities import remove_ros_args
 from sensor_msgs.msg import CompressedImage, Image
@@ -75,16 +74,14 @@ from vrs_node.core.engine import MODES, EngineConfig, FrameResult, QueryReport, 
 from vrs_node.core.grounder import Grounder, GrounderConfig
 from vrs_node.core.prompt_json import DEFAULT_MAX_PROMPT_POINTS, PromptRefused, prompt_from_json, short
 from vrs_node.core.tracker import StreamingTracker
+from vrs_node.io.image import (DEFAULT_MAX_IMAGE_PIXELS, ImageConversionError, compressed_msg_to_rgb,
+                               image_msg_to_rgb, mask_to_msg, ns_to_stamp, overlay_mask, rgb_to_msg, stamp_to_ns)
 from vrs_node.models.profiles import (LoadedModels, get_profile, load_models, release_accelerator_memory,
                                       resolve_device)
 from vrs_node.ros.cli import ros_command
 from vrs_node.ros.diagnostics import HealthMonitor
-from vrs_node.ros.image import (DEFAULT_MAX_IMAGE_PIXELS, ImageConversionError, compressed_msg_to_rgb,
-                                image_msg_to_rgb, mask_to_msg, ns_to_stamp, overlay_mask, rgb_to_msg, stamp_to_ns)
+from vrs_node.ros.qos import LATCHED, RELIABLE_5
 
-RELIABLE_5 = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
-LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-"""QoS of the ``instruction`` topic: the last instruction reaches subscribers that start later."""
 RUNTIME_ENGINE_PARAMETERS = ("score_threshold", "period_s", "lost_after_frames")
 DIAGNOSTICS_PERIOD_S = 1.0
 IMAGE_TRANSPORTS = ("raw", "compressed")
@@ -365,11 +362,11 @@ class _VrsInterface:
         self._apply_instruction(msg.data)
 
     def _on_image(self, msg) -> None:
-        """Convert and push a camera frame; a refused one (``vrs_node.ros.image``, images above
+        """Convert and push a camera frame; a refused one (``vrs_node.io.image``, images above
         ``max_image_pixels`` included) gets an error status with its stamp and reason.
 
         A JPEG is decoded at the smallest reduced scale that still covers SAM-2's input
-        (:func:`~vrs_node.ros.image.compressed_msg_to_rgb` with the transform's ``valid_size``)
+        (:func:`~vrs_node.io.image.compressed_msg_to_rgb` with the transform's ``valid_size``)
         and pushed with the camera size from its header, so masks stay at camera size; while the
         ``overlay`` topic has subscribers it is decoded at full size (the overlay blends the mask
         into the full image)."""

@@ -4,7 +4,7 @@ Why: a pip-installed ROS 2 (``ros-kilted-rclpy`` and friends, see ``requirements
 ``rqt_image_view`` and no ``ros2`` CLI, so without this there is no way to look at the node's
 ``overlay``/``mask`` output or at a camera topic. ``vrs-view`` needs only rclpy and OpenCV.
 
-It subscribes to TOPIC and, for every frame (any encoding ``vrs_node.ros.image.image_msg_to_rgb``
+It subscribes to TOPIC and, for every frame (any encoding ``vrs_node.io.image.image_msg_to_rgb``
 decodes: rgb8, bgr8, rgba8, bgra8, mono8):
 
 - shows it in an OpenCV window titled with the (resolved) topic, the header stamp and the
@@ -58,13 +58,14 @@ import numpy as np  # noqa: E402 (and the imports below)
 import rclpy
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_policy_name_from_kind, qos_profile_sensor_data
+from rclpy.qos import qos_policy_name_from_kind, qos_profile_sensor_data
 from rclpy.utilities import remove_ros_args
 from sensor_msgs.msg import Image
 from tqdm import tqdm
 
+from vrs_node.io.image import ImageConversionError, image_msg_to_rgb, stamp_to_ns
 from vrs_node.ros.cli import ros_command
-from vrs_node.ros.image import ImageConversionError, image_msg_to_rgb, stamp_to_ns
+from vrs_node.ros.qos import RELIABLE_5
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".avi")
 QUIT_KEYS = (ord("q"), 27)  # q, Esc
@@ -192,8 +193,7 @@ class ViewerNode(Node):
     def __init__(self, topic: str, best_effort: bool, limit: int, show: bool, sink: VideoSink | None):
         super().__init__(f"vrs_view_{os.getpid()}")  # several viewers may run at once
         self.limit, self.sink = limit, sink
-        qos = copy.copy(qos_profile_sensor_data) if best_effort else \
-            QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+        qos = copy.copy(qos_profile_sensor_data) if best_effort else RELIABLE_5
         self.subscription = self.create_subscription(
             Image, topic, self._on_image, qos,
             event_callbacks=SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos))

@@ -1,0 +1,35 @@
+"""Helpers the bench scripts share: the DAVIS-2016 sample frames and a mask's box.
+
+The DAVIS data lives in ``../shared/data/davis2016`` beside the repository; ``VRS_DAVIS_DIR``
+overrides it, as it does for the tests. Bench scripts import this module as ``common`` (the
+script's own folder is first on ``sys.path``); they never import from ``test/``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DAVIS = Path(os.environ.get("VRS_DAVIS_DIR", REPO.parent / "shared" / "data" / "davis2016"))
+"""Root of the DAVIS-2016 sample: one ``<sequence>/JPEGImages`` and ``<sequence>/Annotations`` each."""
+
+
+def davis_sequence(name: str = "blackswan", count: int | None = None):
+    """(RGB frames, GT masks as bool, frame paths) of the first ``count`` (None: all) frames of a
+    DAVIS-2016 sequence under :data:`DAVIS`, read by :func:`vrs_node.eval.datasets.load_davis`
+    (FileNotFoundError naming the folder when it has no frames)."""
+    # lazy: device_check.py uses only box_of, on a machine without the datasets' pycocotools
+    from vrs_node.eval.datasets import load_davis
+
+    sample = load_davis(DAVIS, [name])[0]
+    paths = list(sample.frame_paths[:count])
+    return [sample.image(i) for i in range(len(paths))], [sample.labels(i) > 0 for i in range(len(paths))], paths
+
+
+def box_of(mask: np.ndarray) -> tuple[float, float, float, float]:
+    """Tight (x0, y0, x1, y1) box of a non-empty binary mask, in pixels."""
+    ys, xs = np.nonzero(mask)
+    return float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())
