@@ -16,21 +16,14 @@ checked when it is set (:meth:`StreamingEngine.set_prompt`: a refusal changes no
 prompt, and while the object score is <= ``score_threshold``, the mask is empty and the result says why.
 
 An instruction (``set_instruction``, needs a :class:`Grounder`) is grounded by queries over the
-window: one at once, one every ``period_s`` of stamp time, and one when the object score has been
-<= ``score_threshold`` for ``lost_after_frames`` processed frames. A finished query becomes a mask
-prompt on its keyframe (a past frame: the tracker catches up). The first query of an instruction
-starts a new target (the tracker's memory is reset); later ones add a conditioning frame, so the
-last ``max_cond_frames`` keyframes stay in memory. In sync mode a due query runs inside ``push``
-before the frame is tracked (reproducible); in live mode it runs on its own thread and the
-tracking thread never waits for it (a query waits for the first encoded frame). Triggers that
-fire while a query runs are dropped, except an instruction change, which runs next; the answer of
-a query for a superseded instruction is discarded. A failed query (any exception of the grounder,
-``torch.OutOfMemoryError`` included) is reported (``on_query``, ``stats.query_errors``, and in the
-reason of the frames still waiting) and retried at the next trigger: the next periodic one, or,
-while no target is tracked, after ``lost_after_frames`` more frames (frames still waiting for a
-grounding after a failed query count as frames without the target). Tracking goes on meanwhile.
-A frame whose processing raises (the image encoder, the tracker) gets an empty mask with status
-``error`` and the exception as its reason; the next frame is processed as usual.
+window, scheduled as :mod:`vrs_node.core.queries` says: in sync mode a due query runs inside
+``push`` before the frame is tracked, in live mode on its own thread; a failed one is retried, and
+its error is in the reason of the frames still waiting. A finished query becomes a mask prompt on
+its keyframe (a past frame: the tracker catches up). The first query of an instruction starts a
+new target (the tracker's memory is reset); later ones add a conditioning frame, so the last
+``max_cond_frames`` keyframes stay in memory. A frame whose processing raises (the image encoder,
+the tracker) gets an empty mask with status ``error`` and the exception as its reason; the next
+frame is processed as usual.
 
 Stream discontinuities are handled, not refused, and each is reported in the ``notice`` of the
 frame where it is seen (and logged):
@@ -67,8 +60,10 @@ import numpy as np
 from vrs_node.core.frames import Frame, FrameWindow, camera_size, check_image
 from vrs_node.core.grounder import SAM2_KEY, Grounder, Grounding
 from vrs_node.core.prompt_json import fit_to_image
+from vrs_node.core.queries import QueryReport, QueryScheduler
+from vrs_node.core.queries import TRIGGER_INSTRUCTION, TRIGGER_LOST, TRIGGER_PERIOD  # noqa: F401 (re-exported)
 from vrs_node.core.tracker import FrameFeatures, PointsPrompt, Prompt, StreamingTracker, TokenPrompt
-from vrs_node.models.prompt import Instruction, clean_instruction
+from vrs_node.models.prompt import Instruction
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +76,6 @@ STATUS_GROUNDING = "grounding"
 MODES = ("sync", "live")
 TIME_JUMP_BACK_S = 1.0
 """A stamp this much earlier than the previous frame's starts a new timeline (module docstring)."""
-
-TRIGGER_INSTRUCTION = "instruction"
-TRIGGER_PERIOD = "period"
-TRIGGER_LOST = "lost"
 
 
 @dataclass(frozen=True)
@@ -151,19 +142,6 @@ class EngineStats:
     resolution_changes: int = 0
 
 
-@dataclass(frozen=True)
-class QueryReport:
-    """One finished grounding query: why it ran (``TRIGGER_*``), its ``grounding`` or ``error``,
-    its duration, and whether its answer was applied (False when the instruction changed meanwhile)."""
-
-    instruction: Instruction
-    trigger: str
-    grounding: Grounding | None
-    error: str | None
-    latency_s: float
-    applied: bool
-
-
 @dataclass
 class _PendingPrompt:
     """A prompt waiting for the next processed frame; ``keyframe`` carries a grounding's keyframe
@@ -174,24 +152,6 @@ class _PendingPrompt:
     stamp_ns: int | None = None
     keyframe: FrameFeatures | None = None
     new_target: bool = True
-
-
-@dataclass
-class _QueryState:
-    """The instruction and the query schedule (guarded by ``cond``)."""
-
-    instruction: Instruction | None = None
-    generation: int = 0
-    due: str | None = None
-    running: bool = False
-    grounded: bool = False
-    last_stamp_ns: int | None = None
-    lost_frames: int = 0
-    last_error: str | None = None
-    started: float | None = None
-    frames_seen: bool = False
-    closed: bool = False
-    cond: threading.Condition = field(default_factory=threading.Condition)
 
 
 @dataclass
@@ -238,18 +198,18 @@ class StreamingEngine:
         self.window = FrameWindow(config.window_frames)
         self.stats = EngineStats()
         self._on_result = on_result
-        self._on_query = on_query
         self._prompt_lock = threading.Lock()
         self._pending: _PendingPrompt | None = None
         self._slot = _Slot()
-        self._query = _QueryState()
+        self._queries = QueryScheduler(grounder, self.window, lambda: self.config, self.stats,
+                                       self._apply_grounding, on_query)
         self._workers: list[threading.Thread] = []
         if config.mode == "live":
             self._workers.append(threading.Thread(target=self._run_live, name="vrs-tracking", daemon=True))
-            if grounder is not None:
-                self._workers.append(threading.Thread(target=self._run_queries, name="vrs-grounding", daemon=True))
-            for worker in self._workers:
-                worker.start()
+            self._workers[0].start()
+            grounding = self._queries.start()
+            if grounding is not None:
+                self._workers.append(grounding)
 
     def set_prompt(self, prompt: Prompt, frame_index: int | None = None, stamp_ns: int | None = None,
                    new_target: bool = True) -> str:
@@ -279,26 +239,16 @@ class StreamingEngine:
         notice = ""
         if isinstance(prompt, PointsPrompt) and frame is not None:
             prompt, notice = fit_to_image(prompt, frame.width, frame.height)
-        self._forget_instruction()
+        self._queries.forget()
         with self._prompt_lock:
             self._pending = _PendingPrompt(prompt, frame_index, stamp_ns, new_target=new_target)
         return notice
 
     def set_instruction(self, text: str) -> Instruction:
         """Follow ``text``: normalised and neutralised (ValueError if empty or too long), then
-        grounded by a query at once and re-grounded as the module docstring says. The current
+        grounded by a query at once and re-grounded as :mod:`vrs_node.core.queries` says. The current
         target is dropped: frames report ``grounding`` until the first answer."""
-        if self.grounder is None:
-            raise RuntimeError("this engine has no grounder (MLLM): it cannot follow instructions; "
-                               "use a model profile with language grounding")
-        instruction = clean_instruction(text)
-        self.grounder.text_embedding(instruction)  # fail here, not later, on a bad text model
-        with self._query.cond:
-            q = self._query
-            q.instruction, q.generation, q.grounded = instruction, q.generation + 1, False
-            q.lost_frames, q.last_stamp_ns, q.last_error = 0, None, None
-            q.due = TRIGGER_INSTRUCTION
-            q.cond.notify_all()
+        instruction = self._queries.follow(text)
         with self._prompt_lock:  # the old target is not what the new instruction asks for
             self._pending = _PendingPrompt(None)
         return instruction
@@ -306,21 +256,17 @@ class StreamingEngine:
     @property
     def instruction(self) -> Instruction | None:
         """The instruction being followed (None when there is none)."""
-        with self._query.cond:
-            return self._query.instruction
+        return self._queries.instruction
 
     @property
     def query_running(self) -> bool:
         """True while a grounding query is due or running."""
-        with self._query.cond:
-            return self._query.running or self._query.due is not None
+        return self._queries.running
 
     @property
     def query_elapsed_s(self) -> float | None:
         """Seconds the grounding query in progress has been running (None when none runs)."""
-        with self._query.cond:
-            started = self._query.started
-        return None if started is None else time.perf_counter() - started
+        return self._queries.elapsed_s
 
     @property
     def prompt_pending(self) -> bool:
@@ -331,14 +277,15 @@ class StreamingEngine:
     def clear_prompt(self) -> None:
         """Forget the target and the instruction: results are empty with status ``no_prompt``
         until the next prompt or instruction."""
-        self._forget_instruction()
+        self._queries.forget()
         with self._prompt_lock:
             self._pending = _PendingPrompt(None)
 
-    def _forget_instruction(self) -> None:
-        with self._query.cond:
-            q = self._query
-            q.instruction, q.generation, q.due, q.grounded = None, q.generation + 1, None, False
+    def _apply_grounding(self, grounding: Grounding, new_target: bool) -> None:
+        """The scheduler's answer becomes the pending prompt on its keyframe."""
+        with self._prompt_lock:
+            self._pending = _PendingPrompt(TokenPrompt(grounding.token), grounding.keyframe,
+                                           keyframe=grounding.keyframe_features, new_target=new_target)
 
     def push(self, image: np.ndarray, stamp_ns: int, frame_id: str = "",
              camera_hw: tuple[int, int] | None = None) -> FrameResult | None:
@@ -367,9 +314,7 @@ class StreamingEngine:
         with self._slot.cond:
             self._slot.closed = True
             self._slot.cond.notify()
-        with self._query.cond:
-            self._query.closed = True
-            self._query.cond.notify_all()
+        self._queries.stop()
         for worker in self._workers:
             worker.join(timeout_s)
 
@@ -387,101 +332,13 @@ class StreamingEngine:
             except Exception:  # a failing consumer must not stop tracking
                 log.exception("on_result callback failed")
 
-    def _run_queries(self) -> None:
-        """Live mode's grounding thread: run each due query, one at a time, once a frame is in."""
-        while True:
-            with self._query.cond:
-                while (self._query.due is None or not self._query.frames_seen) and not self._query.closed:
-                    self._query.cond.wait()
-                if self._query.closed:
-                    return
-                trigger, self._query.due = self._query.due, None
-                instruction, generation = self._query.instruction, self._query.generation
-                self._query.running = True
-            try:
-                self._ground(instruction, generation, trigger)
-            finally:
-                with self._query.cond:
-                    self._query.running = False
-
-    def _ground(self, instruction: Instruction, generation: int, trigger: str) -> None:
-        """Run one query; a current answer becomes the pending prompt on its keyframe."""
-        started = time.perf_counter()
-        latest = self.window.latest
-        with self._query.cond:
-            self._query.started = started
-        grounding, error = None, None
-        try:
-            grounding = self.grounder.ground(self.window, instruction)
-        except Exception as exc:  # report, keep tracking, retry on the next trigger
-            error = f"{type(exc).__name__}: {exc}"
-            log.warning("grounding %r failed: %s", instruction.text, error)
-        with self._query.cond:
-            q = self._query
-            q.started = None
-            applied = grounding is not None and generation == q.generation
-            self.stats.queries += 1
-            if error is not None:
-                self.stats.query_errors += 1
-            if generation == q.generation:
-                q.last_stamp_ns = latest.stamp_ns if latest is not None else None
-                q.last_error = error
-            if applied:
-                with self._prompt_lock:
-                    self._pending = _PendingPrompt(TokenPrompt(grounding.token), grounding.keyframe,
-                                                   keyframe=grounding.keyframe_features,
-                                                   new_target=not q.grounded)
-                q.grounded = True
-        if self._on_query is not None:
-            try:
-                self._on_query(QueryReport(instruction, trigger, grounding, error,
-                                           time.perf_counter() - started, applied))
-            except Exception:
-                log.exception("on_query callback failed")
-
-    def _schedule_queries(self, frame: Frame) -> None:
-        """Mark a periodic query due when ``period_s`` of stamp time has passed since the last one;
-        in sync mode, run a due query now (before this frame is tracked)."""
-        with self._query.cond:
-            q = self._query
-            if not q.frames_seen:
-                q.frames_seen = True
-                q.cond.notify_all()
-            if q.instruction is None:
-                return
-            period_ns = self.config.period_s * 1e9
-            if (period_ns and q.due is None and not q.running and q.last_stamp_ns is not None
-                    and frame.stamp_ns - q.last_stamp_ns >= period_ns):
-                q.due = TRIGGER_PERIOD
-                q.cond.notify_all()
-            if self.config.mode != "sync" or q.due is None:
-                return
-            trigger, q.due = q.due, None
-            instruction, generation = q.instruction, q.generation
-        self._ground(instruction, generation, trigger)
-
-    def _count_lost(self, status: str) -> None:
-        """Count consecutive frames without the target (absent, or still waiting for a grounding
-        after a failed query); after ``lost_after_frames`` of them a query is due."""
-        with self._query.cond:
-            q = self._query
-            if q.instruction is None or not self.config.lost_after_frames:
-                return
-            missing = status == STATUS_TARGET_ABSENT or (status == STATUS_GROUNDING and q.last_error is not None)
-            q.lost_frames = q.lost_frames + 1 if missing else 0
-            if q.lost_frames >= self.config.lost_after_frames:
-                q.lost_frames = 0
-                if q.due is None and not q.running:
-                    q.due = TRIGGER_LOST
-                    q.cond.notify_all()
-
     def _process(self, image: np.ndarray, stamp_ns: int, frame_id: str, camera_hw: tuple[int, int],
                  pushed_at: float) -> FrameResult:
         """The hot path: store, encode, (sync: ground), apply a pending prompt, track, upsample."""
         notice = self._check_continuity(camera_hw, stamp_ns)
         frame = self.window.append(image, stamp_ns, frame_id, camera_hw)
         result = self._track(frame, pushed_at)
-        self._count_lost(result.status)
+        self._queries.count_lost(result.status == STATUS_TARGET_ABSENT, result.status == STATUS_GROUNDING)
         return replace(result, notice=notice) if notice else result
 
     def _check_continuity(self, camera_hw: tuple[int, int], stamp_ns: int) -> str:
@@ -493,9 +350,7 @@ class StreamingEngine:
         if previous.stamp_ns - stamp_ns > TIME_JUMP_BACK_S * 1e9:
             self.stats.time_jumps += 1
             self.window.clear()
-            with self._query.cond:
-                if self._query.last_stamp_ns is not None:
-                    self._query.last_stamp_ns = stamp_ns
+            self._queries.restart_period(stamp_ns)
             notices.append(f"time jumped back {(previous.stamp_ns - stamp_ns) / 1e9:.3f} s (stamp {stamp_ns} < "
                            f"previous {previous.stamp_ns}): new timeline, window emptied, target kept")
         if camera_hw != previous.camera_hw:
@@ -510,7 +365,7 @@ class StreamingEngine:
         try:
             feats = self.tracker.encode(frame.image, frame.camera_hw)
             self.window.set_feature(frame.index, SAM2_KEY, feats)
-            self._schedule_queries(frame)
+            self._queries.on_frame(frame)
             with self._prompt_lock:
                 pending, self._pending = self._pending, None
             track = None
@@ -526,10 +381,8 @@ class StreamingEngine:
             return self._result(frame, pushed_at, None, STATUS_ERROR, f"{type(exc).__name__}: {exc}")
         self.stats.processed += 1
         if track is None:
-            with self._query.cond:
-                instruction, error = self._query.instruction, self._query.last_error
-            if instruction is not None:
-                reason = f"grounding {instruction.text!r}" + (f" (last query failed: {error})" if error else "")
+            reason = self._queries.waiting_reason()
+            if reason is not None:
                 return self._result(frame, pushed_at, None, STATUS_GROUNDING, reason)
             return self._result(frame, pushed_at, None, STATUS_NO_PROMPT,
                                 "no prompt yet: set an instruction, or a point, box or mask prompt")
