@@ -45,10 +45,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from common import box_of, davis_sequence  # noqa: E402
+from common import box_of, davis_sequence, filled_window  # noqa: E402
 
 from vrs_node.core.engine import EngineConfig, StreamingEngine  # noqa: E402
-from vrs_node.core.frames import FrameWindow  # noqa: E402
 from vrs_node.core.grounder import SAM2_KEY, Grounder  # noqa: E402
 from vrs_node.core.tracker import PointsPrompt, StreamingTracker, TokenPrompt  # noqa: E402
 from vrs_node.models.clip_anchor import ClipAnchorScorer  # noqa: E402
@@ -103,19 +102,11 @@ def build(size: str, llm_layers: int):
         f"Hiera-L 1024 px (pad) + CLIP ViT-L/14-224 + LLaMA-7B width with {llm_layers}/32 layers + CLIP ViT-L-14-336, fp32"
 
 
-def fill_window(tracker, frames):
-    window = FrameWindow(len(frames))
-    for i, image in enumerate(frames):
-        frame = window.append(image, i * 33_333_333)
-        window.set_feature(frame.index, SAM2_KEY, tracker.encode(image))
-    return window
-
-
 def query_breakdown(size, frames, args):
     tracker, grounder, description = build(size, args.real_llm_layers)
     instruction = clean_instruction(INSTRUCTION)
     encode_s, _, _ = timed(lambda: tracker.encode(frames[0]), args.repeats)
-    window = fill_window(tracker, frames)
+    window = filled_window(tracker, frames)
     start = time.perf_counter()
     first = grounder.ground(window, instruction)
     first_total = time.perf_counter() - start

@@ -1,4 +1,4 @@
-"""Helpers the bench scripts share: the DAVIS-2016 sample frames and a mask's box.
+"""Helpers the bench scripts share: the DAVIS-2016 sample frames, a mask's box, a filled window.
 
 The DAVIS data lives in ``../shared/data/davis2016`` beside the repository; ``VRS_DAVIS_DIR``
 overrides it, as it does for the tests. Bench scripts import this module as ``common`` (the
@@ -33,3 +33,18 @@ def box_of(mask: np.ndarray) -> tuple[float, float, float, float]:
     """Tight (x0, y0, x1, y1) box of a non-empty binary mask, in pixels."""
     ys, xs = np.nonzero(mask)
     return float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())
+
+
+def filled_window(tracker, frames: list[np.ndarray], count: int | None = None):
+    """A ``FrameWindow`` of ``count`` frames (default: one per frame; ``frames`` repeated in turn
+    when fewer), stamped 30 FPS apart, each with its SAM-2 features from ``tracker.encode`` cached
+    as the engine caches them (what a grounding query reads)."""
+    from vrs_node.core.frames import FrameWindow
+    from vrs_node.core.grounder import SAM2_KEY
+
+    count = len(frames) if count is None else count
+    window = FrameWindow(count)
+    for i in range(count):
+        frame = window.append(frames[i % len(frames)], i * 33_333_333)
+        window.set_feature(frame.index, SAM2_KEY, tracker.encode(frame.image))
+    return window

@@ -57,11 +57,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from common import box_of  # noqa: E402
+from common import box_of, filled_window  # noqa: E402
 
 from vrs_node.core.engine import STATUS_TRACKING, EngineConfig, StreamingEngine  # noqa: E402
-from vrs_node.core.grounder import SAM2_KEY, Grounder  # noqa: E402
-from vrs_node.core.frames import FrameWindow  # noqa: E402
+from vrs_node.core.grounder import Grounder  # noqa: E402
 from vrs_node.core.tracker import MaskPrompt, PointsPrompt, StreamingTracker  # noqa: E402
 from vrs_node.models.precision import tracker_precision_options  # noqa: E402
 from vrs_node.models.profiles import get_profile, load_models, release_accelerator_memory  # noqa: E402
@@ -222,14 +221,6 @@ def part_memory(device, sizes: Sizes, frames, mask, clock: Clock, state: dict) -
     return {"arch": f"hiera-{arch}", "compiled": bool(state.get("bplus_compiled")), "frames": len(per_frame),
             "max_memory_allocated_per_window": peaks, "spread": spread, "flat_within_1pct": spread is not None
             and spread <= 0.01, "fps": 1.0 / statistics.median(per_frame), "bank": tracker.state_size()[0]}
-
-
-def filled_window(tracker: StreamingTracker, frames, count: int) -> FrameWindow:
-    window = FrameWindow(count)
-    for i in range(count):
-        frame = window.append(frames[i % len(frames)], i * 33_333_333)
-        window.set_feature(frame.index, SAM2_KEY, tracker.encode(frame.image))
-    return window
 
 
 def part_reasoner(device, sizes: Sizes, frames, mask, clock: Clock, state: dict) -> dict:
