@@ -47,13 +47,14 @@ sys.path.insert(0, str(REPO))
 
 from common import box_of, davis_sequence, filled_window  # noqa: E402
 
-from vrs_node.core.engine import EngineConfig, StreamingEngine  # noqa: E402
+from vrs_node.core.config import PipelineConfig  # noqa: E402
 from vrs_node.core.grounder import SAM2_KEY, Grounder  # noqa: E402
+from vrs_node.core.pipeline import build_pipeline  # noqa: E402
 from vrs_node.core.tracker import PointsPrompt, StreamingTracker, TokenPrompt  # noqa: E402
 from vrs_node.models.clip_anchor import ClipAnchorScorer  # noqa: E402
 from vrs_node.models.mllm import VrshqMLLM, vrshq_7b_config  # noqa: E402
 from vrs_node.models.profiles import (build_grounding_models, build_sam2_for_profile,  # noqa: E402
-                                      get_profile)
+                                      get_profile, load_models)
 from vrs_node.models.prompt import build_prompt, clean_instruction, tokenize_prompt  # noqa: E402
 from vrs_node.models.tokenizer import byte_tokenizer  # noqa: E402
 
@@ -150,14 +151,11 @@ def hot_path(frames, args):
     profile = get_profile("tiny-random")
     out = {}
     for case in ("prompt_only", "with_queries"):
-        model, transform = build_sam2_for_profile(profile)
-        models = build_grounding_models(profile)
-        tracker = StreamingTracker(model, transform)
-        grounder = Grounder(models.mllm, models.tokenizer, models.anchor_scorer, tracker)
         results, reports = [], []
         period = 1.0 / args.rate
-        engine = StreamingEngine(tracker, EngineConfig(mode="live", period_s=period if case == "with_queries" else 0),
-                                 on_result=results.append, grounder=grounder, on_query=reports.append)
+        engine = build_pipeline(load_models(profile),
+                                PipelineConfig(mode="live", period_s=period if case == "with_queries" else 0),
+                                on_result=results.append, on_query=reports.append)
         _, masks, _ = davis_sequence("blackswan", 1)
         if case == "with_queries":
             engine.set_instruction(INSTRUCTION)

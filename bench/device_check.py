@@ -59,8 +59,10 @@ sys.path.insert(0, str(REPO))
 
 from common import box_of, filled_window  # noqa: E402
 
-from vrs_node.core.engine import STATUS_TRACKING, EngineConfig, StreamingEngine  # noqa: E402
+from vrs_node.core.config import PipelineConfig  # noqa: E402
+from vrs_node.core.engine import STATUS_TRACKING, StreamingEngine  # noqa: E402
 from vrs_node.core.grounder import Grounder  # noqa: E402
+from vrs_node.core.pipeline import build_pipeline  # noqa: E402
 from vrs_node.core.tracker import MaskPrompt, PointsPrompt, StreamingTracker  # noqa: E402
 from vrs_node.models.precision import tracker_precision_options  # noqa: E402
 from vrs_node.models.profiles import get_profile, load_models, release_accelerator_memory  # noqa: E402
@@ -286,12 +288,9 @@ def stream(engine: StreamingEngine, frames, sizes: Sizes, seconds: float, on_sta
 
 
 def live_engine(loaded, period_s: float, results: list, reports: list) -> StreamingEngine:
-    tracker = StreamingTracker(loaded.sam2, loaded.transform, **loaded.tracker_options)
-    g = loaded.grounding
-    grounder = Grounder(g.mllm, g.tokenizer, g.anchor_scorer, tracker)
     stamped = lambda r: results.append((time.perf_counter(), r))  # noqa: E731
-    return StreamingEngine(tracker, EngineConfig(mode="live", period_s=period_s), on_result=stamped,
-                           grounder=grounder, on_query=reports.append)
+    return build_pipeline(loaded, PipelineConfig(mode="live", period_s=period_s), on_result=stamped,
+                          on_query=reports.append)
 
 
 def part_first_mask(device, sizes: Sizes, frames, mask, clock: Clock, state: dict) -> dict:

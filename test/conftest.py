@@ -76,14 +76,15 @@ def make_grounder(tracker: StreamingTracker, **config):
     return Grounder(models.mllm, models.tokenizer, models.anchor_scorer, tracker, GrounderConfig(**config))
 
 
-def grounding_engine(max_cond_frames=4, **config):
-    """A sync StreamingEngine with tiny-random tracker and grounder; (engine, its query reports)."""
-    from vrs_node.core.engine import EngineConfig, StreamingEngine
+def grounding_engine(**config):
+    """A sync engine over the tiny-random models at 128 px, built by build_pipeline with ``PipelineConfig(**config)``; (engine, its query reports)."""
+    from vrs_node.core.config import PipelineConfig
+    from vrs_node.core.pipeline import build_pipeline
+    from vrs_node.models.profiles import load_models
 
-    tracker = make_tracker(128, max_cond_frames=max_cond_frames)
     reports = []
-    engine = StreamingEngine(tracker, EngineConfig(**config), grounder=make_grounder(tracker),
-                             on_query=reports.append)
+    engine = build_pipeline(load_models(get_profile("tiny-random"), image_size=128),
+                            PipelineConfig(**config), on_query=reports.append)
     return engine, reports
 
 

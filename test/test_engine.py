@@ -11,15 +11,15 @@ import pytest
 import torch
 from conftest import box_of, make_tracker
 
-from vrs_node.core.engine import (STATUS_ERROR, STATUS_NO_PROMPT, STATUS_TARGET_ABSENT,
-                                  STATUS_TRACKING, EngineConfig, StreamingEngine,
-                                  catchup_schedule)
+from vrs_node.core.config import PipelineConfig
+from vrs_node.core.engine import (STATUS_ERROR, STATUS_NO_PROMPT, STATUS_TARGET_ABSENT, STATUS_TRACKING,
+                                  StreamingEngine, catchup_schedule)
 from vrs_node.core.tracker import MaskPrompt, PointsPrompt
 
 
 def run_sync(frames, prompts, **config):
     """Push every frame through a sync engine; ``prompts``: push position -> set_prompt args."""
-    engine = StreamingEngine(make_tracker(128), EngineConfig(**config))
+    engine = StreamingEngine(make_tracker(128), PipelineConfig(**config))
     results = []
     for i, image in enumerate(frames):
         if i in prompts:
@@ -164,7 +164,7 @@ def test_live_mode_newest_frame_wins_and_drops_are_counted(blackswan):
         results.append(result)
         done.set()
 
-    engine = StreamingEngine(make_tracker(128), EngineConfig(mode="live"), on_result=collect)
+    engine = StreamingEngine(make_tracker(128), PipelineConfig(mode="live"), on_result=collect)
     try:
         engine.set_prompt(MaskPrompt(masks[0]))
         started = time.perf_counter()

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from conftest import davis_sequence, grounding_engine, make_grounder, make_tracker
 
+from vrs_node.core.config import PipelineConfig
 from vrs_node.core.engine import (STATUS_GROUNDING, STATUS_NO_PROMPT, STATUS_TARGET_ABSENT, STATUS_TRACKING,
-                                  TRIGGER_INSTRUCTION, TRIGGER_LOST, TRIGGER_PERIOD, EngineConfig,
-                                  StreamingEngine)
+                                  TRIGGER_INSTRUCTION, TRIGGER_LOST, TRIGGER_PERIOD, StreamingEngine)
 from vrs_node.core.tracker import MaskPrompt
 
 FRAME_NS = 33_333_333
@@ -149,7 +149,7 @@ def test_live_query_runs_concurrently_with_tracking(frames):
 
     grounder.ground = slow_ground
     results, reports = [], []
-    engine = StreamingEngine(tracker, EngineConfig(mode="live", period_s=0, window_frames=30), grounder=grounder,
+    engine = StreamingEngine(tracker, PipelineConfig(mode="live", period_s=0, window_frames=30), grounder=grounder,
                              on_result=results.append, on_query=reports.append)
     try:
         engine.set_instruction("the black swan")

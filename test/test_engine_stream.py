@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 from conftest import davis_sequence, grounding_engine, make_tracker
 
-from vrs_node.core.engine import (STATUS_ERROR, STATUS_TRACKING, TRIGGER_INSTRUCTION, TRIGGER_PERIOD,
-                                  EngineConfig, StreamingEngine)
+from vrs_node.core.config import PipelineConfig
+from vrs_node.core.engine import (STATUS_ERROR, STATUS_TRACKING, TRIGGER_INSTRUCTION, TRIGGER_PERIOD, StreamingEngine)
 from vrs_node.core.tracker import MaskPrompt
 
 FRAME_NS = 100_000_000
@@ -72,7 +72,7 @@ def test_a_burst_far_above_camera_rate_is_bounded_and_keeps_publishing():
         with lock:
             results.append(result)
 
-    engine = StreamingEngine(make_tracker(128), EngineConfig(mode="live", window_frames=4), on_result=collect)
+    engine = StreamingEngine(make_tracker(128), PipelineConfig(mode="live", window_frames=4), on_result=collect)
     try:
         engine.set_prompt(MaskPrompt(masks[0]))
         burst = 2000

@@ -57,6 +57,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from vrs_node.core.config import PipelineConfig
 from vrs_node.core.frames import Frame, FrameWindow, camera_size, check_image
 from vrs_node.core.grounder import SAM2_KEY, Grounder, Grounding
 from vrs_node.core.prompt_json import fit_to_image
@@ -73,34 +74,8 @@ STATUS_TARGET_ABSENT = "target_absent"
 STATUS_ERROR = "error"
 STATUS_GROUNDING = "grounding"
 
-MODES = ("sync", "live")
 TIME_JUMP_BACK_S = 1.0
 """A stamp this much earlier than the previous frame's starts a new timeline (module docstring)."""
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """Engine settings. ``score_threshold`` is on the object-score logit (SAM-2 uses 0);
-    ``period_s`` (stamp time) and ``lost_after_frames`` schedule re-grounding (0 turns either off)."""
-
-    mode: str = "sync"
-    window_frames: int = 16
-    max_catchup_frames: int = 16
-    score_threshold: float = 0.0
-    period_s: float = 10.0
-    lost_after_frames: int = 15
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be 'sync' or 'live', got {self.mode!r}")
-        if self.window_frames < 1:
-            raise ValueError(f"window_frames must be >= 1, got {self.window_frames}")
-        if self.max_catchup_frames < 1:
-            raise ValueError(f"max_catchup_frames must be >= 1, got {self.max_catchup_frames}")
-        if self.period_s < 0:
-            raise ValueError(f"period_s must be >= 0 (0 = no periodic query), got {self.period_s}")
-        if self.lost_after_frames < 0:
-            raise ValueError(f"lost_after_frames must be >= 0 (0 = off), got {self.lost_after_frames}")
 
 
 @dataclass(frozen=True)
@@ -183,9 +158,14 @@ def catchup_schedule(num_buffered: int, max_frames: int) -> list[int]:
 
 
 class StreamingEngine:
-    """Frames -> masks with a :class:`StreamingTracker`, a bounded :class:`FrameWindow` and prompts."""
+    """Frames -> masks with a :class:`StreamingTracker`, a bounded :class:`FrameWindow` and prompts.
 
-    def __init__(self, tracker: StreamingTracker, config: EngineConfig = EngineConfig(),
+    Of ``config`` the engine reads ``mode``, ``window_frames``, ``max_catchup_frames`` and (at each
+    use, so a new ``config`` set at runtime takes effect) ``score_threshold``, ``period_s`` and
+    ``lost_after_frames``; the tracker's and grounder's settings are applied by
+    :func:`~vrs_node.core.pipeline.build_pipeline`, which builds the three together."""
+
+    def __init__(self, tracker: StreamingTracker, config: PipelineConfig = PipelineConfig(),
                  on_result: Callable[[FrameResult], None] | None = None, grounder: Grounder | None = None,
                  on_query: Callable[[QueryReport], None] | None = None):
         if config.mode == "live" and on_result is None:

@@ -34,7 +34,8 @@ from vrs_node.core.grounder import Grounder, Grounding
 from vrs_node.models.prompt import Instruction, clean_instruction
 
 if TYPE_CHECKING:
-    from vrs_node.core.engine import EngineConfig, EngineStats
+    from vrs_node.core.config import PipelineConfig
+    from vrs_node.core.engine import EngineStats
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class QueryScheduler:
     ``stats.queries`` and ``stats.query_errors`` count finished and failed queries; ``on_query``
     gets a :class:`QueryReport` for each."""
 
-    def __init__(self, grounder: Grounder | None, window: FrameWindow, config: Callable[[], EngineConfig],
+    def __init__(self, grounder: Grounder | None, window: FrameWindow, config: Callable[[], PipelineConfig],
                  stats: EngineStats, apply: Callable[[Grounding, bool], None],
                  on_query: Callable[[QueryReport], None] | None = None):
         self._grounder = grounder

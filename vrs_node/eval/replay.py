@@ -88,7 +88,7 @@ from vrs_node.io.image import overlay_mask
 from vrs_node.models.prompt import clean_instruction
 
 if TYPE_CHECKING:  # torch-side imports stay lazy: errors and --help answer without loading torch
-    from vrs_node.core.engine import EngineConfig
+    from vrs_node.core.config import PipelineConfig
     from vrs_node.core.grounder import Grounder
     from vrs_node.core.tracker import Prompt, StreamingTracker
 
@@ -374,11 +374,11 @@ def load_replay_models(profile_name: str, device: str = "auto", image_size: int 
 class _ModelPredictor:
     """Shared set-up of the three model-driven predictors. ``info`` describes the last sequence."""
 
-    def __init__(self, models: Models, prompt: str, config: EngineConfig | None = None, speed: float = 1.0,
+    def __init__(self, models: Models, prompt: str, config: PipelineConfig | None = None, speed: float = 1.0,
                  progress: bool = True):
         """``config``: the engine settings (its ``mode`` is set by each predictor); ``speed``:
         the realtime replay speed factor."""
-        from vrs_node.core.engine import EngineConfig
+        from vrs_node.core.config import PipelineConfig
 
         if prompt not in PROMPTS:
             raise ReplayError(f"prompt must be one of {', '.join(PROMPTS)}, got {prompt!r}")
@@ -386,7 +386,7 @@ class _ModelPredictor:
             raise ReplayError(f"profile {models.profile!r} has no language model: it cannot follow instructions; "
                               "use --prompt gt-box or gt-mask, or a profile with language (tiny-random, vrshq-7b)")
         self.models, self.prompt, self.progress = models, prompt, progress
-        self.config, self.speed = config or EngineConfig(), speed
+        self.config, self.speed = config or PipelineConfig(), speed
         self.info: dict = {}
 
     def _instruction(self, seq: ReplaySequence) -> str:
@@ -946,10 +946,10 @@ def replay(args: argparse.Namespace, predictor: Predictor | None = None) -> dict
     sequences = _sequences(args)
     meta = {"profile": args.profile, "random_weights": None, "device": args.device, "image_size": args.image_size or None}
     if predictor is None:
-        from vrs_node.core.engine import EngineConfig
+        from vrs_node.core.config import PipelineConfig
 
         try:  # refuse bad engine settings before loading models
-            config = EngineConfig(window_frames=args.window_frames, max_catchup_frames=args.max_catchup_frames,
+            config = PipelineConfig(window_frames=args.window_frames, max_catchup_frames=args.max_catchup_frames,
                                   score_threshold=args.score_threshold, period_s=args.period_s,
                                   lost_after_frames=args.lost_after_frames)
         except ValueError as error:

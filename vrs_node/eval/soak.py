@@ -38,9 +38,10 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from vrs_node.core.engine import EngineConfig, StreamingEngine
-from vrs_node.core.grounder import Grounder
-from vrs_node.core.tracker import PointsPrompt, StreamingTracker
+from vrs_node.core.config import PipelineConfig
+from vrs_node.core.engine import StreamingEngine
+from vrs_node.core.pipeline import build_pipeline
+from vrs_node.core.tracker import PointsPrompt
 from vrs_node.models.profiles import get_profile, load_models
 
 FEATURE_KEYS = 3
@@ -104,12 +105,8 @@ def build_engine(profile: str, image_size: int, window_frames: int, max_cond_fra
     models = load_models(get_profile(profile), "cpu", image_size=image_size)
     if models.grounding is None:
         raise ValueError(f"profile {profile!r} has no language models: the soak needs instructions")
-    tracker = StreamingTracker(models.sam2, models.transform, max_cond_frames=max_cond_frames,
-                               **models.tracker_options)
-    g = models.grounding
-    grounder = Grounder(g.mllm, g.tokenizer, g.anchor_scorer, tracker)
-    return StreamingEngine(tracker, EngineConfig(mode="sync", window_frames=window_frames, period_s=period_s),
-                           grounder=grounder)
+    return build_pipeline(models, PipelineConfig(mode="sync", window_frames=window_frames,
+                                                 max_cond_frames=max_cond_frames, period_s=period_s))
 
 
 def sample(engine: StreamingEngine, frame: int) -> Sample:
@@ -199,9 +196,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--fps", type=float, default=30.0, help="nominal frame rate of the stamps (30)")
     parser.add_argument("--period-s", type=float, default=1.0, help="re-query period in stamp seconds (1)")
     parser.add_argument("--segment", type=int, default=250, help="frames per prompt / instruction segment (250)")
-    parser.add_argument("--window-frames", type=int, default=EngineConfig.window_frames,
+    parser.add_argument("--window-frames", type=int, default=PipelineConfig.window_frames,
                         help="engine window (the engine's default, %(default)s)")
-    parser.add_argument("--max-cond-frames", type=int, default=4, help="conditioning frames (4, the node's default)")
+    parser.add_argument("--max-cond-frames", type=int, default=PipelineConfig.max_cond_frames,
+                        help="conditioning frames (the node's default, %(default)s)")
     parser.add_argument("--sample-every", type=int, default=100, help="frames between samples (100)")
     parser.add_argument("--reference-frame", type=int, default=1000, help="the RSS reference sample (1000)")
     parser.add_argument("--max-rss-ratio", type=float, default=1.05, help="largest RSS(end)/RSS(reference) (1.05)")

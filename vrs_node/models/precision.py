@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import torch
 
+from vrs_node.models.config import PRECISION_CHOICES
+
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
-"""The ``precision`` setting's explicit values and their dtypes; ``"auto"`` picks one by device
-(:func:`resolve_precision`)."""
+"""The ``precision`` setting's explicit values (:data:`PRECISION_CHOICES` less ``"auto"``) and their
+dtypes; ``"auto"`` picks one by device (:func:`resolve_precision`)."""
 
 
 def resolve_precision_name(precision: str, device: str | torch.device) -> str:
@@ -23,7 +25,7 @@ def resolve_precision_name(precision: str, device: str | torch.device) -> str:
     if precision == "auto":
         return "bf16" if torch.device(device).type == "cuda" else "fp32"
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {['auto', *PRECISIONS]}, got {precision!r}")
+        raise ValueError(f"precision must be one of {list(PRECISION_CHOICES)}, got {precision!r}")
     return precision
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from vrs_node.models.clip_anchor import ClipAnchorScorer
+from vrs_node.models.config import ModelConfig
 from vrs_node.models.mllm import VrshqMLLM, tiny_config, vrshq_7b_config
 from vrs_node.models.precision import PRECISIONS, resolve_precision_name, tracker_precision_options
 from vrs_node.models.quantize import check_supported, move_reasoner, quantize_reasoner
@@ -243,3 +244,16 @@ def load_models(profile: ModelProfile, device: str | torch.device = "cpu", image
     if compile:
         compile_sam2(sam2, mode=DEFAULT_COMPILE_MODE if device.type == "cuda" else "default")
     return LoadedModels(sam2, transform, grounding, tracker_options, name, reasoner_quantization, compile)
+
+
+def load_configured_models(config: ModelConfig) -> tuple[ModelProfile, torch.device, LoadedModels]:
+    """(profile, device, models) of ``config`` (:func:`load_models` with its settings; ``""`` and 0
+    mean "not given"): what the node and ``vrs-replay`` load."""
+    profile = get_profile(config.model_profile)
+    device = resolve_device(config.device)
+    models = load_models(profile, device, image_size=config.image_size or None,
+                         sam2_checkpoint=config.sam2_checkpoint or None,
+                         vrshq_checkpoint=config.vrshq_checkpoint or None, clip_anchor=config.clip_anchor,
+                         precision=config.precision, compile=config.compile,
+                         reasoner_quantization=config.reasoner_quantization)
+    return profile, device, models

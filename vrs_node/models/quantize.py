@@ -51,10 +51,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vrs_node.models.config import QUANTIZATION_MODES
 from vrs_node.models.mllm import VrshqMLLM
-
-QUANTIZATION_MODES = ("none", "int8", "nf4")
-"""Values of ``reasoner_quantization``."""
 
 INT8_THRESHOLD = 6.0
 """LLM.int8()'s outlier threshold (bitsandbytes' and transformers' default)."""

@@ -70,19 +70,19 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
 
-from vrs_node.core.engine import MODES, EngineConfig, FrameResult, QueryReport, StreamingEngine
-from vrs_node.core.grounder import Grounder, GrounderConfig
+from vrs_node.core.config import ENGINE_MODES, PipelineConfig
+from vrs_node.core.engine import FrameResult, QueryReport, StreamingEngine
+from vrs_node.core.pipeline import build_pipeline
 from vrs_node.core.prompt_json import DEFAULT_MAX_PROMPT_POINTS, PromptRefused, prompt_from_json, short
-from vrs_node.core.tracker import StreamingTracker
+from vrs_node.models.config import ModelConfig, settings
 from vrs_node.io.image import (DEFAULT_MAX_IMAGE_PIXELS, ImageConversionError, compressed_msg_to_rgb,
                                image_msg_to_rgb, mask_to_msg, ns_to_stamp, overlay_mask, rgb_to_msg, stamp_to_ns)
-from vrs_node.models.profiles import (LoadedModels, get_profile, load_models, release_accelerator_memory,
-                                      resolve_device)
+from vrs_node.models.profiles import LoadedModels, load_configured_models, release_accelerator_memory
 from vrs_node.ros.cli import ros_command
 from vrs_node.ros.diagnostics import HealthMonitor
 from vrs_node.ros.qos import LATCHED, RELIABLE_5
 
-RUNTIME_ENGINE_PARAMETERS = ("score_threshold", "period_s", "lost_after_frames")
+RUNTIME_ENGINE_PARAMETERS = tuple(s.name for s in settings(PipelineConfig) if s.runtime)
 DIAGNOSTICS_PERIOD_S = 1.0
 IMAGE_TRANSPORTS = ("raw", "compressed")
 
@@ -141,7 +141,7 @@ class _VrsInterface:
         self._log_handler = RosLogHandler(self.get_logger())
         # Checked once what destroy_node needs exists (rclpy destroys a refused node at shutdown) and
         # before anything outlives the node (the core logger's handler).
-        for name, allowed in (("mode", MODES), ("image_transport", IMAGE_TRANSPORTS)):
+        for name, allowed in (("mode", ENGINE_MODES), ("image_transport", IMAGE_TRANSPORTS)):
             if self._param(name) not in allowed:
                 raise ValueError(f"parameter {name} must be one of {', '.join(allowed)}; got {self._param(name)!r}")
         core_logger = logging.getLogger("vrs_node")
@@ -232,14 +232,8 @@ class _VrsInterface:
     def _load_models(self) -> bool:
         """Load the profile's models on the device; on failure keep the reason in ``model_error``."""
         try:
-            profile = get_profile(self.profile_name)
-            device = resolve_device(self.device)
-            self.models = load_models(profile, device, image_size=self._param("image_size") or None,
-                                      sam2_checkpoint=self._param("sam2_checkpoint") or None,
-                                      vrshq_checkpoint=self._param("vrshq_checkpoint") or None,
-                                      clip_anchor=self._param("clip_anchor"), precision=self._param("precision"),
-                                      compile=self._param("compile"),
-                                      reasoner_quantization=self._param("reasoner_quantization"))
+            config = ModelConfig(**{s.name: self._param(s.name) for s in settings(ModelConfig)})
+            profile, device, self.models = load_configured_models(config)
         except Exception as exc:  # noqa: BLE001 -- any load failure is reported, the node stays up
             self.model_error = f"model could not be loaded: {type(exc).__name__}: {exc}"
             self.get_logger().error(self.model_error)
@@ -260,18 +254,9 @@ class _VrsInterface:
     def _start(self) -> None:
         """Build the engine over the loaded models (if any) and open the inputs."""
         if self.models is not None:
-            tracker = StreamingTracker(self.models.sam2, self.models.transform,
-                                       max_cond_frames=self._param("max_cond_frames"), **self.models.tracker_options)
-            grounder = None
-            if self.models.grounding is not None:
-                g = self.models.grounding
-                grounder = Grounder(g.mllm, g.tokenizer, g.anchor_scorer, tracker,
-                                    GrounderConfig(sparse_frames=self._param("sparse_frames")))
-            config = EngineConfig(mode=self._param("mode"), window_frames=self._param("window_frames"),
-                                  max_catchup_frames=self._param("max_catchup_frames"),
-                                  **{name: self._param(name) for name in RUNTIME_ENGINE_PARAMETERS})
-            self.engine = StreamingEngine(tracker, config, on_result=self._publish_result, grounder=grounder,
-                                          on_query=self._publish_query)
+            config = PipelineConfig(**{s.name: self._param(s.name) for s in settings(PipelineConfig)})
+            self.engine = build_pipeline(self.models, config, on_result=self._publish_result,
+                                         on_query=self._publish_query)
             self._apply_instruction(self._param("instruction"))
         self._inputs += [self._subscribe_image(),
                          self.create_subscription(String, "prompt", self._on_prompt, RELIABLE_5),

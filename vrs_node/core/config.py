@@ -1,0 +1,42 @@
+"""PipelineConfig: every setting of the engine, the tracker and the grounder, in one place.
+
+:func:`vrs_node.core.pipeline.build_pipeline` builds the three from it; the node's parameters, the
+flags of ``vrs-replay`` and ``config/vrs_node.yaml`` are derived from its fields
+(:mod:`vrs_node.models.config` says how). Imports no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vrs_node.models.config import check_settings, setting
+
+ENGINE_MODES = ("sync", "live")
+"""``sync``: every pushed frame is processed before ``push`` returns; ``live``: the newest frame wins
+on a tracking thread (:mod:`vrs_node.core.engine`)."""
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The engine's settings (``mode`` .. ``lost_after_frames``), the tracker's (``max_cond_frames``)
+    and the grounder's (``sparse_frames``). ``score_threshold`` is on the object-score logit (SAM-2
+    uses 0); ``period_s`` (stamp time) and ``lost_after_frames`` schedule re-grounding (0 turns
+    either off); the three may change while the engine runs."""
+
+    mode: str = setting("sync", "live: newest frame wins on a tracking thread; sync: every received frame is processed",
+                        choices=ENGINE_MODES)
+    window_frames: int = setting(16, "frames (and their features) kept for catch-up and grounding", range=(1, 1000))
+    max_cond_frames: int = setting(4, "conditioning frames (keyframes) kept in SAM-2 memory", range=(1, 64))
+    max_catchup_frames: int = setting(16, "most buffered frames tracked when catching up (strided beyond)",
+                                      range=(1, 1000))
+    score_threshold: float = setting(0.0, "object-score logit at or below which the target counts as absent",
+                                     range=(-50.0, 50.0), runtime=True)
+    period_s: float = setting(10.0, "re-ground the instruction every period_s seconds of camera time (0 = never)",
+                              range=(0.0, 3600.0), runtime=True)
+    lost_after_frames: int = setting(15, "re-ground after this many processed frames without the target (0 = never)",
+                                     range=(0, 10000), runtime=True)
+    sparse_frames: int = setting(0, "pooled context frames over the window given to the MLLM besides the dense "
+                                    "lattice (0 = VRS-HQ)", range=(0, 64))
+
+    def __post_init__(self) -> None:
+        check_settings(self)
