@@ -48,7 +48,8 @@ sys.path.insert(0, str(REPO))
 from common import box_of, davis_sequence, filled_window  # noqa: E402
 
 from vrs_node.core.config import PipelineConfig  # noqa: E402
-from vrs_node.core.grounder import SAM2_KEY, Grounder  # noqa: E402
+from vrs_node.core.frames import SAM2_KEY  # noqa: E402
+from vrs_node.core.grounder import Grounder  # noqa: E402
 from vrs_node.core.pipeline import build_pipeline  # noqa: E402
 from vrs_node.core.tracker import PointsPrompt, StreamingTracker, TokenPrompt  # noqa: E402
 from vrs_node.models.clip_anchor import ClipAnchorScorer  # noqa: E402

@@ -40,7 +40,7 @@ def filled_window(tracker, frames: list[np.ndarray], count: int | None = None):
     when fewer), stamped 30 FPS apart, each with its SAM-2 features from ``tracker.encode`` cached
     as the engine caches them (what a grounding query reads)."""
     from vrs_node.core.frames import FrameWindow
-    from vrs_node.core.grounder import SAM2_KEY
+    from vrs_node.core.frames import SAM2_KEY
 
     count = len(frames) if count is None else count
     window = FrameWindow(count)

@@ -12,7 +12,8 @@ import threading
 import numpy as np
 import pytest
 
-from vrs_node.core.frames import Frame, FrameWindow, anchor_lattice, camera_size, sparse_sample
+from vrs_node.core.frames import Frame, FrameWindow, camera_size
+from vrs_node.core.sampling import anchor_lattice, sparse_sample
 
 
 def _image(value: int = 0, height: int = 4, width: int = 6) -> np.ndarray:

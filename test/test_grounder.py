@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from conftest import davis_sequence, make_grounder, make_tracker
-from vrs_node.core.frames import FrameWindow, anchor_lattice, sparse_sample
-from vrs_node.core.grounder import CLIP_KEY, MLLM_KEY, SAM2_KEY, GrounderConfig
-from vrs_node.core.grounding import keyframe_scores, temporal_dynamic_aggregation
+from vrs_node.core.frames import CLIP_KEY, MLLM_KEY, SAM2_KEY, FrameWindow
+from vrs_node.core.grounder import GrounderConfig
+from vrs_node.core.sampling import anchor_lattice, sparse_sample
+from vrs_node.core.vrshq import keyframe_scores, temporal_dynamic_aggregation
 from vrs_node.models.prompt import build_prompt, clean_instruction, tokenize_prompt
 
 

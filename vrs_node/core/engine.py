@@ -58,8 +58,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from vrs_node.core.config import PipelineConfig
-from vrs_node.core.frames import Frame, FrameWindow, camera_size, check_image
-from vrs_node.core.grounder import SAM2_KEY, Grounder, Grounding
+from vrs_node.core.frames import SAM2_KEY, Frame, FrameWindow, camera_size, check_image
+from vrs_node.core.grounder import Grounder, Grounding
 from vrs_node.core.prompt_json import fit_to_image
 from vrs_node.core.queries import QueryReport, QueryScheduler
 from vrs_node.core.queries import TRIGGER_INSTRUCTION, TRIGGER_LOST, TRIGGER_PERIOD  # noqa: F401 (re-exported)

@@ -1,4 +1,4 @@
-"""Frames, the bounded frame window with its per-frame feature cache, and frame-sampling rules.
+"""Frames and the bounded frame window with its per-frame feature cache.
 
 ROS-free: numpy and the standard library only.
 
@@ -6,19 +6,29 @@ ROS-free: numpy and the standard library only.
 - :class:`FrameWindow` is a thread-safe ring buffer of the most recent frames. Anything cached for a
   frame (image embeddings, CLIP scores, ...) lives in the window next to the frame and is dropped
   with it, so memory stays bounded by ``capacity``.
-- :func:`anchor_lattice` (VRS-HQ: the dense frames) and :func:`sparse_sample` (VideoLISA: the
-  optional sparse frames) choose which frames of the window the MLLM sees.
+- The cache keys: :data:`SAM2_KEY` (the frame's SAM-2 features, written by the engine),
+  :data:`CLIP_KEY` and :data:`MLLM_KEY` (the grounder's per-frame CLIP anchor embeddings and MLLM
+  frame tokens).
+
+Which frames of the window the MLLM sees is :mod:`vrs_node.core.sampling`'s.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+
+SAM2_KEY = "sam2"
+"""Window feature key of a frame's SAM-2 :class:`~vrs_node.core.tracker.FrameFeatures` (written by the engine)."""
+CLIP_KEY = "clip_anchor"
+"""Window feature key of a frame's CLIP anchor embedding (written by the grounder)."""
+MLLM_KEY = "mllm_tokens"
+"""Window feature key of a frame's MLLM vision tokens (written by the grounder)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -192,66 +202,3 @@ class FrameWindow:
         """Total number of cached (frame, key) entries; at most ``capacity`` × distinct keys."""
         with self._lock:
             return sum(len(per_frame) for per_frame in self._features.values())
-
-
-VRSHQ_MAX_DENSE_FRAMES = 11
-"""VRS-HQ's frame budget for the lattice: its hard-coded ``max_image_token = 12`` minus one
-(``sample_frames`` in ``model/VISA_multiseg_cliptree_bf16.py``)."""
-
-
-def anchor_lattice(num_frames: int, anchor: int, max_frames: int = VRSHQ_MAX_DENSE_FRAMES) -> list[int]:
-    """VRS-HQ frame choice: the uniform lattice through the anchor frame.
-
-    With T = ``num_frames``::
-
-        step  = ceil(T / max_frames)
-        start = anchor mod step
-        indices = [start, start + step, start + 2·step, ...]   (all < T)
-
-    The anchor is always included, at most ``max_frames`` indices are returned, and every frame
-    is returned when T ≤ ``max_frames``; VRS-HQ's is the default, :data:`VRSHQ_MAX_DENSE_FRAMES`.
-    Example: T = 100, anchor 37 → step 10 → [7, 17, ..., 97].
-
-    Raises ValueError unless T ≥ 1, 0 ≤ anchor < T and max_frames ≥ 1.
-    """
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    if not 0 <= anchor < num_frames:
-        raise ValueError(f"anchor must be in [0, {num_frames}), got {anchor}")
-    if max_frames < 1:
-        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
-    step = math.ceil(num_frames / max_frames)
-    return list(range(anchor % step, num_frames, step))
-
-
-def _bin_centres(stop: int, num_bins: int) -> list[int]:
-    """Middle of each of ``num_bins`` integer bins over [0, stop), as VideoLISA computes them.
-
-    Bin edges e_i = int(linspace(0, stop, num_bins + 1)[i]); bin i covers [e_i, e_{i+1} - 1] and
-    its centre is floor((e_i + e_{i+1} - 1) / 2). The edges go through ``np.linspace`` on purpose:
-    its float rounding sometimes truncates an edge one below the exact i·stop/num_bins (e.g.
-    stop = 58, num_bins = 50), and the upstream code has that rounding too.
-    """
-    edges = np.linspace(0, stop, num_bins + 1).astype(int).tolist()
-    return [(lo + hi - 1) // 2 for lo, hi in zip(edges[:-1], edges[1:])]
-
-
-def sparse_sample(num_frames: int, num_sparse: int) -> list[int]:
-    """VideoLISA's sparse sampling: ``num_sparse`` frame indices over [0, ``num_frames``), sorted.
-
-    With T = ``num_frames``, S = ``num_sparse`` and ``centres(n, k)`` the middles of k integer bins
-    over [0, n) (:func:`_bin_centres`): T > S: ``centres(T, S)``; T ≤ S: every frame ⌊S / T⌋
-    times plus ``centres(T, S mod T)``, sorted (repeats adjacent). Example: T = 100, S = 32 →
-    [1, 4, 7, 10, ..., 94, 97].
-
-    Reproduces ``uniform_sample`` and ``get_sparse_indices`` in VideoLISA's ``chat.py`` (L71-99),
-    including their float ``linspace`` edges (for S = 32 these equal the exact edges i·T/S rounded
-    down, at least for T ≤ 100 000; for S = 50 they do not always). VideoLISA's scripts use S = 32.
-    Raises ValueError unless T ≥ 1 and S ≥ 1 (upstream does not validate).
-    """
-    if num_frames < 1 or num_sparse < 1:
-        raise ValueError(f"need num_frames >= 1 and num_sparse >= 1, got {num_frames}, {num_sparse}")
-    if num_frames > num_sparse:
-        return _bin_centres(num_frames, num_sparse)
-    repeats, extra = divmod(num_sparse, num_frames)
-    return sorted(list(range(num_frames)) * repeats + _bin_centres(num_frames, extra))

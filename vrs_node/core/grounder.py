@@ -27,17 +27,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from vrs_node.core.frames import VRSHQ_MAX_DENSE_FRAMES, Frame, FrameWindow, anchor_lattice, sparse_sample
-from vrs_node.core.grounding import TDA_ALPHA, select_keyframe, temporal_dynamic_aggregation
+from vrs_node.core.frames import CLIP_KEY, MLLM_KEY, SAM2_KEY, Frame, FrameWindow
+from vrs_node.core.sampling import VRSHQ_MAX_DENSE_FRAMES, anchor_lattice, sparse_sample
+from vrs_node.core.vrshq import TDA_ALPHA, select_keyframe, temporal_dynamic_aggregation
 from vrs_node.core.tracker import FrameFeatures, StreamingTracker, TrackResult
 from vrs_node.models.clip_anchor import ClipAnchorScorer
 from vrs_node.models.mllm import GroundingTokens, VrshqMLLM, special_token_ids
 from vrs_node.models.prompt import Instruction, build_prompt, tokenize_prompt
 
-SAM2_KEY = "sam2"
-"""Window feature key of a frame's SAM-2 :class:`FrameFeatures` (written by the engine)."""
-CLIP_KEY = "clip_anchor"
-MLLM_KEY = "mllm_tokens"
 
 
 @dataclass(frozen=True)

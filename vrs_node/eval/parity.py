@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from vrs_node.core.frames import FrameWindow
-from vrs_node.core.grounder import SAM2_KEY, Grounder, Grounding
+from vrs_node.core.frames import SAM2_KEY
+from vrs_node.core.grounder import Grounder, Grounding
 from vrs_node.core.propagation import propagate_reference
 from vrs_node.core.tracker import StreamingTracker, TokenPrompt
 from vrs_node.eval.datasets import image_files, read_rgb

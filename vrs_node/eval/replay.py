@@ -530,7 +530,7 @@ class OfflinePredictor(_ModelPredictor):
     def __call__(self, seq: ReplaySequence) -> Iterator[Prediction]:
         from vrs_node.core.engine import STATUS_TARGET_ABSENT, STATUS_TRACKING
         from vrs_node.core.frames import FrameWindow
-        from vrs_node.core.grounder import SAM2_KEY
+        from vrs_node.core.frames import SAM2_KEY
         from vrs_node.core.propagation import propagation_steps
         from vrs_node.core.tracker import TokenPrompt
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import make_tracker
 
-from vrs_node.core.grounding import (keyframe_scores, select_keyframe,
+from vrs_node.core.vrshq import (keyframe_scores, select_keyframe,
                                      temporal_dynamic_aggregation)
 
 
