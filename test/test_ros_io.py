@@ -17,7 +17,7 @@ from ros_harness import RELIABLE, frame_msg
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
-import vrs_node.ros.node as node_module
+import vrs_node.ros.interface as interface_module
 from vrs_node.io.image import image_msg_to_rgb, overlay_mask, stamp_to_ns
 from vrs_node.ros.node import VrsNode
 
@@ -79,7 +79,7 @@ def test_jpeg_is_decoded_reduced_unless_the_overlay_is_subscribed(ros, monkeypat
     assert [(m.height, m.width) for m in h.masks] == [(480, 854)] * 2
     assert (overlays[0].height, overlays[0].width) == (480, 854)
     blended = []
-    monkeypatch.setattr(node_module, "overlay_mask", lambda *a: blended.append(1) or overlay_mask(*a))
+    monkeypatch.setattr(interface_module, "overlay_mask", lambda *a: blended.append(1) or overlay_mask(*a))
     h.node._publish_result(results[0])  # decoded reduced, published while the overlay is subscribed
     h.spin_until(lambda: len(h.masks) == 3)
     assert blended == [] and len(overlays) == 1
@@ -108,7 +108,7 @@ def test_invalid_transport_or_mode_is_refused_at_startup(ros_nodes):
 def test_overlay_is_computed_only_while_subscribed(ros, monkeypatch):
     frames, masks, _ = davis_sequence("blackswan", 4)
     calls = []
-    monkeypatch.setattr(node_module, "overlay_mask", lambda *a: calls.append(1) or overlay_mask(*a))
+    monkeypatch.setattr(interface_module, "overlay_mask", lambda *a: calls.append(1) or overlay_mask(*a))
     h = ros()
     prompt_box(h, masks[0])
     h.send_frame(frame_msg(frames[0], 0))

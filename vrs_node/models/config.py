@@ -4,7 +4,7 @@ A setting is a frozen-dataclass field made by :func:`setting`: its default, a se
 choices or its range, and whether it may change while running. That field is the one home of
 these facts; the node's parameter descriptors (:mod:`vrs_node.ros.params`), the command-line
 flags of ``vrs-replay`` (:func:`add_arguments`, :func:`from_arguments`) and
-``config/vrs_node.yaml`` (checked by ``test/test_config.py``) are derived from it.
+``config/vrs_node.yaml`` (checked by ``test/test_ros_params.py``) are derived from it.
 
 ``range = (lo, hi)`` or ``(lo, hi, step)``: the dataclass refuses a value below ``lo`` or off
 ``choices``; ``hi`` and ``step`` are also enforced by the node's parameter descriptors (a ROS

@@ -3,7 +3,8 @@
 One process, real ROS 2 topics: a player sends an instruction on ``instruction`` (or, with
 ``--prompt-mask``, a box prompt taken from a ground-truth mask on ``prompt``), publishes the frames
 on ``image`` (stamped at ``--rate``), and a recorder saves every ``mask`` message as a PNG named
-after its frame, an overlay video and the ``status`` stream (frame results and grounding queries). ``--mode live`` (default) runs the node as on a robot (newest frame wins, drops counted);
+after its frame, an overlay video and the ``status`` stream (frame results and grounding queries).
+``--mode live`` (default) runs the node as on a robot (newest frame wins, drops counted);
 ``--mode sync`` waits for each frame's answer before sending the next, so every frame gets a mask.
 """
 
@@ -113,80 +114,85 @@ def write_overlay_video(path: Path, frames: list[np.ndarray], names: list[str], 
     writer.release()
 
 
-def run(argv=None) -> dict:
-    """Run the demo; returns (and prints) the summary. SIGINT or SIGTERM stops it (exit code 0): one
-    line says how far it got, the masks received so far stay in the masks folder, no video or summary
-    is written, and it returns ``{"stopped": "stopped by SIGINT", "frames_published", "masks_received"}``."""
-    args = parse_args(argv)
-    paths = sorted(p for p in args.frames.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    if args.limit:
-        paths = paths[: args.limit]
+def load_frames(folder: Path, limit: int) -> tuple[list[np.ndarray], list[str]]:
+    """The JPEG/PNG frames of ``folder`` in name order (the first ``limit``; 0 = all) as RGB arrays,
+    with their names (file stems); SystemExit when there are none."""
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if limit:
+        paths = paths[:limit]
     if not paths:
-        raise SystemExit(f"no frames in {args.frames}")
-    frames = [np.array(PILImage.open(p).convert("RGB")) for p in paths]
-    names = [p.stem for p in paths]
-    period_ns = int(1e9 / args.rate)
-    stamps = [START_NS + i * period_ns for i in range(len(frames))]
-    (args.out / "masks").mkdir(parents=True, exist_ok=True)
+        raise SystemExit(f"no frames in {folder}")
+    return [np.array(PILImage.open(p).convert("RGB")) for p in paths], [p.stem for p in paths]
 
-    recorder, published = None, 0
-    try:
-        with ros_command(), contextlib.ExitStack() as cleanup:  # cleanup: last in, first out
-            params = {"model_profile": args.profile, "device": args.device, "mode": args.mode,
-                      "image_size": args.image_size}
-            node = VrsNode(parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
-            cleanup.callback(node.destroy_node)
-            player = rclpy.create_node("vrs_demo_player")
-            cleanup.callback(player.destroy_node)
-            recorder = Recorder(player, args.out, dict(zip(stamps, names)))
-            image_pub = player.create_publisher(Image, "image", qos_profile_sensor_data)
-            prompt_pub = player.create_publisher(String, "prompt", RELIABLE)
-            instruction_pub = player.create_publisher(String, "instruction", LATCHED)
-            executor = MultiThreadedExecutor(num_threads=2)
-            executor.add_node(node)
-            executor.add_node(player)
-            spinner = threading.Thread(target=executor.spin, daemon=True)
-            spinner.start()
-            cleanup.callback(spinner.join, 5)
-            cleanup.callback(executor.shutdown)
-            while not (image_pub.get_subscription_count() and prompt_pub.get_subscription_count()
-                       and node.mask_pub.get_subscription_count()):
-                time.sleep(0.05)
-            if args.prompt_mask is not None:
-                prompt = box_prompt(args.prompt_mask)
-                prompt_pub.publish(String(data=json.dumps(prompt)))
-                while node.engine is not None and not node.engine.prompt_pending:
-                    time.sleep(0.01)
+
+class Session:
+    """The node and a player node (publishers and a :class:`Recorder`) spun on a background
+    executor, connected when the constructor returns; everything is closed by ``cleanup`` (an
+    ExitStack, last in, first out). ``published`` counts the frames sent."""
+
+    def __init__(self, args: argparse.Namespace, names_by_stamp: dict[int, str], cleanup: contextlib.ExitStack):
+        self.args, self.published = args, 0
+        params = {"model_profile": args.profile, "device": args.device, "mode": args.mode,
+                  "image_size": args.image_size}
+        self.node = VrsNode(parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+        cleanup.callback(self.node.destroy_node)
+        player = rclpy.create_node("vrs_demo_player")
+        cleanup.callback(player.destroy_node)
+        self.recorder = Recorder(player, args.out, names_by_stamp)
+        self.image_pub = player.create_publisher(Image, "image", qos_profile_sensor_data)
+        self.prompt_pub = player.create_publisher(String, "prompt", RELIABLE)
+        self.instruction_pub = player.create_publisher(String, "instruction", LATCHED)
+        executor = MultiThreadedExecutor(num_threads=2)
+        executor.add_node(self.node)
+        executor.add_node(player)
+        spinner = threading.Thread(target=executor.spin, daemon=True)
+        spinner.start()
+        cleanup.callback(spinner.join, 5)
+        cleanup.callback(executor.shutdown)
+        while not (self.image_pub.get_subscription_count() and self.prompt_pub.get_subscription_count()
+                   and self.node.mask_pub.get_subscription_count()):
+            time.sleep(0.05)
+
+    def send_target(self) -> dict:
+        """The box prompt of ``--prompt-mask``, else the instruction; returns what was sent once the
+        node has it (an instruction: at most 10 s later)."""
+        engine = self.node.engine
+        if self.args.prompt_mask is not None:
+            prompt = box_prompt(self.args.prompt_mask)
+            self.prompt_pub.publish(String(data=json.dumps(prompt)))
+            while engine is not None and not engine.prompt_pending:
+                time.sleep(0.01)
+            return prompt
+        self.instruction_pub.publish(String(data=self.args.instruction))
+        deadline = time.time() + 10
+        while engine is not None and engine.instruction is None and time.time() < deadline:
+            time.sleep(0.01)
+        return {"instruction": self.args.instruction}
+
+    def play(self, frames: list[np.ndarray], stamps: list[int]) -> None:
+        """Publish the frames (``sync``: each once the previous is answered; ``live``: at ``--rate``),
+        then let the node finish the frame it is on (at most 30 s)."""
+        mode, answered = self.args.mode, self.recorder.answered
+        started = time.perf_counter()
+        for i, image in enumerate(tqdm(frames, desc=f"publishing ({mode})", unit="frame")):
+            self.image_pub.publish(rgb_to_msg(image, Header(stamp=ns_to_stamp(stamps[i]), frame_id="camera")))
+            self.published += 1
+            if mode == "sync":
+                while stamps[i] not in answered:
+                    time.sleep(0.002)
             else:
-                prompt = {"instruction": args.instruction}
-                instruction_pub.publish(String(data=args.instruction))
-                deadline = time.time() + 10
-                while node.engine is not None and node.engine.instruction is None and time.time() < deadline:
-                    time.sleep(0.01)
-            started = time.perf_counter()
-            for i, image in enumerate(tqdm(frames, desc=f"publishing ({args.mode})", unit="frame")):
-                msg = rgb_to_msg(image, Header(stamp=ns_to_stamp(stamps[i]), frame_id="camera"))
-                image_pub.publish(msg)
-                published += 1
-                if args.mode == "sync":
-                    while stamps[i] not in recorder.answered:
-                        time.sleep(0.002)
-                else:
-                    time.sleep(max(0.0, started + (i + 1) / args.rate - time.perf_counter()))
-            # let the node finish the frame it is on, then stop
-            deadline = time.time() + 30
-            while time.time() < deadline and stamps[-1] not in recorder.answered:
-                if args.mode == "live" and node.engine is not None and node.engine.stats.processed + \
-                        node.engine.stats.dropped >= len(frames):
-                    time.sleep(0.5)
-                    break
-                time.sleep(0.05)
-    except KeyboardInterrupt as stop:  # SIGINT or SIGTERM (vrs_node.ros.cli)
-        received = len(recorder.masks) if recorder is not None else 0
-        print(f"vrs-demo: {stop} after publishing {published} of {len(frames)} frames; "
-              f"{received} masks in {(args.out / 'masks').resolve()}")
-        return {"stopped": str(stop), "frames_published": published, "masks_received": received}
+                time.sleep(max(0.0, started + (i + 1) / self.args.rate - time.perf_counter()))
+        engine, deadline = self.node.engine, time.time() + 30
+        while time.time() < deadline and stamps[-1] not in answered:
+            if mode == "live" and engine is not None and engine.stats.processed + engine.stats.dropped >= len(frames):
+                time.sleep(0.5)
+                break
+            time.sleep(0.05)
 
+
+def write_outputs(args: argparse.Namespace, frames: list[np.ndarray], names: list[str], recorder: Recorder,
+                  prompt: dict, model_error: str | None) -> dict:
+    """The overlay video, ``status.jsonl`` and ``summary.json`` in ``--out``; prints and returns the summary."""
     write_overlay_video(args.out / "overlay.mp4", frames, names, recorder.masks, min(args.rate, 30.0))
     (args.out / "status.jsonl").write_text("".join(json.dumps(s) + "\n" for s in recorder.statuses))
     last = next((s for s in reversed(recorder.statuses) if "dropped" in s), {})
@@ -198,7 +204,7 @@ def run(argv=None) -> dict:
         "overlay_video": str((args.out / "overlay.mp4").resolve()),
         "status_log": str((args.out / "status.jsonl").resolve()),
         "note": "random weights: the masks show the pipeline works, not segmentation quality"
-        if node.model_error is None and args.profile.endswith("random") else node.model_error,
+        if model_error is None and args.profile.endswith("random") else model_error,
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"vrs-demo: {summary['masks_received']} masks for {len(frames)} frames "
@@ -207,6 +213,30 @@ def run(argv=None) -> dict:
     print(f"  overlay: {summary['overlay_video']}")
     print(f"  status:  {summary['status_log']}")
     return summary
+
+
+def run(argv=None) -> dict:
+    """Run the demo; returns (and prints) the summary. SIGINT or SIGTERM stops it (exit code 0): one
+    line says how far it got, the masks received so far stay in the masks folder, no video or summary
+    is written, and it returns ``{"stopped": "stopped by SIGINT", "frames_published", "masks_received"}``."""
+    args = parse_args(argv)
+    frames, names = load_frames(args.frames, args.limit)
+    period_ns = int(1e9 / args.rate)
+    stamps = [START_NS + i * period_ns for i in range(len(frames))]
+    (args.out / "masks").mkdir(parents=True, exist_ok=True)
+    session = None
+    try:
+        with ros_command(), contextlib.ExitStack() as cleanup:
+            session = Session(args, dict(zip(stamps, names)), cleanup)
+            prompt = session.send_target()
+            session.play(frames, stamps)
+    except KeyboardInterrupt as stop:  # SIGINT or SIGTERM (vrs_node.ros.cli)
+        published = session.published if session is not None else 0
+        received = len(session.recorder.masks) if session is not None else 0
+        print(f"vrs-demo: {stop} after publishing {published} of {len(frames)} frames; "
+              f"{received} masks in {(args.out / 'masks').resolve()}")
+        return {"stopped": str(stop), "frames_published": published, "masks_received": received}
+    return write_outputs(args, frames, names, session.recorder, prompt, session.node.model_error)
 
 
 def main(argv=None) -> None:

@@ -1,0 +1,323 @@
+"""The node's ROS interface over :class:`vrs_node.core.engine.StreamingEngine`
+(:class:`VrsInterface`): parameters (:mod:`vrs_node.ros.params`), inputs, outputs, the ``reset``
+service, ``status`` (:mod:`vrs_node.ros.status`) and ``/diagnostics``, in stages that the plain and
+the lifecycle node (:mod:`vrs_node.ros.node`, whose docstring describes the interface) run at their
+own times.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import threading
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
+from rclpy.qos import qos_policy_name_from_kind, qos_profile_sensor_data
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header, String
+from std_srvs.srv import Trigger
+
+from vrs_node.core.config import PipelineConfig
+from vrs_node.core.engine import FrameResult, QueryReport, StreamingEngine
+from vrs_node.core.pipeline import build_pipeline
+from vrs_node.core.prompt_json import PromptRefused, prompt_from_json, short
+from vrs_node.io.image import (ImageConversionError, compressed_msg_to_rgb, image_msg_to_rgb, mask_to_msg,
+                               ns_to_stamp, overlay_mask, rgb_to_msg, stamp_to_ns)
+from vrs_node.models.config import ModelConfig
+from vrs_node.models.profiles import LoadedModels, load_configured_models, release_accelerator_memory
+from vrs_node.ros import status
+from vrs_node.ros.diagnostics import HealthMonitor
+from vrs_node.ros.logs import RosLogHandler, forward_core_logs, stop_forwarding
+from vrs_node.ros.params import RUNTIME_ENGINE_PARAMETERS, check_choices, declare_parameters, read_config
+from vrs_node.ros.qos import LATCHED, RELIABLE_5, qos_fix
+
+DIAGNOSTICS_PERIOD_S = 1.0
+
+
+class VrsInterface:
+    """The node's ROS interface over the engine, shared by :class:`~vrs_node.ros.node.VrsNode` and
+    :class:`~vrs_node.ros.node.VrsLifecycleNode` (mixed into an rclpy ``Node``). Its stages:
+    ``_setup`` (parameters, diagnostics), ``_open_outputs``, ``_load_models``, ``_start`` (engine,
+    subscriptions, service), ``_stop``, ``_close_outputs``."""
+
+    def _setup(self, lifecycle: bool = False) -> None:
+        """Declare the parameters (:mod:`vrs_node.ros.params`), check their choices (ValueError
+        naming the parameter), forward the core's logs and start the diagnostics."""
+        declare_parameters(self, lifecycle)
+        self.models: LoadedModels | None = None
+        self.engine: StreamingEngine | None = None
+        self.model_error: str | None = None
+        self.profile_name = self._param("model_profile")
+        self.device = self._param("device")
+        self._status_lock = threading.Lock()
+        self._inputs: list = []
+        self._outputs: list = []
+        self._log_handler = RosLogHandler(self.get_logger())
+        # Checked once what destroy_node needs exists (rclpy destroys a refused node at shutdown) and
+        # before anything outlives the node (the core logger's handler).
+        check_choices(self._param)
+        forward_core_logs(self._log_handler)
+        self.health = HealthMonitor(self.profile_name, self.device)
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE_5)
+        self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+    def _param(self, name: str):
+        return self.get_parameter(name).value
+
+    # --- stages ------------------------------------------------------------------------------
+    def _open_outputs(self, create_publisher) -> None:
+        """``mask``, ``overlay`` and ``status`` publishers made by ``create_publisher`` (a plain or
+        a lifecycle publisher factory), each logging an incompatible-QoS match with its fix."""
+        def publisher(msg_type, topic):
+            handler = self._incompatible_qos_handler(self.resolve_topic_name(topic), "publisher")
+            events = PublisherEventCallbacks(incompatible_qos=handler)
+            pub = create_publisher(msg_type, topic, RELIABLE_5, event_callbacks=events)
+            self._outputs.append(pub)
+            return pub
+
+        self.mask_pub = publisher(Image, "mask")
+        self.overlay_pub = publisher(Image, "overlay")
+        self.status_pub = publisher(String, "status")
+
+    def _close_outputs(self) -> None:
+        for pub in self._outputs:
+            self.destroy_publisher(pub)
+        self._outputs.clear()
+
+    def _load_models(self) -> bool:
+        """Load the profile's models on the device; on failure keep the reason in ``model_error``."""
+        try:
+            config = read_config(ModelConfig, self._param)
+            profile, device, self.models = load_configured_models(config)
+        except Exception as exc:  # noqa: BLE001 -- any load failure is reported, the node stays up
+            self.model_error = f"model could not be loaded: {type(exc).__name__}: {exc}"
+            self.get_logger().error(self.model_error)
+            return False
+        self.model_error = None
+        self.device = self.health.device = str(device)
+        weights = "RANDOM weights: masks prove plumbing only, not segmentation quality" if profile.random_weights \
+            else f"checkpoint {self._param('vrshq_checkpoint') or self._param('sam2_checkpoint')}"
+        language = "follows instructions" if self.models.grounding is not None else "prompts only (no language model)"
+        self.get_logger().info(
+            f"model profile {profile.name!r} ({profile.description}) on {self.device}, "
+            f"{self.models.transform.image_size} px, {self.models.precision}"
+            f"{', compiled' if self.models.compiled else ''}"
+            f"{', reasoner ' + self.models.reasoner_quantization if self.models.reasoner_quantization != 'none' else ''}"
+            f", {weights}; mode {self._param('mode')}; {language}")
+        return True
+
+    def _start(self) -> None:
+        """Build the engine over the loaded models (if any) and open the inputs."""
+        if self.models is not None:
+            config = read_config(PipelineConfig, self._param)
+            self.engine = build_pipeline(self.models, config, on_result=self._publish_result,
+                                         on_query=self._publish_query)
+            self._apply_instruction(self._param("instruction"))
+        self._inputs += [self._subscribe_image(),
+                         self.create_subscription(String, "prompt", self._on_prompt, RELIABLE_5),
+                         self.create_subscription(String, "instruction", self._on_instruction, LATCHED),
+                         self.create_service(Trigger, "reset", self._on_reset)]
+
+    def _stop(self) -> None:
+        """Close the inputs, stop the engine and drop its state (frames, features, memory)."""
+        for entity in self._inputs:
+            if isinstance(entity, rclpy.service.Service):
+                self.destroy_service(entity)
+            else:
+                self.destroy_subscription(entity)
+        self._inputs.clear()
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+            release_accelerator_memory(self.device)
+
+    def destroy_node(self) -> None:
+        """Stop the tracking thread and the log forwarding before the node goes away."""
+        self._stop()
+        stop_forwarding(self._log_handler)
+        super().destroy_node()
+
+    def _subscribe_image(self):
+        """The camera input of the ``image_transport`` parameter (see the module docstring)."""
+        transport = self._param("image_transport")
+        if transport == "compressed":
+            msg_type, topic = CompressedImage, self.resolve_topic_name("image") + "/compressed"
+        else:
+            msg_type, topic = Image, "image"
+        events = SubscriptionEventCallbacks(
+            incompatible_qos=self._incompatible_qos_handler(self.resolve_topic_name(topic), "subscription"))
+        # A copy: rclpy applies qos_overrides to the profile object it is given, in place, which
+        # would make every later user of the shared qos_profile_sensor_data in this process reliable.
+        return self.create_subscription(msg_type, topic, self._on_image, copy.copy(qos_profile_sensor_data),
+                                        qos_overriding_options=QoSOverridingOptions.with_default_policies(),
+                                        event_callbacks=events)
+
+    def _incompatible_qos_handler(self, topic: str, side: str):
+        def handle(event) -> None:
+            reason = (f"incompatible QoS on {topic} ({qos_policy_name_from_kind(event.last_policy_kind)}): "
+                      f"nothing flows between this {side} and that peer; fix: "
+                      f"{qos_fix(topic, event.last_policy_kind, side)}")
+            self.get_logger().error(reason)
+            self._report_error(None, reason)
+        return handle
+
+    # --- callbacks ---------------------------------------------------------------------------
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        """Apply runtime parameters; a refused instruction is answered with the reason."""
+        for param in params:
+            if param.name == "instruction":
+                error = self._apply_instruction(param.value)
+                if error:
+                    return SetParametersResult(successful=False, reason=error)
+            elif param.name in RUNTIME_ENGINE_PARAMETERS and self.engine is not None:
+                try:
+                    self.engine.config = dataclasses.replace(self.engine.config, **{param.name: param.value})
+                except ValueError as exc:
+                    return SetParametersResult(successful=False, reason=str(exc))
+        return SetParametersResult(successful=True)
+
+    def _apply_instruction(self, text: str) -> str | None:
+        """Follow ``text`` ('' stops following); returns the reason of a refusal, or None. Without
+        an engine (an inactive lifecycle node) the parameter is kept and applied at activation."""
+        if not text:
+            if self.engine is not None and self.engine.instruction is not None:
+                self.engine.clear_prompt()
+                self.get_logger().info("instruction cleared")
+            return None
+        if self.engine is None:
+            return self.model_error
+        try:
+            instruction = self.engine.set_instruction(text)
+        except (ValueError, RuntimeError) as exc:
+            self.get_logger().warning(f"instruction refused: {exc}")
+            self._report_error(None, f"instruction refused: {exc}")
+            return str(exc)
+        note = " (reserved token text in it was neutralised)" if instruction.neutralised else ""
+        self.get_logger().info(f"following instruction {instruction.text!r}{note}")
+        return None
+
+    def _on_instruction(self, msg: String) -> None:
+        self._apply_instruction(msg.data)
+
+    def _on_image(self, msg) -> None:
+        """Convert and push a camera frame; a refused one (``vrs_node.io.image``, images above
+        ``max_image_pixels`` included) gets an error status with its stamp and reason.
+
+        A JPEG is decoded at the smallest reduced scale that still covers SAM-2's input
+        (:func:`~vrs_node.io.image.compressed_msg_to_rgb` with the transform's ``valid_size``)
+        and pushed with the camera size from its header, so masks stay at camera size; while the
+        ``overlay`` topic has subscribers it is decoded at full size (the overlay blends the mask
+        into the full image)."""
+        engine = self.engine
+        if engine is None:
+            self._report_error(msg.header, self.model_error)
+            return
+        max_pixels = self._param("max_image_pixels")
+        try:
+            if isinstance(msg, CompressedImage):
+                reduce = self.overlay_pub.get_subscription_count() == 0
+                image, camera_hw = compressed_msg_to_rgb(
+                    msg, max_pixels, engine.tracker.transform.valid_size if reduce else None)
+            else:
+                image, camera_hw = image_msg_to_rgb(msg, max_pixels), None
+        except ImageConversionError as exc:
+            self.get_logger().warning(f"image refused: {exc}", throttle_duration_sec=5.0)
+            self._report_error(msg.header, f"image refused: {exc}")
+            return
+        result = engine.push(image, stamp_to_ns(msg.header.stamp), msg.header.frame_id, camera_hw)
+        if result is not None:
+            self._publish_result(result)
+
+    def _on_prompt(self, msg: String) -> None:
+        """Parse (:func:`~vrs_node.core.prompt_json.prompt_from_json`) and set a prompt (the engine
+        checks its stamp and its place in the image at once). A refused prompt changes nothing;
+        its reason goes on ``status`` at once. A box clipped to the image is said so there too."""
+        try:
+            prompt, stamp_ns = prompt_from_json(msg.data, self._param("max_prompt_points"))
+        except PromptRefused as exc:
+            self._report_prompt("error", f"prompt refused: {exc}", exc.stamp_ns)
+            return
+        engine = self.engine
+        if engine is None:
+            self._report_error(None, self.model_error)
+            return
+        try:
+            notice = engine.set_prompt(prompt, stamp_ns=stamp_ns)
+        except ValueError as exc:
+            self._report_prompt("error", f"prompt refused: {exc}", stamp_ns)
+            return
+        if notice:
+            self._report_prompt("accepted", "prompt accepted (clipped)", stamp_ns, notice=notice)
+        self.get_logger().info(f"prompt accepted: {short(msg.data)}" + (f"; {notice}" if notice else ""))
+
+    def _report_prompt(self, state: str, reason: str, stamp_ns: int | None, notice: str | None = None) -> None:
+        """One ``status`` message about a prompt (:func:`~vrs_node.ros.status.prompt_status`); a
+        refusal is also logged."""
+        if state == "error":
+            self.get_logger().warning(reason, throttle_duration_sec=5.0)
+        self._publish_status(status.prompt_status(state, reason, stamp_ns, notice))
+
+    def _on_reset(self, request, response):
+        if self.engine is None:
+            response.success, response.message = False, self.model_error
+        else:
+            self.engine.clear_prompt()
+            response.success, response.message = True, "target and instruction forgotten; waiting for a prompt"
+        return response
+
+    # --- outputs -----------------------------------------------------------------------------
+    def _publish_result(self, result: FrameResult) -> None:
+        """Publish the mask (with the input frame's stamp and frame_id), the overlay if anyone
+        subscribes, and the status. A frame decoded at a reduced scale (received before the
+        overlay had a subscriber: :meth:`_on_image`) gets no overlay."""
+        self.health.on_result(result)
+        header = Header(stamp=ns_to_stamp(result.stamp_ns), frame_id=result.frame_id)
+        self.mask_pub.publish(mask_to_msg(result.mask, header))
+        if self.overlay_pub.get_subscription_count() > 0 and result.image.shape[:2] == result.mask.shape:
+            self.overlay_pub.publish(rgb_to_msg(overlay_mask(result.image, result.mask), header))
+        self._publish_status(status.frame_status(result))  # a notice in it: the engine logs it
+
+    def _publish_query(self, report: QueryReport) -> None:
+        """Status message for a finished grounding query."""
+        self.health.on_query(report)
+        self._publish_status(status.query_status(report))
+
+    def _publish_diagnostics(self) -> None:
+        """Close a diagnostics period: one DiagnosticStatus on ``/diagnostics`` (see HealthMonitor)."""
+        engine = self.engine
+        instruction = engine.instruction if engine is not None else None
+        camera = next((s for s in self._inputs if getattr(s, "msg_type", None) in (Image, CompressedImage)), None)
+        health = self.health.report(engine.stats if engine is not None else None,
+                                    instruction.text if instruction is not None else None, self.model_error,
+                                    self._inactive_reason(),
+                                    image_publishers=camera.get_publisher_count() if camera is not None else None,
+                                    query_running_s=engine.query_elapsed_s if engine is not None else None)
+        self.diagnostics_pub.publish(status.diagnostic_array(health, f"{self.get_name()}: segmentation", self.device,
+                                                             self.get_clock().now().to_msg()))
+
+    def _inactive_reason(self) -> str | None:
+        """Why the node does not process images by design (None: it should be processing)."""
+        return None
+
+    def _report_error(self, header, reason: str) -> None:
+        """An ``error`` status; ``header``: the refused image's (None for anything else)."""
+        stamp = (stamp_to_ns(header.stamp), header.frame_id) if header is not None else ()
+        self._publish_status(status.error_status(reason, *stamp))
+
+    def _publish_status(self, fields: dict) -> None:
+        """Publish ``fields`` with :func:`~vrs_node.ros.status.context` on ``status`` (while it is open)."""
+        engine = self.engine
+        instruction = engine.instruction if engine is not None else None
+        fields.update(status.context(self.profile_name, self.device,
+                                     self.models.precision if self.models is not None else None,
+                                     engine.stats if engine is not None else None,
+                                     instruction.text if instruction is not None else None))
+        with self._status_lock:
+            if self._outputs:
+                self.status_pub.publish(String(data=json.dumps(fields)))

@@ -1,0 +1,107 @@
+"""The node's ROS parameters, derived from the settings (:mod:`vrs_node.models.config`).
+
+:func:`parameters` lists them in declaration order: the fields of :class:`ModelConfig`, those of
+:class:`PipelineConfig` (with the node's own defaults, :data:`NODE_DEFAULTS`), then the node's own
+settings (:data:`NODE_SETTINGS`) and, for the lifecycle node, :data:`AUTOSTART`.
+``config/vrs_node.yaml`` lists the same, in the same order (``test/test_ros_params.py``).
+
+A setting becomes a parameter with its default, its help as the description (its choices added
+when the help does not name them all), ``read_only`` unless the setting is ``runtime``, and its
+``range`` as an integer or floating-point range (with the step when the range has one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import textwrap
+from collections.abc import Callable
+from typing import Any
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+from vrs_node.core.config import PipelineConfig
+from vrs_node.core.prompt_json import DEFAULT_MAX_PROMPT_POINTS
+from vrs_node.io.image import DEFAULT_MAX_IMAGE_PIXELS
+from vrs_node.models.config import ModelConfig, Setting, settings
+
+IMAGE_TRANSPORTS = ("raw", "compressed")
+NODE_DEFAULTS = {"mode": "live"}
+"""Where the node's default differs from the library's: a node serves a live camera."""
+NODE_SETTINGS = (
+    Setting(name="image_transport", default="raw", choices=IMAGE_TRANSPORTS, range=None, runtime=False,
+            help="raw: sensor_msgs/Image on image; compressed: sensor_msgs/CompressedImage on <image>/compressed"),
+    Setting(name="instruction", default="", choices=None, range=None, runtime=True,
+            help="language instruction to follow ('' = none); also settable on the instruction topic"),
+    Setting(name="max_image_pixels", default=DEFAULT_MAX_IMAGE_PIXELS, choices=None, range=(1, 1_000_000_000),
+            runtime=False,
+            help="images with more pixels (width x height) are refused; compressed ones before decoding"),
+    Setting(name="max_prompt_points", default=DEFAULT_MAX_PROMPT_POINTS, choices=None, range=(1, 1000),
+            runtime=False, help="prompts with more points are refused"),
+)
+"""The node's settings that are no library's: its input, its instruction, its input limits."""
+AUTOSTART = Setting(name="autostart", default=True, choices=None, range=None, runtime=False,
+                    help="vrs-lifecycle-node's main configures and activates the node itself")
+"""The lifecycle node's one more parameter."""
+RUNTIME_ENGINE_PARAMETERS = frozenset(s.name for s in settings(PipelineConfig) if s.runtime)
+"""The engine's settings a running node applies when its parameter is set."""
+
+
+def parameters(lifecycle: bool = False) -> list[Setting]:
+    """The node's parameters as settings, in declaration order (see the module docstring);
+    ``lifecycle``: the lifecycle node's, ``autostart`` last."""
+    engine = [dataclasses.replace(s, default=NODE_DEFAULTS.get(s.name, s.default)) for s in settings(PipelineConfig)]
+    return [*settings(ModelConfig), *engine, *NODE_SETTINGS, *([AUTOSTART] if lifecycle else [])]
+
+
+def description(s: Setting) -> str:
+    """``s``'s help, with ``(one of: ...)`` appended when it does not name each of its choices."""
+    if s.choices is None or all(re.search(rf"\b{re.escape(str(c))}\b", s.help) for c in s.choices):
+        return s.help
+    return f"{s.help} (one of: {', '.join(map(str, s.choices))})"
+
+
+def descriptor(s: Setting) -> ParameterDescriptor:
+    """``s``'s parameter descriptor: description, ``read_only`` = not ``runtime``, and its range
+    (``IntegerRange`` for an int setting, ``FloatingPointRange`` for a float one; step 0 = any)."""
+    ranges = {}
+    if s.range is not None:
+        lo, hi, step = (*s.range, 0)[:3]
+        if s.type is int:
+            ranges["integer_range"] = [IntegerRange(from_value=lo, to_value=hi, step=step)]
+        else:
+            ranges["floating_point_range"] = [FloatingPointRange(from_value=float(lo), to_value=float(hi),
+                                                                 step=float(step))]
+    return ParameterDescriptor(description=description(s), read_only=not s.runtime, **ranges)
+
+
+def declare_parameters(node, lifecycle: bool = False) -> None:
+    """Declare :func:`parameters` on ``node`` (an rclpy node), each with its :func:`descriptor`."""
+    for s in parameters(lifecycle):
+        node.declare_parameter(s.name, s.default, descriptor(s))
+
+
+def read_config(cls, value_of: Callable[[str], Any]):
+    """A ``cls`` (:class:`ModelConfig` or :class:`PipelineConfig`) from the parameter values
+    ``value_of(name)``; ValueError naming the setting for a value off its choices or range."""
+    return cls(**{s.name: value_of(s.name) for s in settings(cls)})
+
+
+def check_choices(value_of: Callable[[str], Any]) -> None:
+    """ValueError ``parameter NAME must be one of A, B; got 'X'`` for the first parameter off its
+    choices among those that decide how the node runs (the engine's and the node's own). The model
+    settings are left to the model load, whose failure the node reports and survives."""
+    for s in (*settings(PipelineConfig), *NODE_SETTINGS):
+        if s.choices is not None and value_of(s.name) not in s.choices:
+            raise ValueError(f"parameter {s.name} must be one of {', '.join(s.choices)}; got {value_of(s.name)!r}")
+
+
+def parameter_help(lifecycle: bool = False) -> list[str]:
+    """The ``--help`` lines of :func:`parameters`: ``  name (default X[, runtime-settable])`` and
+    the wrapped description under it."""
+    lines = []
+    for s in parameters(lifecycle):
+        settable = ", runtime-settable" if s.runtime else ""
+        lines.append(f"  {s.name} (default {s.default!r}{settable})")
+        lines += textwrap.wrap(description(s), 96, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    return lines

@@ -1,0 +1,84 @@
+"""What the node says on ``status`` (JSON objects) and ``/diagnostics``, built from the engine's
+results; the node only publishes them.
+
+Every ``status`` message is one of :func:`frame_status`, :func:`query_status`,
+:func:`prompt_status` or :func:`error_status`, with :func:`context` (model, device, precision,
+the engine's counters and instruction) added to it.
+"""
+
+from __future__ import annotations
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from std_msgs.msg import Header
+
+from vrs_node.core.engine import EngineStats, FrameResult, QueryReport
+from vrs_node.ros.diagnostics import Health
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1e3, 2)
+
+
+def frame_status(result: FrameResult) -> dict:
+    """A processed frame: its stamp, frame_id and index, ``status``, ``reason``, ``object_score``,
+    ``target_present``, ``latency_ms`` and, when the stream jumped or changed size, ``notice``."""
+    fields = {"stamp_ns": result.stamp_ns, "frame_id": result.frame_id, "frame_index": result.index,
+              "status": result.status, "reason": result.reason, "object_score": result.object_score,
+              "target_present": bool(result.mask.any()), "latency_ms": _ms(result.latency_s)}
+    if result.notice:
+        fields["notice"] = result.notice
+    return fields
+
+
+def query_status(report: QueryReport) -> dict:
+    """A finished grounding query (``"event": "query"``): trigger, instruction, applied, latency and
+    either ``status`` ``grounded`` with the keyframe and stage timings, or ``error`` with the reason."""
+    fields = {"event": "query", "trigger": report.trigger, "instruction": report.instruction.text,
+              "applied": report.applied, "latency_ms": _ms(report.latency_s)}
+    if report.error is not None:
+        fields.update(status="error", reason=f"grounding failed: {report.error}; tracking goes on, "
+                                             "the query is retried at the next trigger")
+    else:
+        g = report.grounding
+        fields.update(status="grounded", keyframe_stamp_ns=g.keyframe_stamp_ns, keyframe_object_score=g.object_score,
+                      timings_ms={k: _ms(v) for k, v in g.timings_s.items()})
+    return fields
+
+
+def prompt_status(status: str, reason: str, stamp_ns: int | None, notice: str | None = None) -> dict:
+    """A prompt (``"event": "prompt"``): ``status`` ``error`` (refused) or ``accepted`` (accepted with
+    a ``notice``), ``reason`` and the prompt's own ``stamp_ns`` (None: it has none or is unreadable)."""
+    fields = {"event": "prompt", "status": status, "reason": reason, "stamp_ns": stamp_ns}
+    if notice is not None:
+        fields["notice"] = notice
+    return fields
+
+
+def error_status(reason: str, stamp_ns: int | None = None, frame_id: str | None = None) -> dict:
+    """A refused message or a fault: ``status`` ``error``, ``reason`` and, for an image, its stamp
+    and frame_id."""
+    fields = {"status": "error", "reason": reason}
+    if stamp_ns is not None:
+        fields.update(stamp_ns=stamp_ns, frame_id=frame_id)
+    return fields
+
+
+def context(profile: str, device: str, precision: str | None, stats: EngineStats | None,
+            instruction: str | None) -> dict:
+    """The fields every ``status`` message carries: ``model_profile``, ``device``, ``precision``
+    (None before the models load) and, while an engine runs (``stats`` not None), its counters and
+    ``instruction`` (None when none is followed)."""
+    fields = {"model_profile": profile, "device": device, "precision": precision}
+    if stats is not None:
+        fields.update(pushed=stats.pushed, processed=stats.processed, dropped=stats.dropped, errors=stats.errors,
+                      queries=stats.queries, query_errors=stats.query_errors, time_jumps=stats.time_jumps,
+                      resolution_changes=stats.resolution_changes, instruction=instruction)
+    return fields
+
+
+def diagnostic_array(health: Health, name: str, hardware_id: str, stamp) -> DiagnosticArray:
+    """``/diagnostics``'s message of one period: one DiagnosticStatus ``name`` with ``health``'s level,
+    message and values (:mod:`vrs_node.ros.diagnostics`), stamped ``stamp`` (builtin_interfaces/Time)."""
+    status = DiagnosticStatus(level=bytes([health.level]), name=name, message=health.message, hardware_id=hardware_id,
+                              values=[KeyValue(key=k, value=v) for k, v in health.values.items()])
+    return DiagnosticArray(header=Header(stamp=stamp), status=[status])
