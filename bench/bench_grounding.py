@@ -51,13 +51,14 @@ from vrs_node.core.config import PipelineConfig  # noqa: E402
 from vrs_node.core.frames import SAM2_KEY  # noqa: E402
 from vrs_node.core.grounder import Grounder  # noqa: E402
 from vrs_node.core.pipeline import build_pipeline  # noqa: E402
-from vrs_node.core.tracker import PointsPrompt, StreamingTracker, TokenPrompt  # noqa: E402
+from vrs_node.core.prompts import PointsPrompt, TokenPrompt  # noqa: E402
+from vrs_node.core.tracker import StreamingTracker  # noqa: E402
+from vrs_node.models.byte_tokenizer import byte_tokenizer  # noqa: E402
 from vrs_node.models.clip_anchor import ClipAnchorScorer  # noqa: E402
 from vrs_node.models.mllm import VrshqMLLM, vrshq_7b_config  # noqa: E402
 from vrs_node.models.profiles import (build_grounding_models, build_sam2_for_profile,  # noqa: E402
                                       get_profile, load_models)
 from vrs_node.models.prompt import build_prompt, clean_instruction, tokenize_prompt  # noqa: E402
-from vrs_node.models.tokenizer import byte_tokenizer  # noqa: E402
 
 INSTRUCTION = "the black swan"
 
@@ -91,7 +92,8 @@ def build(size: str, llm_layers: int):
         model, transform = build_sam2_for_profile(profile)
         models = build_grounding_models(profile)
         tracker = StreamingTracker(model, transform)
-        return tracker, Grounder(models.mllm, models.tokenizer, models.anchor_scorer, tracker), \
+        return tracker, Grounder(models.mllm, models.tokenizer, models.anchor_scorer, tracker,
+                                  special_ids=models.special_ids), \
             "tiny-random: Hiera-T 256 px, tiny CLIP-224/LLaMA/CLIP anchor"
     profile = get_profile("vrshq-7b-random")
     model, transform = build_sam2_for_profile(profile)

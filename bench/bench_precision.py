@@ -38,7 +38,8 @@ from bench_tracker import loadavg, machine_info, stats_ms  # noqa: E402
 from common import davis_sequence  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from vrs_node.core.tracker import MaskPrompt, StreamingTracker  # noqa: E402
+from vrs_node.core.prompts import MaskPrompt  # noqa: E402
+from vrs_node.core.tracker import StreamingTracker  # noqa: E402
 from vrs_node.models.profiles import get_profile, load_models  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16")

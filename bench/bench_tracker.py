@@ -212,7 +212,7 @@ def run_tracker(tracker, frames, mask, desc: str, source=None, sample_every: int
                 n_frames: int | None = None) -> dict:
     """Condition on frame 0, track the rest. ``frames``: list of RGB arrays, or None with
     ``source`` (list of JPEG paths decoded one per frame). Returns per-frame times (s)."""
-    from vrs_node.core.tracker import MaskPrompt
+    from vrs_node.core.prompts import MaskPrompt
 
     tracker.reset()
     n = n_frames if n_frames is not None else len(frames)
@@ -313,7 +313,7 @@ def run_interleaved(tracker, predictor, folder: Path, frames, mask, predictor_fi
     device pre-processing: resize + normalise) + ``condition``/``track`` + ``camera_logits()`` (the predictor upsamples
     to video resolution every frame too).
     """
-    from vrs_node.core.tracker import MaskPrompt
+    from vrs_node.core.prompts import MaskPrompt
 
     n = len(frames)
     rec = {"predictor_first": predictor_first}

@@ -60,13 +60,14 @@ sys.path.insert(0, str(REPO))
 from common import box_of, filled_window  # noqa: E402
 
 from vrs_node.core.config import PipelineConfig  # noqa: E402
-from vrs_node.core.engine import STATUS_TRACKING, StreamingEngine  # noqa: E402
+from vrs_node.core.engine import StreamingEngine  # noqa: E402
 from vrs_node.core.grounder import Grounder  # noqa: E402
 from vrs_node.core.pipeline import build_pipeline  # noqa: E402
-from vrs_node.core.tracker import MaskPrompt, PointsPrompt, StreamingTracker  # noqa: E402
+from vrs_node.core.prompts import MaskPrompt, PointsPrompt  # noqa: E402
+from vrs_node.core.results import STATUS_TRACKING  # noqa: E402
+from vrs_node.core.tracker import StreamingTracker  # noqa: E402
 from vrs_node.models.precision import tracker_precision_options  # noqa: E402
 from vrs_node.models.profiles import get_profile, load_models, release_accelerator_memory  # noqa: E402
-from vrs_node.models.mllm import special_token_ids  # noqa: E402
 from vrs_node.models.prompt import build_prompt, clean_instruction, tokenize_prompt  # noqa: E402
 from vrs_node.models.quantize import (AGREEMENT, QUANTIZATION_MODES, embedding_agreement,  # noqa: E402
                                       move_reasoner, quantize_reasoner, weight_bytes)
@@ -231,7 +232,7 @@ def part_reasoner(device, sizes: Sizes, frames, mask, clock: Clock, state: dict)
     state["reasoner"] = loaded
     tracker = StreamingTracker(loaded.sam2, loaded.transform, **loaded.tracker_options)
     g = loaded.grounding
-    grounder = Grounder(g.mllm, g.tokenizer, g.anchor_scorer, tracker)
+    grounder = Grounder(g.mllm, g.tokenizer, g.anchor_scorer, tracker, special_ids=g.special_ids)
     window = filled_window(tracker, frames, sizes.window)
     instruction = clean_instruction(INSTRUCTION)
     start = time.perf_counter()
@@ -366,7 +367,7 @@ def part_cuda_checks(device, sizes: Sizes, frames, mask, clock: Clock, state: di
     out = {"compile_max_abs_logit_diff": max(float((c - e).abs().max()) for (e, _), (c, _) in zip(*sessions)),
            "compile_max_abs_score_diff": max(abs(c - e) for (_, e), (_, c) in zip(*sessions))}
     grounding = load_models(get_profile("tiny-random"), device, precision="bf16").grounding
-    seg_id, tak_id = special_token_ids(grounding.tokenizer)
+    seg_id, tak_id = grounding.special_ids
     ids = tokenize_prompt(build_prompt(clean_instruction(INSTRUCTION), 4), grounding.tokenizer)
     tokens = grounding.mllm.frame_tokens(frames[:4])
     reference = grounding.mllm(ids, tokens, seg_id, tak_id)
@@ -392,7 +393,8 @@ def part_host(device, sizes: Sizes, frames, mask, clock: Clock, state: dict) -> 
     each stage, so a stage counts its own kernels). Decoding and building the ROS messages are not
     in it (the device machine may have no ROS 2): ``bench/bench_host.py`` measures those where ROS is.
     """
-    from vrs_node.core.tracker import TrackResult, fill_holes_in_mask_scores
+    from vrs_node.core.hole_filling import fill_holes_in_mask_scores
+    from vrs_node.core.tracker import TrackResult
     from vrs_node.models.sam2_build import FILL_HOLE_AREA, SamImageTransform
 
     transform = SamImageTransform(sizes.image_size)

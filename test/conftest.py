@@ -73,7 +73,8 @@ def make_grounder(tracker: StreamingTracker, **config):
     from vrs_node.models.profiles import build_grounding_models
 
     models = build_grounding_models(get_profile("tiny-random"))
-    return Grounder(models.mllm, models.tokenizer, models.anchor_scorer, tracker, GrounderConfig(**config))
+    return Grounder(models.mllm, models.tokenizer, models.anchor_scorer, tracker, GrounderConfig(**config),
+                    models.special_ids)
 
 
 def grounding_engine(**config):

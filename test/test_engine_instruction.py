@@ -12,9 +12,10 @@ import pytest
 from conftest import davis_sequence, grounding_engine, make_grounder, make_tracker
 
 from vrs_node.core.config import PipelineConfig
-from vrs_node.core.engine import (STATUS_GROUNDING, STATUS_NO_PROMPT, STATUS_TARGET_ABSENT, STATUS_TRACKING,
-                                  TRIGGER_INSTRUCTION, TRIGGER_LOST, TRIGGER_PERIOD, StreamingEngine)
-from vrs_node.core.tracker import MaskPrompt
+from vrs_node.core.engine import StreamingEngine
+from vrs_node.core.prompts import MaskPrompt
+from vrs_node.core.queries import TRIGGER_INSTRUCTION, TRIGGER_LOST, TRIGGER_PERIOD
+from vrs_node.core.results import STATUS_GROUNDING, STATUS_NO_PROMPT, STATUS_TARGET_ABSENT, STATUS_TRACKING
 
 FRAME_NS = 33_333_333
 

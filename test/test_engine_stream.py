@@ -11,8 +11,10 @@ import numpy as np
 from conftest import davis_sequence, grounding_engine, make_tracker
 
 from vrs_node.core.config import PipelineConfig
-from vrs_node.core.engine import (STATUS_ERROR, STATUS_TRACKING, TRIGGER_INSTRUCTION, TRIGGER_PERIOD, StreamingEngine)
-from vrs_node.core.tracker import MaskPrompt
+from vrs_node.core.engine import StreamingEngine
+from vrs_node.core.prompts import MaskPrompt
+from vrs_node.core.queries import TRIGGER_INSTRUCTION, TRIGGER_PERIOD
+from vrs_node.core.results import STATUS_ERROR, STATUS_TRACKING
 
 FRAME_NS = 100_000_000
 

@@ -38,8 +38,8 @@ from ros_harness import RELIABLE, frame_msg
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header, String
 
-from vrs_node.core.engine import (STATUS_GROUNDING, STATUS_TRACKING, TRIGGER_INSTRUCTION, TRIGGER_LOST,
-                                  TRIGGER_PERIOD, EngineStats, QueryReport)
+from vrs_node.core.queries import TRIGGER_INSTRUCTION, TRIGGER_LOST, TRIGGER_PERIOD, QueryReport
+from vrs_node.core.results import STATUS_GROUNDING, STATUS_TRACKING, EngineStats
 from vrs_node.io.image import image_msg_to_rgb, ns_to_stamp, rgb_to_msg, stamp_to_ns
 from vrs_node.models.prompt import clean_instruction
 from vrs_node.ros.diagnostics import OK, WARN, HealthMonitor
@@ -168,15 +168,15 @@ def test_an_encoder_failure_fails_that_frame_only(ros):
     h.prompt_pub.publish(String(data=json.dumps({"box": box})))
     h.spin_until(lambda: h.node.engine.prompt_pending)
     tracker = h.node.engine.tracker
-    real_encode, calls = tracker.encode, []
+    real_encode, calls = tracker.encode_frame, []
 
-    def encode(image, camera_hw=None):
+    def encode_frame(frame):
         calls.append(1)
         if len(calls) == 4:
             raise torch.cuda.OutOfMemoryError(OOM_TEXT)
-        return real_encode(image, camera_hw)
+        return real_encode(frame)
 
-    tracker.encode = encode
+    tracker.encode_frame = encode_frame
     statuses = [h.send_frame(frame_msg(image, i)) for i, image in enumerate(frames)]
     failed = stamp_to_ns(frame_msg(frames[3], 3).header.stamp)
     assert [s["status"] for s in statuses] == ["tracking"] * 3 + ["error"] + ["tracking"] * 2

@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 
-from vrs_node.core.frames import Frame, FrameWindow, camera_size
+from vrs_node.core.frames import Frame, FrameWindow, camera_size, check_frame
 from vrs_node.core.sampling import anchor_lattice, sparse_sample
 
 
@@ -159,18 +159,16 @@ def test_frame_size_is_the_camera_size_the_image_may_be_smaller():
     assert (frame.height, frame.width) == (10, 14) and frame.camera_hw == (10, 14)
     assert frame.image.shape == (5, 7, 3)
     assert Frame(0, 0, _image(height=5, width=7)).camera_hw == (5, 7)
-    held = FrameWindow(2).append(_image(height=5, width=7), 0, "cam", camera_hw=(np.int64(9), 13))
+    image = _image(height=5, width=7)
+    held = FrameWindow(2).append(image, 0, "cam", camera_hw=check_frame(image, (np.int64(9), 13)))
     assert held.camera_hw == (9, 13) and type(held.camera_hw[0]) is int
 
 
 @pytest.mark.parametrize("camera_hw", [(4, 7), (5, 6), (5,), (5, 7, 3), (5.0, 7), (True, 7), "57"])
 def test_a_camera_size_smaller_than_the_image_or_not_two_ints_is_refused(camera_hw):
-    window = FrameWindow(2)
-    with pytest.raises(ValueError, match="camera_hw"):
-        window.append(_image(height=5, width=7), 0, camera_hw=camera_hw)
-    assert len(window) == 0
-    with pytest.raises(ValueError, match="camera_hw"):
-        camera_size(_image(height=5, width=7), camera_hw)
+    for check in (camera_size, check_frame):
+        with pytest.raises(ValueError, match="camera_hw"):
+            check(_image(height=5, width=7), camera_hw)
 
 
 @pytest.mark.parametrize("capacity", [0, -1, 1.5, "3", True])
@@ -190,11 +188,9 @@ def test_window_rejects_bad_capacity(capacity):
         [[[0, 0, 0]]],
     ],
 )
-def test_window_rejects_bad_image(image):
-    window = FrameWindow(2)
+def test_check_frame_rejects_bad_image(image):
     with pytest.raises(ValueError):
-        window.append(image, 0)
-    assert len(window) == 0
+        check_frame(image)
 
 
 def test_append_assigns_indices_and_snapshot_returns_frames():

@@ -35,7 +35,7 @@ from test_image import png_bytes
 
 from vrs_node.core.prompt_json import (DEFAULT_MAX_PROMPT_POINTS, FIELDS, PromptRefused, fit_to_image,
                                        prompt_from_json)
-from vrs_node.core.tracker import PointsPrompt
+from vrs_node.core.prompts import PointsPrompt
 from vrs_node.io.image import (SUPPORTED_ENCODINGS, ImageConversionError, compressed_msg_to_rgb, compressed_size,
                                image_msg_to_rgb, jpeg_reduction, ns_to_stamp, rgb_to_msg, stamp_to_ns)
 from vrs_node.models.prompt import IMAGE_TOKEN, MAX_INSTRUCTION_CHARS, RESERVED_TEXT, build_prompt, clean_instruction

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from conftest import davis_sequence
+from vrs_node.models.byte_tokenizer import byte_tokenizer
 from vrs_node.models.dpc_knn import merge_visual_tokens
 from vrs_node.models.mllm import (TOKENS_PER_FRAME, VrshqMLLM, seg_tak_positions,
                                   special_token_ids, tiny_config)
 from vrs_node.models.prompt import IMAGE_TOKEN_INDEX, build_prompt, clean_instruction, tokenize_prompt
-from vrs_node.models.tokenizer import byte_tokenizer
 
 
 @pytest.fixture(scope="module")

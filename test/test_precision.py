@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from conftest import davis_sequence
-from vrs_node.core.tracker import FrameFeatures, MaskPrompt, StreamingTracker, TrackResult
-from vrs_node.models.mllm import ATTENTION, special_token_ids
+from vrs_node.core.prompts import MaskPrompt
+from vrs_node.core.tracker import FrameFeatures, StreamingTracker, TrackResult
+from vrs_node.models.mllm import ATTENTION
 from vrs_node.models.precision import resolve_precision, tracker_precision_options
 from vrs_node.models.profiles import LoadedModels, build_grounding_models, get_profile, load_models
 from vrs_node.models.prompt import build_prompt, clean_instruction, tokenize_prompt
@@ -166,7 +167,7 @@ def mllm_run(precision: str, frames: list[np.ndarray], sdpa_calls: list) -> dict
     tokens = mllm.frame_tokens(frames)
     vision_calls = list(sdpa_calls)
     sdpa_calls.clear()
-    out = mllm(ids, tokens, *special_token_ids(tokenizer), sparse=tokens[:2])
+    out = mllm(ids, tokens, *models.special_ids, sparse=tokens[:2])
     return {"models": models, "tokens": out, "vision_sdpa": vision_calls, "llm_sdpa": list(sdpa_calls),
             "images": torch.stack([models.anchor_scorer.embed_image(f) for f in frames]),
             "text": models.anchor_scorer.embed_text("the black swan")}

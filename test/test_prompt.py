@@ -10,7 +10,7 @@ from transformers import PreTrainedTokenizerFast
 from vrs_node.core import prompt_json
 from vrs_node.core.prompt_json import (DEFAULT_MAX_PROMPT_POINTS, MAX_PROMPT_BYTES, MAX_PROMPT_DEPTH, SHORT_CHARS,
                                        PromptRefused, fit_to_image, nesting_depth, prompt_from_json)
-from vrs_node.core.tracker import PointsPrompt
+from vrs_node.core.prompts import PointsPrompt
 from vrs_node.models.prompt import (IMAGE_TOKEN_INDEX, MAX_INSTRUCTION_CHARS, build_prompt,
                                     clean_instruction, tokenize_prompt)
 

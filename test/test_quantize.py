@@ -21,12 +21,12 @@ from torch import nn
 from transformers import LlamaConfig
 
 from conftest import davis_sequence
+from vrs_node.models.byte_tokenizer import byte_tokenizer
 from vrs_node.models.mllm import MllmConfig, VrshqMLLM, special_token_ids, tiny_config, vrshq_7b_config
 from vrs_node.models.prompt import build_prompt, clean_instruction, tokenize_prompt
 from vrs_node.models.quantize import (AGREEMENT, QUANTIZATION_MODES, bnb_linears, check_supported,
                                       embedding_agreement, linear_quantized_bytes, planned_weight_bytes, quantization_report, quantize_reasoner,
                                       quantizable_linears, weight_bytes, weight_tensors)
-from vrs_node.models.tokenizer import byte_tokenizer
 
 
 

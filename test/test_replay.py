@@ -22,8 +22,10 @@ from PIL import Image
 
 from vrs_node.eval.bag import COMPRESSED, IMAGE, IMAGE_TOPIC, read_images, read_masks, topics, write_bag
 from vrs_node.eval.bag import GROUND_TRUTH_MASK_TOPIC as GT_TOPIC
-from vrs_node.eval.replay import BAG_DIR, Prediction, run
-from vrs_node.eval.replay import PREDICTED_MASK_TOPIC as PRED_TOPIC
+from vrs_node.eval.outputs import BAG_DIR
+from vrs_node.eval.outputs import PREDICTED_MASK_TOPIC as PRED_TOPIC
+from vrs_node.eval.replay import REPLAY_MODES, run
+from vrs_node.eval.sequences import Prediction
 
 FRAMES = 8
 BLACKSWAN = DAVIS / "blackswan"
@@ -286,9 +288,37 @@ def test_offline_mode_with_a_ground_truth_mask_on_frame_0(bag8, tmp_path):
 
 
 def _mask_prompt(mask):
-    from vrs_node.core.tracker import MaskPrompt
+    from vrs_node.core.prompts import MaskPrompt
 
     return MaskPrompt(mask)
+
+
+def test_segment_offline_runs_the_reference_protocol_from_a_middle_keyframe(bag8):
+    """``core.offline.segment_offline`` with a prompt on frame 3: forward from 3 over 4..7, then from
+    a reset tracker backward over 2..0, each frame's first result kept; recomputed here with the
+    tracker's own steps."""
+    from vrs_node.core.offline import segment_offline
+    from vrs_node.models.prompt import clean_instruction
+
+    images = [image for _, _, image in read_images(bag8, IMAGE_TOPIC)]
+    key, prompt = 3, _mask_prompt(gt_mask(NAMES[3]))
+    answer = segment_offline(make_tracker(128), images, prompt, keyframe=key)
+    assert answer.keyframe == key and answer.grounding is None and len(answer.results) == FRAMES
+    tracker = make_tracker(128)
+    feats = [tracker.encode(image) for image in images]
+    expected = {}
+    for order in (range(key + 1, FRAMES), range(key - 1, -1, -1)):
+        tracker.reset()
+        expected.setdefault(key, tracker.condition(feats[key], prompt))
+        for t in order:
+            expected[t] = tracker.track(feats[t])
+    for t in range(FRAMES):
+        assert np.array_equal(answer.results[t].mask(), expected[t].mask()), t
+        assert answer.results[t].object_score == pytest.approx(expected[t].object_score, abs=1e-5), t
+    with pytest.raises(ValueError, match="an instruction needs a grounder"):
+        segment_offline(make_tracker(128), images, clean_instruction("the black swan"))
+    with pytest.raises(ValueError, match="keyframe 8 is outside the 8 frames"):
+        segment_offline(make_tracker(128), images, prompt, keyframe=FRAMES)
 
 
 def test_offline_mode_grounds_once_and_propagates_both_ways_from_the_keyframe(bag8, tmp_path):
@@ -301,7 +331,8 @@ def test_offline_mode_grounds_once_and_propagates_both_ways_from_the_keyframe(ba
     # the reference protocol recomputed here: ground over all frames, then condition on the keyframe
     # with the query's TAK' token and track each direction from a reset tracker
     from vrs_node.core.frames import FrameWindow
-    from vrs_node.core.tracker import TokenPrompt
+    from vrs_node.core.offline import segment_offline
+    from vrs_node.core.prompts import TokenPrompt
     from vrs_node.models.prompt import clean_instruction
 
     tracker = make_tracker(128)
@@ -321,6 +352,12 @@ def test_offline_mode_grounds_once_and_propagates_both_ways_from_the_keyframe(ba
             expected[t] = tracker.track(feats[t]).mask()
     for t in range(FRAMES):
         assert np.array_equal(png(tmp_path / "blackswan" / f"{NAMES[t]}.png") > 0, expected[t]), t
+    # core's segment_offline, which vrs-parity runs, answers the same
+    images = [image for _, _, image in read_images(bag8, IMAGE_TOPIC)]
+    tracker = make_tracker(128)
+    answer = segment_offline(tracker, images, clean_instruction("the black swan"), make_grounder(tracker))
+    assert answer.keyframe == answer.grounding.keyframe == key
+    assert all(np.array_equal(answer.results[t].mask(), expected[t]) for t in range(FRAMES))
 
 
 def test_realtime_mode_drops_frames_and_still_masks_every_frame(tmp_path):
@@ -373,6 +410,31 @@ def test_a_damaged_bag_ends_with_a_clear_error(bag8, tmp_path):
     metadata.write_text(metadata.read_text().replace("message_count: 3", "message_count: 5"))
     with pytest.raises(SystemExit, match="ended after 3 of the 5 messages"):
         run(["--bag", str(short), "--instruction", "the black swan", "--out", str(tmp_path / "out3"), *COMMON])
+
+
+def test_every_mode_has_its_predictor():
+    from vrs_node.eval.predictors import PREDICTORS
+
+    assert tuple(PREDICTORS) == REPLAY_MODES
+
+
+def test_bad_settings_end_with_clear_errors_before_any_model_loads(bag8, tmp_path, monkeypatch):
+    """The model and engine flags come from the settings' fields (old spellings kept); a value the
+    settings refuse is one error line, and no model is loaded for it."""
+    import vrs_node.models.profiles
+
+    def refuse(config):
+        raise AssertionError("models loaded")
+
+    monkeypatch.setattr(vrs_node.models.profiles, "load_configured_models", refuse)
+    out = ["--bag", str(bag8), "--instruction", "x", "--out", str(tmp_path / "out"), "--quiet"]
+    with pytest.raises(SystemExit, match=r"^vrs-replay: error: window_frames must be >= 1, got 0$"):
+        run([*out, "--window-frames", "0"])
+    with pytest.raises(SystemExit, match=r"^vrs-replay: error: image_size must be >= 0, got -32$"):
+        run([*out, "--profile", "tiny-random", "--no-compile", "--image-size", "-32"])
+    with pytest.raises(AssertionError, match="models loaded"):
+        run([*out, "--profile", "tiny-random", "--compile", "--sparse-frames", "2", "--max-cond-frames", "2"])
+    assert not (tmp_path / "out").exists()
 
 
 def test_missing_inputs_end_with_clear_errors(bag8, tmp_path):

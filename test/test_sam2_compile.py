@@ -21,7 +21,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from conftest import box_of, make_tracker
-from vrs_node.core.tracker import MaskPrompt, PointsPrompt
+from vrs_node.core.prompts import MaskPrompt, PointsPrompt
 from vrs_node.models.sam2_compile import COMPILED_PARTS, compile_sam2, compiled_parts
 
 def session(tracker, frames, masks) -> list[tuple[torch.Tensor, float]]:

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from conftest import box_of, make_tracker
 
-from vrs_node.core.tracker import (HOLE_FILL_LOGIT, MaskPrompt, PointsPrompt, StreamingTracker,
-                                   TokenPrompt, TrackResult, connected_components,
-                                   fill_holes_in_mask_scores)
+from vrs_node.core.hole_filling import HOLE_FILL_LOGIT, connected_components, fill_holes_in_mask_scores
+from vrs_node.core.prompts import MaskPrompt, PointsPrompt, TokenPrompt, point_input
+from vrs_node.core.tracker import StreamingTracker, TrackResult
 from vrs_node.models.sam2_build import (DEVICE_BACKEND_MAX_ABS, SAM2_CONFIGS, Sam2Spec, SamImageTransform,
                                         _resize_float)
 
@@ -177,6 +177,23 @@ def test_token_prompt_decodes_without_touching_memory(blackswan):
     assert tracker.track(tracker.encode(frames[1])).mask().shape == masks[1].shape
 
 
+def test_token_prompt_with_its_decode_conditions_as_the_token_alone(blackswan):
+    """A TokenPrompt carrying its frame's decode (a grounding's keyframe, as the engine hands it
+    over) conditions exactly as decoding the token there again: same output, same memory."""
+    frames, _, _ = blackswan
+    token = torch.randn(256, generator=torch.Generator().manual_seed(1))
+    runs = []
+    for carry_decode in (False, True):
+        tracker = make_tracker(128)
+        feats = tracker.encode(frames[0])
+        decoded = tracker.decode_token(feats, token).low_res_logits if carry_decode else None
+        first = tracker.condition(feats, TokenPrompt(token, decoded))
+        runs.append((first, tracker.track(tracker.encode(frames[1]))))
+    (a0, a1), (b0, b1) = runs
+    assert torch.equal(a0.low_res_logits, b0.low_res_logits) and a0.object_score == b0.object_score
+    assert torch.equal(a1.low_res_logits, b1.low_res_logits) and a1.object_score == b1.object_score
+
+
 def test_token_prompt_is_appended_after_two_padding_points(blackswan):
     """The decoder sees sparse prompts [NaP, NaP, token] (VRS-HQ), checked by intercepting it."""
     frames, _, _ = blackswan
@@ -324,8 +341,9 @@ def test_encode_with_the_camera_size_maps_prompts_in_camera_pixels(blackswan):
     feats = tracker.encode(half, camera_hw=(480, 854))
     assert feats.image_hw == (480, 854) and tracker.encode(half).image_hw == (240, 427)
     prompt = PointsPrompt(points=np.array([[800.0, 400.0]]), labels=np.array([1]))
-    assert torch.equal(tracker._point_input(prompt, feats.image_hw)["point_coords"],
-                       tracker._point_input(prompt, tracker.encode(frames[0]).image_hw)["point_coords"])
+    full = tracker.encode(frames[0])
+    assert torch.equal(point_input(prompt, feats.image_hw, tracker.transform, tracker.device)["point_coords"],
+                       point_input(prompt, full.image_hw, tracker.transform, tracker.device)["point_coords"])
     assert tracker.condition(feats, MaskPrompt(masks[0])).mask().shape == (480, 854)
     with pytest.raises(ValueError, match="camera_hw"):
         tracker.encode(frames[0], camera_hw=(240, 427))

@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from conftest import VRSHQ_GOLDEN as GOLDEN, davis_sequence
 
+from vrs_node.core.prompts import TokenPrompt
 from vrs_node.core.propagation import propagate_reference, propagation_steps, reference_order
-from vrs_node.core.tracker import StreamingTracker, TokenPrompt, TrackResult
+from vrs_node.core.tracker import StreamingTracker, TrackResult
 from vrs_node.models.sam2_build import SamImageTransform
 from vrs_node.models.sam2_variant import VRSHQ_TINY_SAM2
 from vrs_node.models.vrshq_checkpoint import load_vrshq_checkpoint

@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 
 from conftest import REPO, VRSHQ_GOLDEN as GOLDEN
+from vrs_node.models.llama_tokenizer import TokenizerFileError
 from vrs_node.models.mllm import special_token_ids
 from vrs_node.models.prompt import IMAGE_TOKEN_INDEX, build_prompt, clean_instruction, tokenize_prompt
-from vrs_node.models.tokenizer import TokenizerFileError, load_vrshq_tokenizer
+from vrs_node.models.tokenizer import load_vrshq_tokenizer
 
 ORACLE = REPO / "test" / "data" / "tokenizer_oracle_431.json"
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")

@@ -18,12 +18,12 @@ prompt, and while the object score is <= ``score_threshold``, the mask is empty 
 An instruction (``set_instruction``, needs a :class:`Grounder`) is grounded by queries over the
 window, scheduled as :mod:`vrs_node.core.queries` says: in sync mode a due query runs inside
 ``push`` before the frame is tracked, in live mode on its own thread; a failed one is retried, and
-its error is in the reason of the frames still waiting. A finished query becomes a mask prompt on
-its keyframe (a past frame: the tracker catches up). The first query of an instruction starts a
-new target (the tracker's memory is reset); later ones add a conditioning frame, so the last
-``max_cond_frames`` keyframes stay in memory. A frame whose processing raises (the image encoder,
-the tracker) gets an empty mask with status ``error`` and the exception as its reason; the next
-frame is processed as usual.
+its error is in the reason of the frames still waiting. A finished query becomes a token prompt on
+its keyframe (TAK' with its keyframe decode, kept on the device; a past frame: the tracker catches
+up). The first query of an instruction starts a new target (the tracker's memory is reset); later
+ones add a conditioning frame, so the last ``max_cond_frames`` keyframes stay in memory. A frame
+whose processing raises (the image encoder, the tracker) gets an empty mask with status ``error``
+and the exception as its reason; the next frame is processed as usual.
 
 Stream discontinuities are handled, not refused, and each is reported in the ``notice`` of the
 frame where it is seen (and logged):
@@ -58,63 +58,20 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from vrs_node.core.config import PipelineConfig
-from vrs_node.core.frames import SAM2_KEY, Frame, FrameWindow, camera_size, check_image
+from vrs_node.core.frames import SAM2_KEY, Frame, FrameWindow, check_frame
 from vrs_node.core.grounder import Grounder, Grounding
 from vrs_node.core.prompt_json import fit_to_image
+from vrs_node.core.prompts import PointsPrompt, Prompt, TokenPrompt
 from vrs_node.core.queries import QueryReport, QueryScheduler
-from vrs_node.core.queries import TRIGGER_INSTRUCTION, TRIGGER_LOST, TRIGGER_PERIOD  # noqa: F401 (re-exported)
-from vrs_node.core.tracker import FrameFeatures, PointsPrompt, Prompt, StreamingTracker, TokenPrompt
+from vrs_node.core.results import (STATUS_ERROR, STATUS_GROUNDING, STATUS_NO_PROMPT, STATUS_TARGET_ABSENT,
+                                   STATUS_TRACKING, EngineStats, FrameResult)
+from vrs_node.core.tracker import FrameFeatures, StreamingTracker
 from vrs_node.models.prompt import Instruction
 
 log = logging.getLogger(__name__)
 
-STATUS_NO_PROMPT = "no_prompt"
-STATUS_TRACKING = "tracking"
-STATUS_TARGET_ABSENT = "target_absent"
-STATUS_ERROR = "error"
-STATUS_GROUNDING = "grounding"
-
 TIME_JUMP_BACK_S = 1.0
 """A stamp this much earlier than the previous frame's starts a new timeline (module docstring)."""
-
-
-@dataclass(frozen=True)
-class FrameResult:
-    """The engine's answer for one processed frame.
-
-    ``mask`` is H x W bool at camera resolution; ``object_score`` the SAM-2 object-score logit
-    (None before any prompt); ``status`` one of the ``STATUS_*`` strings and ``reason`` a sentence
-    for people; ``latency_s`` from ``push`` to the result; ``image`` the frame's image (a read-only
-    view of the pushed array, no copy: smaller than ``mask`` when it was pushed with a larger
-    ``camera_hw``); ``notice`` a sentence about a stream discontinuity first seen at this frame
-    ("" when none; see the module docstring).
-    """
-
-    index: int
-    stamp_ns: int
-    frame_id: str
-    mask: np.ndarray
-    object_score: float | None
-    status: str
-    reason: str
-    latency_s: float
-    image: np.ndarray
-    notice: str = ""
-
-
-@dataclass
-class EngineStats:
-    """Counters since the engine started."""
-
-    pushed: int = 0
-    processed: int = 0
-    dropped: int = 0
-    errors: int = 0
-    catchup_frames: int = 0
-    queries: int = 0
-    query_errors: int = 0
-    time_jumps: int = 0
-    resolution_changes: int = 0
 
 
 @dataclass
@@ -262,20 +219,22 @@ class StreamingEngine:
             self._pending = _PendingPrompt(None)
 
     def _apply_grounding(self, grounding: Grounding, new_target: bool) -> None:
-        """The scheduler's answer becomes the pending prompt on its keyframe."""
+        """The scheduler's answer becomes the pending prompt on its keyframe: TAK' with its keyframe
+        decode, which conditions the keyframe as it is, on the device (not decoded again)."""
+        prompt = TokenPrompt(grounding.token, grounding.keyframe_result.low_res_logits)
         with self._prompt_lock:
-            self._pending = _PendingPrompt(TokenPrompt(grounding.token), grounding.keyframe,
+            self._pending = _PendingPrompt(prompt, grounding.keyframe,
                                            keyframe=grounding.keyframe_features, new_target=new_target)
 
     def push(self, image: np.ndarray, stamp_ns: int, frame_id: str = "",
              camera_hw: tuple[int, int] | None = None) -> FrameResult | None:
         """Hand over one camera frame (h x w x 3 uint8 RGB); see the module docstring for modes.
         ``camera_hw``: the camera frame's (H, W) when the image is a smaller decode of it
-        (default: the image's size); ValueError unless it is as
-        :func:`~vrs_node.core.frames.camera_size` requires."""
+        (default: the image's size); ValueError unless both are as
+        :func:`~vrs_node.core.frames.check_frame` requires, the frame's one check (the window and
+        the tracker trust it)."""
         pushed_at = time.perf_counter()
-        check_image(image)
-        camera_hw = camera_size(image, camera_hw)
+        camera_hw = check_frame(image, camera_hw)
         self.stats.pushed += 1
         frame = (image, int(stamp_ns), frame_id, camera_hw, pushed_at)
         if self.config.mode == "sync":
@@ -343,7 +302,7 @@ class StreamingEngine:
 
     def _track(self, frame: Frame, pushed_at: float) -> FrameResult:
         try:
-            feats = self.tracker.encode(frame.image, frame.camera_hw)
+            feats = self.tracker.encode_frame(frame)
             self.window.set_feature(frame.index, SAM2_KEY, feats)
             self._queries.on_frame(frame)
             with self._prompt_lock:

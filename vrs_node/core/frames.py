@@ -42,7 +42,8 @@ class Frame:
     ``camera_hw`` is the camera frame's (height, width); ``height`` and ``width`` are those. The
     image may be smaller than the camera frame (a JPEG decoded at a reduced scale,
     :func:`vrs_node.io.image.compressed_msg_to_rgb`); prompts and masks are in camera pixels
-    either way. Default (None): the image's own size.
+    either way. Default (None): the image's own size. Neither is checked here: a frame is made
+    from an image and camera size :func:`check_frame` accepts (:meth:`FrameWindow.append`).
 
     Frames compare and hash by identity (``eq=False``): comparing the pixel arrays field by field
     would be ambiguous for numpy arrays.
@@ -55,7 +56,8 @@ class Frame:
     camera_hw: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "camera_hw", camera_size(self.image, self.camera_hw))
+        if self.camera_hw is None:
+            object.__setattr__(self, "camera_hw", (int(self.image.shape[0]), int(self.image.shape[1])))
 
     @property
     def height(self) -> int:
@@ -76,6 +78,13 @@ def check_image(image: np.ndarray) -> None:
         raise ValueError(f"image must have shape (H, W, 3), got {image.shape}")
     if image.dtype != np.uint8:
         raise ValueError(f"image must be uint8, got {image.dtype}")
+
+
+def check_frame(image: np.ndarray, camera_hw: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The one check of a camera frame where it enters (``StreamingEngine.push``,
+    ``StreamingTracker.encode``): :func:`check_image` of ``image``, then its :func:`camera_size`."""
+    check_image(image)
+    return camera_size(image, camera_hw)
 
 
 def camera_size(image: np.ndarray, camera_hw: tuple[int, int] | None = None) -> tuple[int, int]:
@@ -127,10 +136,9 @@ class FrameWindow:
         """Store ``image`` as the newest frame and return it; evicts the oldest frame when full.
         ``camera_hw``: the camera frame's size when ``image`` is a reduced decode of it (:class:`Frame`).
 
-        Raises ValueError unless ``image`` is an H×W×3 uint8 array (and ``camera_hw``, if given,
-        is as :func:`camera_size` requires).
+        ``image`` and ``camera_hw`` must be as :func:`check_frame` accepts them; the window does not
+        check them again (the engine's ``push`` checks each frame once, where it enters).
         """
-        check_image(image)
         view = image.view()
         view.flags.writeable = False
         with self._lock:

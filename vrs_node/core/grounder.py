@@ -29,10 +29,10 @@ import torch
 
 from vrs_node.core.frames import CLIP_KEY, MLLM_KEY, SAM2_KEY, Frame, FrameWindow
 from vrs_node.core.sampling import VRSHQ_MAX_DENSE_FRAMES, anchor_lattice, sparse_sample
-from vrs_node.core.vrshq import TDA_ALPHA, select_keyframe, temporal_dynamic_aggregation
 from vrs_node.core.tracker import FrameFeatures, StreamingTracker, TrackResult
+from vrs_node.core.vrshq import TDA_ALPHA, select_keyframe, temporal_dynamic_aggregation
 from vrs_node.models.clip_anchor import ClipAnchorScorer
-from vrs_node.models.mllm import GroundingTokens, VrshqMLLM, special_token_ids
+from vrs_node.models.mllm import GroundingTokens, SpecialTokenIds, VrshqMLLM, special_token_ids
 from vrs_node.models.prompt import Instruction, build_prompt, tokenize_prompt
 
 
@@ -60,8 +60,8 @@ class Grounding:
     ``dense_frames[i]`` is the frame of SEG token i (the explicit SEG -> frame mapping);
     ``keyframe_features`` lets the tracker condition on the keyframe even after the window has
     evicted it; ``token`` is TAK' (the prompt the keyframe was decoded with), ``keyframe_result``
-    that decode, ``mask`` the keyframe's mask at camera resolution, ``object_score`` its
-    object-score logit. ``input_ids``, ``tokens`` (the MLLM's SEG/TAK tokens and the hidden rows
+    that decode (on the device, at SAM-2's low resolution; :attr:`mask` and :attr:`object_score`
+    read it). ``input_ids``, ``tokens`` (the MLLM's SEG/TAK tokens and the hidden rows
     read), ``tks_object_scores``, ``tks_scores`` and ``tda_weights`` are the intermediate results,
     for inspection and parity checks. ``timings_s`` holds the stages' durations.
     """
@@ -72,8 +72,6 @@ class Grounding:
     keyframe_features: FrameFeatures
     token: torch.Tensor
     keyframe_result: TrackResult
-    mask: np.ndarray
-    object_score: float
     anchor: int
     dense_frames: list[int]
     sparse_frames: list[int]
@@ -84,20 +82,33 @@ class Grounding:
     tda_weights: list[float]
     timings_s: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def mask(self) -> np.ndarray:
+        """The keyframe's mask at camera resolution (``keyframe_result.mask()``, computed on each read)."""
+        return self.keyframe_result.mask()
+
+    @property
+    def object_score(self) -> float:
+        """The keyframe decode's object-score logit."""
+        return self.keyframe_result.object_score
+
 
 class Grounder:
     """Runs grounding queries over a :class:`FrameWindow` with the MLLM, CLIP anchor and tracker.
 
-    ``anchor_scorer`` may be None when every query is given its anchor frame."""
+    ``anchor_scorer`` may be None when every query is given its anchor frame. ``special_ids``: the
+    tokenizer's ``[SEG]``/``[TAK]`` ids as they were looked up where it was loaded
+    (``GroundingModels.special_ids``, ``VrshqCheckpoint.special_ids``); None looks them up here."""
 
     def __init__(self, mllm: VrshqMLLM, tokenizer, anchor_scorer: ClipAnchorScorer | None,
-                 tracker: StreamingTracker, config: GrounderConfig = GrounderConfig()):
+                 tracker: StreamingTracker, config: GrounderConfig = GrounderConfig(),
+                 special_ids: SpecialTokenIds | None = None):
         self.mllm = mllm
         self.tokenizer = tokenizer
         self.anchor_scorer = anchor_scorer
         self.tracker = tracker
         self.config = config
-        self.seg_id, self.tak_id = special_token_ids(tokenizer)
+        self.seg_id, self.tak_id = special_ids or special_token_ids(tokenizer)
         self._text_lock = threading.Lock()
         self._text: tuple[str, torch.Tensor] | None = None
 
@@ -160,7 +171,7 @@ class Grounder:
         return Grounding(
             instruction=instruction, keyframe=keyframe.index, keyframe_stamp_ns=keyframe.stamp_ns,
             keyframe_features=candidates[key.position], token=tak, keyframe_result=key.result,
-            mask=key.result.mask(), object_score=key.result.object_score, anchor=frames[anchor].index,
+            anchor=frames[anchor].index,
             dense_frames=[frames[p].index for p in dense], sparse_frames=[frames[p].index for p in sparse],
             input_ids=ids, tokens=out, tks_object_scores=key.object_scores.tolist(),
             tks_scores=key.scores.tolist(), tda_weights=weights.tolist(), timings_s=timings)

@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from vrs_node.core.config import PipelineConfig
-from vrs_node.core.engine import FrameResult, StreamingEngine
+from vrs_node.core.engine import StreamingEngine
 from vrs_node.core.grounder import Grounder, GrounderConfig
 from vrs_node.core.queries import QueryReport
+from vrs_node.core.results import FrameResult
 from vrs_node.core.tracker import StreamingTracker
 from vrs_node.models.profiles import LoadedModels
 
@@ -30,5 +31,5 @@ def build_pipeline(models: LoadedModels, config: PipelineConfig = PipelineConfig
     if models.grounding is not None:
         g = models.grounding
         grounder = Grounder(g.mllm, g.tokenizer, g.anchor_scorer, tracker,
-                            GrounderConfig(sparse_frames=config.sparse_frames))
+                            GrounderConfig(sparse_frames=config.sparse_frames), g.special_ids)
     return StreamingEngine(tracker, config, on_result=on_result, grounder=grounder, on_query=on_query)

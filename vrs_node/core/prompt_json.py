@@ -33,7 +33,7 @@ import re
 
 import numpy as np
 
-from vrs_node.core.tracker import PointsPrompt
+from vrs_node.core.prompts import PointsPrompt
 
 MAX_PROMPT_BYTES = 65_536
 """Longest prompt message read (UTF-8 bytes); 1,000 points with full-precision floats fit."""

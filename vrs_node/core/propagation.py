@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from vrs_node.core.tracker import FrameFeatures, Prompt, StreamingTracker, TrackResult
+from vrs_node.core.prompts import Prompt
+from vrs_node.core.tracker import FrameFeatures, StreamingTracker, TrackResult
 
 
 def reference_order(num_frames: int, keyframe: int) -> list[int]:

@@ -35,7 +35,7 @@ from vrs_node.models.prompt import Instruction, clean_instruction
 
 if TYPE_CHECKING:
     from vrs_node.core.config import PipelineConfig
-    from vrs_node.core.engine import EngineStats
+    from vrs_node.core.results import EngineStats
 
 log = logging.getLogger(__name__)
 

@@ -19,14 +19,12 @@ memory from the low-res logits upsampled to S x S with ``is_mask_from_pts=True``
 ``propagate_in_video_preflight`` does; memory features are stored in ``memory_dtype`` (bf16, as
 sam2's ``_run_single_frame_inference`` stores them; VRS-HQ's fork keeps them in the model's dtype).
 
-Hole filling (``fill_hole_area``, the video predictor's post-processing, 8 in
-``build_sam2_video_predictor`` and in VRS-HQ's ``_build_sam2_``): every 8-connected background
-component (logit <= 0) of the S/4 low-res mask with at most ``fill_hole_area`` pixels gets logit
-0.1. As in the predictor's ``_run_single_frame_inference`` it changes a frame's output (and, on a
-conditioning frame, the mask its memory is encoded from, since the predictor encodes prompted
-frames from their stored output); a tracked frame's memory is encoded inside ``track_step`` from
-the unfilled mask. It runs on the CPU with OpenCV (sam2 needs its CUDA extension for it and skips
-it silently without).
+Hole filling (``fill_hole_area``, :mod:`vrs_node.core.hole_filling`): as in the predictor's
+``_run_single_frame_inference`` it changes a frame's output (and, on a conditioning frame, the
+mask its memory is encoded from, since the predictor encodes prompted frames from their stored
+output); a tracked frame's memory is encoded inside ``track_step`` from the unfilled mask.
+
+The prompts and their conversion to SAM-2's inputs are :mod:`vrs_node.core.prompts`'s.
 """
 
 from __future__ import annotations
@@ -38,50 +36,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vrs_node.core.frames import camera_size, check_image
+from vrs_node.core.frames import Frame, check_frame
+from vrs_node.core.hole_filling import fill_holes_in_mask_scores
+from vrs_node.core.prompts import (MaskPrompt, PointsPrompt, Prompt, TokenPrompt, decoded_mask_input, mask_input,
+                                   point_input)
 from vrs_node.models.sam2_build import FILL_HOLE_AREA, SamImageTransform
-
-HOLE_FILL_LOGIT = 0.1
-"""Logit a filled hole gets (``sam2.utils.misc.fill_holes_in_mask_scores``)."""
 
 DEFAULT_NUM_FRAMES = 1 << 30
 """``num_frames`` given to ``track_step``: SAM-2 only uses it as min(num_frames, 16) and as an upper
 bound on frame indices, so a stream passes a number larger than any index."""
-
-
-def connected_components(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """8-connected components of binary masks (N x 1 x H x W), in the form of sam2's CUDA
-    ``get_connected_components``: (labels, areas), both N x 1 x H x W int32 on ``mask``'s device;
-    labels are 0 on zero pixels and > 0 on set pixels, areas give each set pixel the pixel count
-    of its component (0 on zero pixels). OpenCV's ``connectedComponentsWithStats``, on the CPU.
-    """
-    import cv2
-
-    if mask.ndim != 4 or mask.shape[1] != 1:
-        raise ValueError(f"expected N x 1 x H x W masks, got {tuple(mask.shape)}")
-    binary = (mask != 0).to(torch.uint8).cpu().numpy()
-    labels = np.zeros(binary.shape, np.int32)
-    areas = np.zeros(binary.shape, np.int32)
-    for i in range(binary.shape[0]):
-        _, lab, stats, _ = cv2.connectedComponentsWithStats(binary[i, 0], connectivity=8, ltype=cv2.CV_32S)
-        area = stats[:, cv2.CC_STAT_AREA].astype(np.int32)
-        area[0] = 0  # label 0 = the zero pixels
-        labels[i, 0], areas[i, 0] = lab, area[lab]
-    return torch.from_numpy(labels).to(mask.device), torch.from_numpy(areas).to(mask.device)
-
-
-def fill_holes_in_mask_scores(mask: torch.Tensor, max_area: int) -> torch.Tensor:
-    """sam2's ``fill_holes_in_mask_scores`` (same in VRS-HQ's fork and sam2 1.1.0) without CUDA.
-
-    ``mask``: N x 1 x H x W logits. Every 8-connected component of background pixels (logit <= 0)
-    with at most ``max_area`` pixels -- enclosed or touching the border alike -- gets logit
-    :data:`HOLE_FILL_LOGIT`; everything else is unchanged. ``max_area`` <= 0 returns ``mask``.
-    """
-    if max_area <= 0:
-        return mask
-    labels, areas = connected_components(mask <= 0)
-    is_hole = (labels > 0) & (areas <= max_area)
-    return torch.where(is_hole, HOLE_FILL_LOGIT, mask)
 
 
 @dataclass(frozen=True)
@@ -99,52 +62,6 @@ class FrameFeatures:
     top_pos_embed: torch.Tensor
     feat_sizes: tuple[tuple[int, int], ...]
     image_hw: tuple[int, int]
-
-
-@dataclass(frozen=True)
-class MaskPrompt:
-    """A binary mask at camera resolution (H x W, bool or 0/1)."""
-
-    mask: np.ndarray
-
-
-@dataclass(frozen=True)
-class PointsPrompt:
-    """Clicks and/or a box in camera pixels.
-
-    ``points``: (N, 2) x, y; ``labels``: (N,) 1 = positive, 0 = negative; ``box``: (x0, y0, x1, y1).
-    """
-
-    points: np.ndarray | None = None
-    labels: np.ndarray | None = None
-    box: tuple[float, float, float, float] | None = None
-
-    def __post_init__(self) -> None:
-        if (self.points is None) != (self.labels is None):
-            raise ValueError("points and labels must be given together")
-        if self.points is None and self.box is None:
-            raise ValueError("a points prompt needs points or a box")
-        if self.points is not None and (
-            np.ndim(self.points) != 2 or np.shape(self.points)[1] != 2
-            or np.shape(self.labels) != (np.shape(self.points)[0],)
-        ):
-            raise ValueError(f"points must be (N, 2) with (N,) labels, got {np.shape(self.points)} "
-                             f"and {np.shape(self.labels)}")
-
-
-@dataclass(frozen=True)
-class TokenPrompt:
-    """A 256-d embedding appended to the decoder's sparse prompt (VRS-HQ's [NaP, NaP, token]).
-
-    As a conditioning prompt it does what VRS-HQ does with TAK' on the keyframe: decode the token
-    on a fresh state (``add_new_points``), upsample the low-res logits (holes filled) to the S x S
-    model input, threshold at 0 and condition with that binary mask (``add_new_mask``).
-    """
-
-    token: torch.Tensor
-
-
-Prompt = MaskPrompt | PointsPrompt | TokenPrompt
 
 
 @dataclass(frozen=True)
@@ -247,14 +164,23 @@ class StreamingTracker:
         self._maskmem_pos_enc = None
         self._step = 0
 
-    @torch.inference_mode()
     def encode(self, image: np.ndarray, camera_hw: tuple[int, int] | None = None) -> FrameFeatures:
         """Run the image encoder on one camera frame (H x W x 3 uint8 RGB). ``camera_hw`` is the
         camera size when ``image`` is a smaller (reduced) decode of the frame (default: the
         image's size); the features' ``image_hw`` is the camera size, the transform fits the
-        image into the input as the camera frame would fit (:class:`SamImageTransform`)."""
-        check_image(image)
-        camera_hw = camera_size(image, camera_hw)
+        image into the input as the camera frame would fit (:class:`SamImageTransform`). Both are
+        checked first (ValueError: :func:`~vrs_node.core.frames.check_frame`);
+        :meth:`encode_frame` encodes a window frame without checking it again."""
+        return self._encode(image, check_frame(image, camera_hw))
+
+    def encode_frame(self, frame: Frame) -> FrameFeatures:
+        """:meth:`encode` of a window frame's image at its camera size, trusted as checked where it
+        entered the window (``StreamingEngine.push`` checks each frame once)."""
+        return self._encode(frame.image, frame.camera_hw)
+
+    @torch.inference_mode()
+    def _encode(self, image: np.ndarray, camera_hw: tuple[int, int]) -> FrameFeatures:
+        """The image encoder on a checked image (:meth:`encode`)."""
         x = self.transform(image, self.device, camera_hw)
         with self._autocast():
             backbone_out = self.model.forward_image(x)
@@ -274,19 +200,16 @@ class StreamingTracker:
         """
         point_inputs, mask_inputs = None, None
         if isinstance(prompt, TokenPrompt):
-            mask_inputs = self._token_mask_input(feats, prompt.token)
+            mask_inputs = self._token_mask_input(feats, prompt)
         elif isinstance(prompt, MaskPrompt):
-            mask_inputs = self._mask_input(prompt.mask, feats.image_hw)
+            mask_inputs = mask_input(prompt.mask, feats.image_hw, self.transform, self.device)
+        elif isinstance(prompt, PointsPrompt):
+            point_inputs = point_input(prompt, feats.image_hw, self.transform, self.device)
         else:
-            point_inputs = self._point_input(prompt, feats.image_hw)
+            raise TypeError(f"a prompt is a PointsPrompt, MaskPrompt or TokenPrompt, not {type(prompt).__name__}")
         t = self._next_step()
         self._bank["non_cond_frame_outputs"].clear()
-        with self._autocast():
-            out = self.model.track_step(
-                frame_idx=t, is_init_cond_frame=True, current_vision_feats=list(feats.vision_feats),
-                current_vision_pos_embeds=[feats.top_pos_embed], feat_sizes=list(feats.feat_sizes),
-                point_inputs=point_inputs, mask_inputs=mask_inputs, output_dict=self._bank,
-                num_frames=self.num_frames, run_mem_encoder=False)
+        out = self._track_step(t, feats, True, point_inputs, mask_inputs)
         # The predictor fills holes in the output and encodes a prompted frame's memory from it.
         out["pred_masks"] = self._fill_holes(out["pred_masks"])
         size = self.model.image_size
@@ -309,12 +232,7 @@ class StreamingTracker:
         if not self.has_prompt:
             raise RuntimeError("the tracker has no prompt yet: call condition() first")
         t = self._next_step()
-        with self._autocast():
-            out = self.model.track_step(
-                frame_idx=t, is_init_cond_frame=False, current_vision_feats=list(feats.vision_feats),
-                current_vision_pos_embeds=[feats.top_pos_embed], feat_sizes=list(feats.feat_sizes),
-                point_inputs=None, mask_inputs=None, output_dict=self._bank,
-                num_frames=self.num_frames, run_mem_encoder=True)
+        out = self._track_step(t, feats, False)
         out["pred_masks"] = self._fill_holes(out["pred_masks"])  # output only: memory is encoded already
         non_cond = self._bank["non_cond_frame_outputs"]
         non_cond[t] = self._compact(out)
@@ -350,6 +268,18 @@ class StreamingTracker:
         tensors += list(self._maskmem_pos_enc or [])
         return len(outs), sum(t.numel() * t.element_size() for t in tensors)
 
+    def _track_step(self, t: int, feats: FrameFeatures, prompted: bool, point_inputs: dict | None = None,
+                    mask_inputs: torch.Tensor | None = None) -> dict:
+        """``SAM2Base.track_step`` at memory time ``t`` on ``feats`` over the memory bank: a prompted
+        frame (``is_init_cond_frame``, memory encoded by the caller) or a tracked one (memory
+        encoded inside, ``run_mem_encoder``)."""
+        with self._autocast():
+            return self.model.track_step(
+                frame_idx=t, is_init_cond_frame=prompted, current_vision_feats=list(feats.vision_feats),
+                current_vision_pos_embeds=[feats.top_pos_embed], feat_sizes=list(feats.feat_sizes),
+                point_inputs=point_inputs, mask_inputs=mask_inputs, output_dict=self._bank,
+                num_frames=self.num_frames, run_mem_encoder=not prompted)
+
     def _next_step(self) -> int:
         t, self._step = self._step, self._step + 1
         return t
@@ -380,47 +310,16 @@ class StreamingTracker:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
-    def _token_mask_input(self, feats: FrameFeatures, token: torch.Tensor) -> torch.Tensor:
-        """1 x 1 x S x S {0, 1} mask of a token's decode: VRS-HQ's ``out_mask_logits > 0``, where
-        ``out_mask_logits`` is ``add_new_points``' output at "video" resolution, which for VRS-HQ
-        (its video frames are the padded S x S SAM inputs) is S x S."""
-        with self._autocast():
-            decoded = self._decode_token(feats, token)
-        low_res = self._fill_holes(decoded["pred_masks"])
-        size = self.model.image_size
-        high_res = F.interpolate(low_res, size=(size, size), mode="bilinear", align_corners=False)
-        return (high_res > 0).float()
-
-    def _mask_input(self, mask: np.ndarray, image_hw: tuple[int, int]) -> torch.Tensor:
-        """Camera-resolution mask -> 1 x 1 x S x S {0, 1} float, as ``add_new_mask`` resizes it."""
-        mask = np.asarray(mask)
-        if mask.shape != tuple(image_hw):
-            raise ValueError(f"mask prompt is {mask.shape}, the frame is {tuple(image_hw)}")
-        m = torch.from_numpy(mask.astype(bool))[None, None].float().to(self.device)
-        size = self.model.image_size
-        valid_h, valid_w = self.transform.valid_size(*image_hw)
-        if (valid_h, valid_w) != m.shape[-2:]:
-            m = F.interpolate(m, size=(valid_h, valid_w), mode="bilinear", align_corners=False, antialias=True)
-            m = (m >= 0.5).float()
-        return F.pad(m, (0, size - valid_w, 0, size - valid_h))
-
-    def _point_input(self, prompt: PointsPrompt, image_hw: tuple[int, int]) -> dict:
-        """Camera-pixel clicks/box -> SAM-2 point inputs in S-pixel units (box = labels 2, 3 first)."""
-        coords, labels = [], []
-        if prompt.box is not None:
-            x0, y0, x1, y1 = prompt.box
-            coords += [[x0, y0], [x1, y1]]
-            labels += [2, 3]
-        if prompt.points is not None:
-            coords += np.asarray(prompt.points, dtype=np.float32).tolist()
-            labels += np.asarray(prompt.labels).astype(int).tolist()
-        h, w = image_hw
-        valid_h, valid_w = self.transform.valid_size(h, w)
-        # Same arithmetic as SAM2VideoPredictor.add_new_points_or_box: normalise, then scale.
-        xy = torch.tensor(coords, dtype=torch.float32) / torch.tensor([w, h])
-        xy = xy * torch.tensor([valid_w, valid_h], dtype=torch.float32)
-        return {"point_coords": xy[None].to(self.device),
-                "point_labels": torch.tensor(labels, dtype=torch.int32)[None].to(self.device)}
+    def _token_mask_input(self, feats: FrameFeatures, prompt: TokenPrompt) -> torch.Tensor:
+        """1 x 1 x S x S {0, 1} mask of the token's decode on ``feats``
+        (:func:`~vrs_node.core.prompts.decoded_mask_input`): of the prompt's ``low_res_logits``
+        when it carries them, else of a decode run here (holes filled)."""
+        low_res = prompt.low_res_logits
+        if low_res is None:
+            with self._autocast():
+                decoded = self._decode_token(feats, prompt.token)
+            low_res = self._fill_holes(decoded["pred_masks"])
+        return decoded_mask_input(low_res.to(self.device), self.model.image_size)
 
     def _decode_token(self, feats: FrameFeatures, token: torch.Tensor) -> dict:
         """SAM-2 heads with sparse prompt [NaP, NaP, token] on a fresh conditioning frame.

@@ -49,7 +49,7 @@ STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 COMPRESSED_FORMATS = {"jpeg": (".jpg", ".jpeg"), "png": (".png",)}
 IMAGE_TOPIC = "/camera/image_raw"
 GROUND_TRUTH_MASK_TOPIC = "/camera/gt_mask"
-"""Default topic of the ground-truth masks in a bag (the predicted ones: ``vrs_node.eval.replay``'s
+"""Default topic of the ground-truth masks in a bag (the predicted ones: ``vrs_node.eval.outputs``'s
 ``PREDICTED_MASK_TOPIC``)."""
 START_NS = 1_700_000_000_000_000_000
 """Default stamp of the first frame (2023-11-14T22:13:20Z), as ``vrs-demo`` uses."""
@@ -228,6 +228,27 @@ def _gt_mask(path: Path) -> np.ndarray:
     return np.isin(read_label_png(path), (0, 255), invert=True)
 
 
+def _check_write_options(bag: Path, storage: str, compressed: str | None, rate_hz: float) -> None:
+    """BagError for an unknown ``storage`` or ``compressed`` format, a rate not > 0, or an existing ``bag``."""
+    if storage not in STORAGES:
+        raise BagError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
+    if compressed is not None and compressed not in COMPRESSED_FORMATS:
+        raise BagError(f"compressed must be one of {', '.join(COMPRESSED_FORMATS)}, got {compressed!r}")
+    if not rate_hz > 0:
+        raise BagError(f"rate_hz must be > 0, got {rate_hz}")
+    if bag.exists():
+        raise BagError(f"{bag} exists already; a bag is only written to a new path")
+
+
+def _masks_of(frames: list[Path], masks_dir: Path | str, frames_dir: Path | str) -> dict[str, Path]:
+    """Frame name (stem) -> the mask of ``masks_dir`` named like it; BagError if no frame has one."""
+    available = {p.stem: p for p in image_files(masks_dir)} if Path(masks_dir).is_dir() else {}
+    masks = {p.stem: available[p.stem] for p in frames if p.stem in available}
+    if not masks:
+        raise BagError(f"no mask in {masks_dir} is named like a frame of {frames_dir}")
+    return masks
+
+
 def write_bag(
     bag: Path | str,
     frames_dir: Path | str,
@@ -252,24 +273,12 @@ def write_bag(
     half written by an error is removed.
     """
     bag = Path(bag)
-    if storage not in STORAGES:
-        raise BagError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
-    if compressed is not None and compressed not in COMPRESSED_FORMATS:
-        raise BagError(f"compressed must be one of {', '.join(COMPRESSED_FORMATS)}, got {compressed!r}")
-    if not rate_hz > 0:
-        raise BagError(f"rate_hz must be > 0, got {rate_hz}")
-    if bag.exists():
-        raise BagError(f"{bag} exists already; a bag is only written to a new path")
+    _check_write_options(bag, storage, compressed, rate_hz)
     frames = image_files(frames_dir) if Path(frames_dir).is_dir() else []
     frames = frames[:limit] if limit > 0 else frames
     if not frames:
         raise BagError(f"no JPEG/PNG frames in {frames_dir}")
-    masks: dict[str, Path] = {}
-    if masks_dir is not None:
-        available = {p.stem: p for p in image_files(masks_dir)} if Path(masks_dir).is_dir() else {}
-        masks = {p.stem: available[p.stem] for p in frames if p.stem in available}
-        if not masks:
-            raise BagError(f"no mask in {masks_dir} is named like a frame of {frames_dir}")
+    masks = _masks_of(frames, masks_dir, frames_dir) if masks_dir is not None else {}
     try:
         with Writer(bag, version=9, storage_plugin=STORAGES[storage]) as writer:
             image_type = IMAGE if compressed is None else COMPRESSED

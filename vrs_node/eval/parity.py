@@ -13,8 +13,8 @@ anchor to the golden's (the reference's CLIP-336 anchor model is a stub there), 
 - one grounding query, :meth:`vrs_node.core.grounder.Grounder.ground` (the production path:
   prompt, tokenizer, CLIP-224 pre-processing, vision tower, DPC-KNN, LLaMA prefill, SEG/TAK head,
   TDA, TKS, keyframe decode);
-- the ``offline`` protocol, :func:`vrs_node.core.propagation.propagate_reference` from the
-  keyframe with TAK' (what ``vrs-replay --mode offline`` runs);
+- the ``offline`` protocol, :func:`vrs_node.core.offline.segment_offline`: the grounding query above,
+  then propagation from the keyframe with TAK' (what ``vrs-replay --mode offline`` runs);
 - two stage checks on the golden's own intermediate inputs, so that a difference is pinned to one
   stage: DPC-KNN on the golden's CLIP patch features, and CLIP-224 / SAM-2 pre-processing of frame 0.
 
@@ -35,11 +35,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vrs_node.core.frames import FrameWindow
-from vrs_node.core.frames import SAM2_KEY
 from vrs_node.core.grounder import Grounder, Grounding
-from vrs_node.core.propagation import propagate_reference
-from vrs_node.core.tracker import StreamingTracker, TokenPrompt
+from vrs_node.core.offline import segment_offline
+from vrs_node.core.tracker import StreamingTracker
 from vrs_node.eval.datasets import image_files, read_rgb
 from vrs_node.models.dpc_knn import merge_visual_tokens
 from vrs_node.models.mllm import DPC_KNN_SEED
@@ -173,24 +171,19 @@ class ParityRun:
 
     def run(self) -> list[StageResult]:
         """Every stage, in pipeline order."""
-        mllm = self.ckpt.mllm
-        window = FrameWindow(len(self.frames))
-        for i, image in enumerate(self.frames):
-            frame = window.append(image, stamp_ns=i, frame_id=str(i))
-            window.set_feature(frame.index, SAM2_KEY, self.tracker.encode(image))
-        features = [window.get_feature(i, SAM2_KEY) for i in range(len(self.frames))]
-        grounder = Grounder(mllm, self.ckpt.tokenizer, None, self.tracker)
-        ground = grounder.ground(window, clean_instruction(self.golden.info["instruction"]),
-                                 anchor_frame=int(self.golden.info["anchor"]))
+        grounder = Grounder(self.ckpt.mllm, self.ckpt.tokenizer, None, self.tracker,
+                            special_ids=self.ckpt.special_ids)
+        offline = segment_offline(self.tracker, self.frames, clean_instruction(self.golden.info["instruction"]),
+                                  grounder, anchor_frame=int(self.golden.info["anchor"]))
+        ground, results = offline.grounding, offline.results
         # The offline protocol conditions the keyframe first: its result is the keyframe's conditioned mask.
-        offline = propagate_reference(self.tracker, features, ground.keyframe, TokenPrompt(ground.token))
         return (self._inputs(ground) + self._preprocessing() + self._tokens(ground)
-                + self._keyframe(ground, offline[ground.keyframe].mask()) + [self._offline(offline)])
+                + self._keyframe(ground, results[ground.keyframe].mask()) + [self._offline(results)])
 
     def _inputs(self, ground: Grounding) -> list[StageResult]:
         g = self.golden.arrays
         ids = ground.input_ids
-        seg_id, tak_id = self.ckpt.seg_id, self.ckpt.tak_id
+        seg_id, tak_id = self.ckpt.special_ids
         positions = [i for i, t in enumerate(ids) if t == seg_id] + [i for i, t in enumerate(ids) if t == tak_id]
         golden_rows = np.concatenate([g["seg_hidden_rows"], g["tak_hidden_rows"]])
         return [

@@ -41,7 +41,7 @@ from tqdm import tqdm
 from vrs_node.core.config import PipelineConfig
 from vrs_node.core.engine import StreamingEngine
 from vrs_node.core.pipeline import build_pipeline
-from vrs_node.core.tracker import PointsPrompt
+from vrs_node.core.prompts import PointsPrompt
 from vrs_node.models.profiles import get_profile, load_models
 
 FEATURE_KEYS = 3

@@ -17,6 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+VRSHQ_ANCHOR_MODEL = "ViT-L-14-336"
+"""open_clip's name of VRS-HQ's CLIP-336 anchor scorer."""
+
 TINY_CLIP_CONFIG = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
@@ -44,7 +47,7 @@ class ClipAnchorScorer:
         return next(self.model.parameters()).device
 
     @classmethod
-    def from_pretrained(cls, model_name: str = "ViT-L-14-336", pretrained: str = "openai",
+    def from_pretrained(cls, model_name: str = VRSHQ_ANCHOR_MODEL, pretrained: str = "openai",
                         device: str | torch.device = "cpu", precision: str = "fp32") -> "ClipAnchorScorer":
         """An open_clip model by name with ``pretrained`` weights (a tag such as "openai" or a
         checkpoint file path; None = open_clip's random initialisation, for benchmarks) in open_clip's

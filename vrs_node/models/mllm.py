@@ -1,7 +1,7 @@
 """The VRS-HQ MLLM (Chat-UniVi-7B architecture) on ``transformers``: frames + prompt -> SEG/TAK tokens.
 
 Architecture (REFERENCE_VRSHQ_VIDEOLISA.md §1.0, §1.5-1.6), with the module names of the released
-checkpoint so that its keys map one to one (``models/vrshq_checkpoint.py``):
+checkpoint so that its keys map one to one (``models/vrshq_weights.py``):
 
 - ``vision_tower``: ``CLIPVisionModel`` (ViT-L/14 at 224 px for the real model); a frame's tokens are
   the hidden states of layer ``vision_select_layer`` (-2) without the CLS token (256 x 1024);
@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -198,15 +199,24 @@ class VrshqMLLM(nn.Module):
         return GroundingTokens(seg=tokens[:-1], tak=tokens[-1], rows=tuple(rows), hidden=hidden[rows].float())
 
 
-def special_token_ids(tokenizer) -> tuple[int, int]:
-    """(``[SEG]`` id, ``[TAK]`` id) looked up by name; an error if the tokenizer lacks either."""
+class SpecialTokenIds(NamedTuple):
+    """A tokenizer's ``[SEG]`` and ``[TAK]`` ids (what :meth:`VrshqMLLM.forward` reads), looked up
+    once where the tokenizer is loaded (:func:`special_token_ids`) and carried with it from there
+    (``VrshqCheckpoint``, ``GroundingModels``)."""
+
+    seg: int
+    tak: int
+
+
+def special_token_ids(tokenizer) -> SpecialTokenIds:
+    """``[SEG]`` and ``[TAK]``'s ids looked up by name; an error if the tokenizer lacks either."""
     ids = []
     for name in (SEG_TOKEN, TAK_TOKEN):
         token_id = tokenizer.convert_tokens_to_ids(name)
         if token_id is None or token_id == tokenizer.unk_token_id:
             raise ValueError(f"the tokenizer has no {name} token; a VRS-HQ tokenizer adds [SEG] and [TAK]")
         ids.append(token_id)
-    return ids[0], ids[1]
+    return SpecialTokenIds(*ids)
 
 
 def clip_l14_224_config() -> CLIPVisionConfig:

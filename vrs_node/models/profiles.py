@@ -30,15 +30,16 @@ from dataclasses import dataclass
 
 import torch
 
-from vrs_node.models.clip_anchor import ClipAnchorScorer
+from vrs_node.models.byte_tokenizer import byte_tokenizer
+from vrs_node.models.clip_anchor import VRSHQ_ANCHOR_MODEL, ClipAnchorScorer
 from vrs_node.models.config import ModelConfig
-from vrs_node.models.mllm import VrshqMLLM, tiny_config, vrshq_7b_config
+from vrs_node.models.mllm import SpecialTokenIds, VrshqMLLM, special_token_ids, tiny_config, vrshq_7b_config
 from vrs_node.models.precision import PRECISIONS, resolve_precision_name, tracker_precision_options
 from vrs_node.models.quantize import check_supported, move_reasoner, quantize_reasoner
+from vrs_node.models.sam2_build import Sam2Spec, SamImageTransform, build_sam2_model
 from vrs_node.models.sam2_compile import DEFAULT_MODE as DEFAULT_COMPILE_MODE
 from vrs_node.models.sam2_compile import compile_sam2
-from vrs_node.models.sam2_build import Sam2Spec, SamImageTransform, build_sam2_model
-from vrs_node.models.tokenizer import HF_REPO, byte_tokenizer
+from vrs_node.models.tokenizer import HF_REPO
 from vrs_node.models.vrshq_checkpoint import load_vrshq_checkpoint
 
 
@@ -129,11 +130,13 @@ def build_sam2_for_profile(profile: ModelProfile, device: str | torch.device = "
 
 @dataclass(frozen=True)
 class GroundingModels:
-    """What a grounding query needs besides the tracker."""
+    """What a grounding query needs besides the tracker; ``special_ids`` are the tokenizer's
+    ``[SEG]``/``[TAK]`` ids, looked up once where it was loaded."""
 
     mllm: torch.nn.Module
     tokenizer: object
     anchor_scorer: ClipAnchorScorer
+    special_ids: SpecialTokenIds
 
 
 def build_grounding_models(profile: ModelProfile, device: str | torch.device = "cpu",
@@ -150,12 +153,12 @@ def build_grounding_models(profile: ModelProfile, device: str | torch.device = "
     elif profile.language == "vrshq-7b-random":
         with device:  # initialised where it runs: on a GPU in seconds, where the CPU takes minutes
             mllm = VrshqMLLM(vrshq_7b_config(vocab_size=len(tokenizer)))
-        anchor = ClipAnchorScorer.from_pretrained("ViT-L-14-336", pretrained=None, device=device, precision=name)
+        anchor = ClipAnchorScorer.from_pretrained(VRSHQ_ANCHOR_MODEL, pretrained=None, device=device, precision=name)
     else:
         raise ValueError(f"profile {profile.name!r} has no random-weight language models "
                          f"(language={profile.language!r})")
     mllm = mllm.to(device=device, dtype=PRECISIONS[name]).eval()
-    return GroundingModels(mllm, tokenizer, anchor)
+    return GroundingModels(mllm, tokenizer, anchor, special_token_ids(tokenizer))
 
 
 @dataclass(frozen=True)
@@ -235,8 +238,8 @@ def load_models(profile: ModelProfile, device: str | torch.device = "cpu", image
                                      sam2_image_size=image_size)
         spec = ckpt.sam2_spec  # recognised from the weights
         sam2, transform = ckpt.sam2_model.to(device), SamImageTransform(spec.image_size, spec.resize)
-        anchor = ClipAnchorScorer.from_pretrained("ViT-L-14-336", clip_anchor, device=build_on, precision=name)
-        grounding = GroundingModels(ckpt.mllm, ckpt.tokenizer, anchor)
+        anchor = ClipAnchorScorer.from_pretrained(VRSHQ_ANCHOR_MODEL, clip_anchor, device=build_on, precision=name)
+        grounding = GroundingModels(ckpt.mllm, ckpt.tokenizer, anchor, ckpt.special_ids)
         tracker_options = {**spec.tracker_options(), **precision_options}
     if reasoner_quantization != "none":
         quantize_reasoner(grounding.mllm, reasoner_quantization, device)

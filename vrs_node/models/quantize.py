@@ -44,6 +44,7 @@ none 13.87 GB, int8 7.39 GB, nf4 4.56 GB (``test/test_quantize.py``).
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from dataclasses import dataclass
@@ -105,7 +106,7 @@ def check_supported(mode: str, device: str | torch.device) -> None:
         return
     device = torch.device(device)
     try:
-        import bitsandbytes  # noqa: F401
+        importlib.import_module("bitsandbytes")
     except ImportError as exc:
         raise RuntimeError(f"reasoner_quantization {mode!r} needs bitsandbytes, which is not installed "
                            f"({exc}); install requirements.txt") from exc

@@ -11,7 +11,7 @@ so a model built here tracks exactly like sam2's video predictor on the same wei
 - the three ``dynamic_multimask_*`` decoder settings of ``build_sam2``'s post-processing.
 
 ``fill_hole_area`` is a video-predictor option, not a ``SAM2Base`` one: the streaming tracker applies
-it (``vrs_node.core.tracker.fill_holes_in_mask_scores``, on the CPU; sam2 needs its CUDA extension
+it (``vrs_node.core.hole_filling.fill_holes_in_mask_scores``, on the CPU; sam2 needs its CUDA extension
 for it and silently skips it without).
 
 With ``vrshq=True`` the decoder settings of VRS-HQ's ``_build_sam2_`` are used instead: the three
@@ -24,6 +24,7 @@ whose stability score is below 0.98 would be swapped for the best of the multima
 from __future__ import annotations
 
 import functools
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,7 +128,7 @@ def build_sam2_model(spec: Sam2Spec, device: str | torch.device = "cpu", seed: i
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    import sam2  # noqa: F401  (initialises hydra's config module "sam2")
+    importlib.import_module("sam2")  # initialises hydra's config module "sam2"
 
     cfg = compose(config_name=SAM2_CONFIGS[spec.arch], overrides=spec.hydra_overrides())
     OmegaConf.resolve(cfg)

@@ -24,6 +24,7 @@ padded, VRS-HQ's decoder settings), and the tiny Hiera at 256 px of the shared g
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from dataclasses import dataclass
 
@@ -109,7 +110,7 @@ def config_signature(spec: Sam2Spec) -> Sam2Signature:
     from hydra import compose
     from omegaconf import OmegaConf
 
-    import sam2  # noqa: F401  (initialises hydra's config module "sam2")
+    importlib.import_module("sam2")  # initialises hydra's config module "sam2"
     from sam2.modeling.backbones.hieradet import Hiera
 
     cfg = compose(config_name=SAM2_CONFIGS[spec.arch], overrides=spec.hydra_overrides())

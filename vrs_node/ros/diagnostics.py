@@ -31,7 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vrs_node.core.engine import STATUS_ERROR, STATUS_TRACKING, EngineStats, FrameResult, QueryReport
+from vrs_node.core.queries import QueryReport
+from vrs_node.core.results import STATUS_ERROR, STATUS_TRACKING, EngineStats, FrameResult
 
 OK, WARN, ERROR = 0, 1, 2
 

@@ -23,9 +23,11 @@ from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
 
 from vrs_node.core.config import PipelineConfig
-from vrs_node.core.engine import FrameResult, QueryReport, StreamingEngine
+from vrs_node.core.engine import StreamingEngine
 from vrs_node.core.pipeline import build_pipeline
 from vrs_node.core.prompt_json import PromptRefused, prompt_from_json, short
+from vrs_node.core.queries import QueryReport
+from vrs_node.core.results import FrameResult
 from vrs_node.io.image import (ImageConversionError, compressed_msg_to_rgb, image_msg_to_rgb, mask_to_msg,
                                ns_to_stamp, overlay_mask, rgb_to_msg, stamp_to_ns)
 from vrs_node.models.config import ModelConfig

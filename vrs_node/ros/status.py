@@ -11,7 +11,8 @@ from __future__ import annotations
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from std_msgs.msg import Header
 
-from vrs_node.core.engine import EngineStats, FrameResult, QueryReport
+from vrs_node.core.queries import QueryReport
+from vrs_node.core.results import EngineStats, FrameResult
 from vrs_node.ros.diagnostics import Health
 
 
