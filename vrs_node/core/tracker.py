@@ -182,7 +182,7 @@ class StreamingTracker:
     def _encode(self, image: np.ndarray, camera_hw: tuple[int, int]) -> FrameFeatures:
         """The image encoder on a checked image (:meth:`encode`)."""
         x = self.transform(image, self.device, camera_hw)
-        with self._autocast():
+        with self.autocast():
             backbone_out = self.model.forward_image(x)
             _, feats, pos, sizes = self.model._prepare_backbone_features(backbone_out)
         # The positional encoding depends only on the feature size: one tensor serves every frame.
@@ -211,17 +211,17 @@ class StreamingTracker:
         self._bank["non_cond_frame_outputs"].clear()
         out = self._track_step(t, feats, True, point_inputs, mask_inputs)
         # The predictor fills holes in the output and encodes a prompted frame's memory from it.
-        out["pred_masks"] = self._fill_holes(out["pred_masks"])
+        out["pred_masks"] = self.fill_holes(out["pred_masks"])
         size = self.model.image_size
         high_res = F.interpolate(out["pred_masks"], size=(size, size), mode="bilinear", align_corners=False)
-        with self._autocast():
+        with self.autocast():
             maskmem, pos_enc = self.model._encode_new_memory(
                 current_vision_feats=list(feats.vision_feats), feat_sizes=list(feats.feat_sizes),
                 pred_masks_high_res=high_res, object_score_logits=out["object_score_logits"],
                 is_mask_from_pts=True)
         out["maskmem_features"], out["maskmem_pos_enc"] = maskmem, pos_enc
         cond = self._bank["cond_frame_outputs"]
-        cond[t] = self._compact(out)
+        cond[t] = self.compact(out)
         while len(cond) > self.max_cond_frames:
             del cond[min(cond)]
         return self._result(out, feats)
@@ -233,9 +233,9 @@ class StreamingTracker:
             raise RuntimeError("the tracker has no prompt yet: call condition() first")
         t = self._next_step()
         out = self._track_step(t, feats, False)
-        out["pred_masks"] = self._fill_holes(out["pred_masks"])  # output only: memory is encoded already
+        out["pred_masks"] = self.fill_holes(out["pred_masks"])  # output only: memory is encoded already
         non_cond = self._bank["non_cond_frame_outputs"]
-        non_cond[t] = self._compact(out)
+        non_cond[t] = self.compact(out)
         for old in [k for k in non_cond if k <= t - self.keep_non_cond]:
             del non_cond[old]
         return self._result(out, feats)
@@ -257,9 +257,24 @@ class StreamingTracker:
 
         The low-res logits are those ``add_new_points`` computes (object-score gate, holes filled).
         """
-        with self._autocast():
+        with self.autocast():
             out = self._decode_token(feats, token)
-        return self._result({**out, "pred_masks": self._fill_holes(out["pred_masks"])}, feats)
+        return self._result({**out, "pred_masks": self.fill_holes(out["pred_masks"])}, feats)
+
+    @property
+    def maskmem_pos_enc(self) -> list[torch.Tensor] | None:
+        """The one stored copy of the memory positional encoding (the same for every frame), None
+        before the first memory is stored."""
+        return self._maskmem_pos_enc
+
+    def pop_newest_conditioning(self) -> dict:
+        """Remove the newest conditioning frame's stored entry from the memory bank and return it
+        (as :meth:`compact` made it); for a tracker that keeps several targets' banks itself
+        (:class:`~vrs_node.core.targets.MultiTargetTracker`). KeyError when there is none."""
+        cond = self._bank["cond_frame_outputs"]
+        if not cond:
+            raise KeyError("no conditioning frame is stored")
+        return cond.pop(max(cond))
 
     def state_size(self) -> tuple[int, int]:
         """(number of stored frame outputs, bytes of all tensors the memory bank holds)."""
@@ -273,7 +288,7 @@ class StreamingTracker:
         """``SAM2Base.track_step`` at memory time ``t`` on ``feats`` over the memory bank: a prompted
         frame (``is_init_cond_frame``, memory encoded by the caller) or a tracked one (memory
         encoded inside, ``run_mem_encoder``)."""
-        with self._autocast():
+        with self.autocast():
             return self.model.track_step(
                 frame_idx=t, is_init_cond_frame=prompted, current_vision_feats=list(feats.vision_feats),
                 current_vision_pos_embeds=[feats.top_pos_embed], feat_sizes=list(feats.feat_sizes),
@@ -284,8 +299,10 @@ class StreamingTracker:
         t, self._step = self._step, self._step + 1
         return t
 
-    def _compact(self, out: dict) -> dict:
-        """What the memory bank keeps of a step (as the video predictor stores it)."""
+    def compact(self, out: dict) -> dict:
+        """What the memory bank keeps of a ``track_step`` output (as the video predictor stores it):
+        memory features in ``memory_dtype``, the one shared ``maskmem_pos_enc``
+        (:attr:`maskmem_pos_enc`), the low-res logits, the object pointer and score."""
         if self._maskmem_pos_enc is None:
             self._maskmem_pos_enc = [p[0:1].clone() for p in out["maskmem_pos_enc"]]
         return {
@@ -300,10 +317,12 @@ class StreamingTracker:
         return TrackResult(out["pred_masks"], float(out["object_score_logits"].reshape(-1)[0]),
                            feats.image_hw, self.transform)
 
-    def _fill_holes(self, low_res: torch.Tensor) -> torch.Tensor:
+    def fill_holes(self, low_res: torch.Tensor) -> torch.Tensor:
+        """``low_res`` logits with the holes of at most ``fill_hole_area`` pixels filled
+        (:func:`~vrs_node.core.hole_filling.fill_holes_in_mask_scores`)."""
         return fill_holes_in_mask_scores(low_res, self.fill_hole_area)
 
-    def _autocast(self):
+    def autocast(self):
         """The context every model call runs in: ``torch.autocast`` to ``autocast_dtype`` on the
         model's current device type, or no context at all when ``autocast_dtype`` is None."""
         if self.autocast_dtype is None:
@@ -316,9 +335,9 @@ class StreamingTracker:
         when it carries them, else of a decode run here (holes filled)."""
         low_res = prompt.low_res_logits
         if low_res is None:
-            with self._autocast():
+            with self.autocast():
                 decoded = self._decode_token(feats, prompt.token)
-            low_res = self._fill_holes(decoded["pred_masks"])
+            low_res = self.fill_holes(decoded["pred_masks"])
         return decoded_mask_input(low_res.to(self.device), self.model.image_size)
 
     def _decode_token(self, feats: FrameFeatures, token: torch.Tensor) -> dict:

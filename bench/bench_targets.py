@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""Benchmark (issue 14): per-frame cost of MultiTargetTracker with 1, 2, 4, 8 targets, relative to 1.
+
+One run, one process: a tracker per target count over the same weights (``--profile``, default
+tiny-random, at ``--size`` px), all targets added on frame 0 (one cohort: one batched
+``track_step`` per frame), boxes on a 4 x 2 grid over the image as prompts. Frames (DAVIS-2016
+blackswan, looped) are interleaved: every frame goes through every tracker, in an order rotated
+each frame, so machine noise hits all counts alike. A frame's cost is ``encode`` + ``track``
+(the image encoder runs once per frame whatever the count); ``track`` alone is reported too.
+Figures are over the frames after ``--warmup`` (memory banks full after 16). Goals (issue 14):
+4 targets <= 1.6x, 8 targets <= 2.5x the cost of 1.
+
+Random weights: the figures say nothing about segmentation quality, only cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from common import davis_sequence  # noqa: E402
+
+GOALS = {4: 1.6, 8: 2.5}
+"""Issue 14's goals: cost per frame with N targets / with 1 target."""
+
+
+def grid_boxes(height: int, width: int, count: int) -> list[tuple[float, float, float, float]]:
+    """``count`` boxes, one per cell of a 4 x 2 grid over the image (row by row)."""
+    cw, ch = width / 4, height / 2
+    return [((i % 4) * cw + 4, (i // 4) * ch + 4, (i % 4 + 1) * cw - 4, (i // 4 + 1) * ch - 4)
+            for i in range(count)]
+
+
+def build_trackers(profile: str, size: int, device: str, counts: list[int], first: np.ndarray):
+    """{count: MultiTargetTracker with ``count`` targets conditioned on ``first``}, same weights."""
+    from vrs_node.core.prompts import PointsPrompt
+    from vrs_node.core.targets import MultiTargetTracker
+    from vrs_node.models.profiles import build_sam2_for_profile, get_profile
+
+    model, transform = build_sam2_for_profile(get_profile(profile), device=device, image_size=size)
+    trackers = {}
+    for count in counts:
+        tracker = MultiTargetTracker(model, transform, max_targets=max(counts))
+        for i, box in enumerate(grid_boxes(*first.shape[:2], count), start=1):
+            tracker.add(i, PointsPrompt(box=box))
+        tracker.track(tracker.encode(first))
+        trackers[count] = tracker
+    return trackers
+
+
+def timed_step(tracker, image: np.ndarray, device: str) -> tuple[float, float]:
+    """(encode + track, track) seconds of one frame (synchronised on CUDA)."""
+    def sync():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    sync()
+    t0 = time.perf_counter()
+    feats = tracker.encode(image)
+    sync()
+    t1 = time.perf_counter()
+    tracker.track(feats)
+    sync()
+    t2 = time.perf_counter()
+    return t2 - t0, t2 - t1
+
+
+def run(args) -> dict:
+    frames, _, _ = davis_sequence("blackswan", args.frames_available)
+    trackers = build_trackers(args.profile, args.size, args.device, args.counts, frames[0])
+    total = {n: [] for n in args.counts}
+    track = {n: [] for n in args.counts}
+    for k in range(1, args.warmup + args.frames + 1):
+        image = frames[k % len(frames)]
+        order = args.counts[k % len(args.counts):] + args.counts[:k % len(args.counts)]
+        for n in order:
+            both, alone = timed_step(trackers[n], image, args.device)
+            if k > args.warmup:
+                total[n].append(both)
+                track[n].append(alone)
+    base_total, base_track = np.median(total[args.counts[0]]), np.median(track[args.counts[0]])
+    rows = {}
+    for n in args.counts:
+        rows[str(n)] = {
+            "frame_ms_median": round(float(np.median(total[n])) * 1000, 2),
+            "frame_ms_p90": round(float(np.percentile(total[n], 90)) * 1000, 2),
+            "track_ms_median": round(float(np.median(track[n])) * 1000, 2),
+            "frame_ratio": round(float(np.median(total[n]) / base_total), 3),
+            "track_ratio": round(float(np.median(track[n]) / base_track), 3),
+            "goal_ratio": GOALS.get(n),
+            "state_bytes": trackers[n].state_size()[1],
+        }
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="tiny-random")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--counts", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--warmup", type=int, default=16, help="frames before timing (banks full after 16)")
+    parser.add_argument("--frames", type=int, default=10, help="timed frames per target count")
+    parser.add_argument("--frames-available", type=int, default=30, help="blackswan frames read (looped)")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "targets.json")
+    args = parser.parse_args(argv)
+    if args.counts[0] != 1:
+        parser.error("--counts must start with 1 (the ratios are relative to it)")
+    started = time.time()
+    with torch.inference_mode():
+        rows = run(args)
+    report = {
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+                    "device": args.device, "loadavg": [round(x, 2) for x in os.getloadavg()]},
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "wall_s": round(time.time() - started, 1),
+        "targets": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    for n, row in rows.items():
+        print(f"{n} targets: {row['frame_ms_median']:.1f} ms/frame ({row['frame_ratio']:.2f}x; track "
+              f"{row['track_ratio']:.2f}x)" + (f", goal <= {row['goal_ratio']}x" if row["goal_ratio"] else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
