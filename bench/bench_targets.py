@@ -46,12 +46,13 @@ def build_trackers(profile: str, size: int, device: str, counts: list[int], firs
     """{count: MultiTargetTracker with ``count`` targets conditioned on ``first``}, same weights."""
     from vrs_node.core.prompts import PointsPrompt
     from vrs_node.core.targets import MultiTargetTracker
+    from vrs_node.core.tracker import StreamingTracker
     from vrs_node.models.profiles import build_sam2_for_profile, get_profile
 
     model, transform = build_sam2_for_profile(get_profile(profile), device=device, image_size=size)
     trackers = {}
     for count in counts:
-        tracker = MultiTargetTracker(model, transform, max_targets=max(counts))
+        tracker = MultiTargetTracker(StreamingTracker(model, transform), max_targets=max(counts))
         for i, box in enumerate(grid_boxes(*first.shape[:2], count), start=1):
             tracker.add(i, PointsPrompt(box=box))
         tracker.track(tracker.encode(first))

@@ -89,6 +89,21 @@ def grounding_engine(**config):
     return engine, reports
 
 
+FRAME_NS = 33_333_333
+"""Stamp step of :func:`push_all` (30 Hz)."""
+
+
+def push_all(engine, frames, start=0, actions=None):
+    """Push ``frames`` (sync engine) stamped ``i * FRAME_NS`` from ``i = start``; ``actions[i]``
+    (a callable on the engine) runs before frame ``i``. The results, in order."""
+    results = []
+    for i, image in enumerate(frames, start):
+        if actions and i in actions:
+            actions[i](engine)
+        results.append(engine.push(image, i * FRAME_NS, "camera"))
+    return results
+
+
 @pytest.fixture
 def ros_nodes():
     """rclpy initialised for one test; nodes appended to the yielded list are destroyed after it."""

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import davis_sequence, grounding_engine, make_grounder, make_tracker
+from conftest import FRAME_NS, davis_sequence, grounding_engine, make_grounder, make_tracker, push_all
 
 from vrs_node.core.config import PipelineConfig
 from vrs_node.core.engine import StreamingEngine
@@ -17,21 +17,9 @@ from vrs_node.core.prompts import MaskPrompt
 from vrs_node.core.queries import TRIGGER_INSTRUCTION, TRIGGER_LOST, TRIGGER_PERIOD
 from vrs_node.core.results import STATUS_GROUNDING, STATUS_NO_PROMPT, STATUS_TARGET_ABSENT, STATUS_TRACKING
 
-FRAME_NS = 33_333_333
-
-
 @pytest.fixture(scope="module")
 def frames():
     return davis_sequence("blackswan", 30)[0]
-
-
-def push_all(engine, frames, start=0, actions=None):
-    results = []
-    for i, image in enumerate(frames, start):
-        if actions and i in actions:
-            actions[i](engine)
-        results.append(engine.push(image, i * FRAME_NS, "camera"))
-    return results
 
 
 def test_an_instruction_yields_a_mask_for_every_frame(frames):
@@ -63,8 +51,7 @@ def test_periodic_queries_follow_stamp_time_and_keep_the_last_keyframes(frames):
     triggers = [q.trigger for q in reports]
     assert triggers == [TRIGGER_INSTRUCTION] + [TRIGGER_PERIOD] * 4  # frames 0, 5, 10, 15, 20
     assert all(q.applied for q in reports)
-    cond = engine.tracker._bank["cond_frame_outputs"]
-    assert len(cond) == 2, "the last max_cond_frames keyframes stay as conditioning memories"
+    assert engine.target_tracker.stored_frames(1)[0] == 2, "the last max_cond_frames keyframes stay in memory"
     assert engine.stats.catchup_frames > 0
     for q in reports[1:]:
         assert q.grounding.keyframe <= q.grounding.dense_frames[-1]
@@ -86,7 +73,7 @@ def test_an_instruction_change_regrounds_a_new_target(frames):
     assert [(q.trigger, q.instruction.text) for q in reports] == [
         (TRIGGER_INSTRUCTION, "the black swan"), (TRIGGER_INSTRUCTION, "the water")]
     assert reports[1].grounding.dense_frames[-1] == 8
-    assert len(engine.tracker._bank["cond_frame_outputs"]) == 1, "a new instruction is a new target"
+    assert engine.target_tracker.stored_frames(1)[0] == 1, "a new instruction is a new target"
     assert all(r.status == STATUS_TRACKING for r in results)
 
 
@@ -107,10 +94,10 @@ def test_hostile_and_invalid_instructions(frames):
 def test_a_failing_query_is_reported_and_tracking_goes_on(frames):
     engine, reports = grounding_engine(period_s=0, window_frames=4)
 
-    def broken(window, instruction):
+    def broken(window, instructions):
         raise RuntimeError("MLLM exploded")
 
-    engine.grounder.ground = broken
+    engine.grounder.ground_many = broken
     engine.set_instruction("the swan")
     results = push_all(engine, frames[:3])
     assert reports[0].error == "RuntimeError: MLLM exploded" and not reports[0].applied
@@ -141,14 +128,14 @@ def test_live_query_runs_concurrently_with_tracking(frames):
     tracker = make_tracker(128)
     grounder = make_grounder(tracker)
     release, inside = threading.Event(), threading.Event()
-    real_ground = grounder.ground
+    real_ground = grounder.ground_many
 
-    def slow_ground(window, instruction):
+    def slow_ground(window, instructions):
         inside.set()
         assert release.wait(60)
-        return real_ground(window, instruction)
+        return real_ground(window, instructions)
 
-    grounder.ground = slow_ground
+    grounder.ground_many = slow_ground
     results, reports = [], []
     engine = StreamingEngine(tracker, PipelineConfig(mode="live", period_s=0, window_frames=30), grounder=grounder,
                              on_result=results.append, on_query=reports.append)
@@ -185,15 +172,15 @@ def test_live_query_runs_concurrently_with_tracking(frames):
 
 def test_a_failed_query_is_retried_at_the_next_period(frames):
     engine, reports = grounding_engine(period_s=2 * FRAME_NS / 1e9, window_frames=4)
-    real_ground, calls = engine.grounder.ground, []
+    real_ground, calls = engine.grounder.ground_many, []
 
-    def flaky(window, instruction):
+    def flaky(window, instructions):
         calls.append(1)
         if len(calls) == 1:
             raise RuntimeError("transient failure")
-        return real_ground(window, instruction)
+        return real_ground(window, instructions)
 
-    engine.grounder.ground = flaky
+    engine.grounder.ground_many = flaky
     engine.set_instruction("the swan")
     results = push_all(engine, frames[:4])
     assert [(q.trigger, q.error is None) for q in reports] == [(TRIGGER_INSTRUCTION, False), (TRIGGER_PERIOD, True)]
@@ -205,10 +192,10 @@ def test_a_new_instruction_drops_the_old_target_until_it_is_grounded(frames):
     engine.set_prompt(MaskPrompt(np.ones(frames[0].shape[:2], bool)))
     assert push_all(engine, frames[:2])[-1].status == STATUS_TRACKING
 
-    def broken(window, instruction):
+    def broken(window, instructions):
         raise RuntimeError("not yet")
 
-    engine.grounder.ground = broken
+    engine.grounder.ground_many = broken
     engine.set_instruction("the water")
     result = push_all(engine, frames[2:3], start=2)[0]
     assert result.status == STATUS_GROUNDING and not result.mask.any()

@@ -97,15 +97,15 @@ def test_an_out_of_memory_error_mid_query_is_reported_tracking_goes_on_and_it_is
     h = ros(instruction="the black swan", period_s=1.0, lost_after_frames=0)
     reports = watch_diagnostics(h)
     mllm = h.node.engine.grounder.mllm
-    real_forward, calls = mllm.forward, []
+    real_prefill, calls = mllm.prefill, []
 
-    def forward(*args, **kwargs):
+    def prefill(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise torch.cuda.OutOfMemoryError(OOM_TEXT)
-        return real_forward(*args, **kwargs)
+        return real_prefill(*args, **kwargs)
 
-    mllm.forward = forward
+    mllm.prefill = prefill
     stamps = itertools.count(BASE_NS, 1_000_000)  # 1 ms apart: no period passes unless we jump
     images = itertools.cycle(frames)
 
@@ -247,18 +247,18 @@ def test_a_query_ten_times_slower_leaves_the_hot_path_alone(ros):
     h.peer.create_subscription(String, "status", lambda m: received.append((time.monotonic(), json.loads(m.data))),
                                RELIABLE)
     grounder = h.node.engine.grounder
-    real_ground, starts, ends = grounder.ground, [], []
+    real_ground, starts, ends = grounder.ground_many, [], []
 
-    def ground(window, instruction):
+    def ground(window, instructions):
         starts.append(time.monotonic())
         if len(starts) == 2:  # the first periodic query: 10x the first query's time, at least 2 s
             time.sleep(max(9 * (ends[0] - starts[0]), 2.0))
         try:
-            return real_ground(window, instruction)
+            return real_ground(window, instructions)
         finally:
             ends.append(time.monotonic())
 
-    grounder.ground = ground
+    grounder.ground_many = ground
     deadline = time.monotonic() + 120
     for i in itertools.count():
         if len(ends) >= 2 and time.monotonic() > ends[1] + 1.0:

@@ -362,7 +362,8 @@ class LiveFuzz:
         assert (mask.height, mask.width, mask.encoding) == (48, 64, "mono8")
         engine = self.h.node.engine
         assert len(engine.window) <= engine.window.capacity
-        assert engine.tracker.state_size()[0] <= engine.tracker.max_cond_frames + engine.tracker.keep_non_cond
+        memory = engine.target_tracker  # one target: its memory's bound
+        assert memory.state_size()[0] <= memory.max_cond_frames + memory.keep_non_cond
 
 
 def hostile_header(stamp) -> Header:

@@ -125,14 +125,14 @@ def test_frames_evicted_during_the_query_still_give_a_keyframe(frames):
     tracker = make_tracker(128)
     grounder = make_grounder(tracker, max_dense_frames=5)
     window = filled_window(tracker, frames[:6], capacity=6)
-    prefill = grounder.mllm.forward
+    prefill = grounder.mllm.prefill
 
     def prefill_while_frames_arrive(*args, **kwargs):
         for i, image in enumerate(frames[6:], 6):  # the whole window is replaced meanwhile
             window.set_feature(window.append(image, 1000 * i).index, SAM2_KEY, tracker.encode(image))
         return prefill(*args, **kwargs)
 
-    grounder.mllm.forward = prefill_while_frames_arrive
+    grounder.mllm.prefill = prefill_while_frames_arrive
     g = grounder.ground(window, clean_instruction("the black swan"))
     assert all(i < 6 for i in g.dense_frames) and set(g.dense_frames).isdisjoint(window.indices())
     assert g.keyframe in g.dense_frames and g.keyframe_features is not None and g.mask.shape == frames[0].shape[:2]

@@ -46,8 +46,8 @@ def feats(clip):
 
 
 def multi(image_size=128, backend="device", **options) -> MultiTargetTracker:
-    base = make_tracker(image_size, backend=backend)
-    return MultiTargetTracker(base.model, base.transform, **options)
+    max_targets = options.pop("max_targets", 8)
+    return MultiTargetTracker(make_tracker(image_size, backend=backend, **options), max_targets)
 
 
 def run(tracker, feats, events=None) -> list[TargetResults]:
@@ -203,6 +203,37 @@ def test_removing_a_target_leaves_the_others_as_if_it_never_existed(feats, promp
         assert all(2 not in r for r in with_removal[k:])
 
 
+def test_one_target_catching_up_equals_streaming_tracker_catch_up(feats, prompts):
+    """A target conditioned on a past frame and caught up alone through the buffered frames (as the
+    engine does for a grounding's keyframe) equals StreamingTracker.catch_up on the same frames,
+    re-conditioning a known target too; the other targets go on unchanged."""
+    feats = feats[:12]
+    key, now = 3, 7
+    caught, alone = multi(), multi()
+    for tracker in (caught, alone):
+        tracker.add(1, prompts[1])
+        tracker.add(2, prompts[2])
+    with_catch_up, plain = [], run(alone, feats)
+    for k, f in enumerate(feats):
+        if k == now:
+            early = caught.catch_up(3, feats[key], prompts[3], feats[key + 1:now])
+            again = caught.catch_up(1, feats[key], prompts[3], feats[key + 1:now])
+        with_catch_up.append(caught.track(f))
+    reference = make_tracker(128)
+    expected = reference.catch_up(feats[key], prompts[3], feats[key + 1:])
+    got = early + [r[3] for r in with_catch_up[now:]]
+    assert len(got) == len(expected) and max(worst(got, expected)) <= TOL
+    refresh = make_tracker(128)  # target 1 re-conditioned: its frame-0 conditioning kept
+    refresh.condition(feats[0], prompts[1])
+    for f in feats[1:now]:
+        refresh.track(f)
+    expected_1 = refresh.catch_up(feats[key], prompts[3], feats[key + 1:])
+    assert max(worst(again + [r[1] for r in with_catch_up[now:]], expected_1)) <= TOL
+    # target 2 goes on from its memory as if nothing happened (now alone in its batch: <= TOL)
+    assert max(worst([r[2] for r in with_catch_up], [r[2] for r in plain])) <= TOL
+    assert sorted(caught.cohorts) == [(1,), (2,), (3,)], "each caught-up target has its own memory layout"
+
+
 def test_refusals_change_nothing(feats, prompts):
     tracker = multi(max_targets=2)
     tracker.add(1, prompts[1])
@@ -210,7 +241,8 @@ def test_refusals_change_nothing(feats, prompts):
     tracker.add(2, prompts[2])
 
     def snapshot():
-        return tracker.ids, tracker.cohorts, dict(tracker._pending), tracker.state_size(), tracker._step
+        return (tracker.ids, tracker.cohorts, dict(tracker._pending), tracker.state_size(),
+                [c.step for c in tracker._cohorts])
 
     before = snapshot()
     refusals = [
@@ -225,6 +257,8 @@ def test_refusals_change_nothing(feats, prompts):
         (lambda: tracker.add(1.0, prompts[3]), "an int"),
         (lambda: tracker.add(True, prompts[3]), "an int"),
         (lambda: tracker.remove(0), r"in 1\.\.255"),
+        (lambda: tracker.catch_up(3, feats[0], prompts[3], feats[1:2]), "already 2 targets"),
+        (lambda: tracker.catch_up(0, feats[0], prompts[3], feats[1:2]), r"in 1\.\.255"),
     ]
     for refuse, reason in refusals:
         with pytest.raises(ValueError, match=reason):
@@ -236,7 +270,7 @@ def test_refusals_change_nothing(feats, prompts):
     with pytest.raises(ValueError, match="mask prompt is"):  # a prompt that does not fit the frame
         tracker.set_prompt(1, MaskPrompt(np.ones((4, 4), bool)))
         tracker.track(feats[1])
-    assert tracker._step == 1 and tracker.cohorts == [(1,)]
+    assert [c.step for c in tracker._cohorts] == [1] and tracker.cohorts == [(1,)]
     with pytest.raises(ValueError, match="max_targets"):
         multi(max_targets=0)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vrs_node.core.target_specs import DEFAULT_MAX_TARGETS, MAX_TARGET_ID
 from vrs_node.models.config import check_settings, setting
 
 ENGINE_MODES = ("sync", "live")
@@ -19,7 +20,7 @@ on a tracking thread (:mod:`vrs_node.core.engine`)."""
 @dataclass(frozen=True)
 class PipelineConfig:
     """The engine's settings (``mode`` .. ``lost_after_frames``), the tracker's (``max_cond_frames``)
-    and the grounder's (``sparse_frames``). ``score_threshold`` is on the object-score logit (SAM-2
+    and the grounder's (``sparse_frames``); ``max_targets`` bounds the targets followed at once. ``score_threshold`` is on the object-score logit (SAM-2
     uses 0); ``period_s`` (stamp time) and ``lost_after_frames`` schedule re-grounding (0 turns
     either off); the three may change while the engine runs."""
 
@@ -35,6 +36,8 @@ class PipelineConfig:
                               range=(0.0, 3600.0), runtime=True)
     lost_after_frames: int = setting(15, "re-ground after this many processed frames without the target (0 = never)",
                                      range=(0, 10000), runtime=True)
+    max_targets: int = setting(DEFAULT_MAX_TARGETS, "most targets (instructions and prompts) followed at once",
+                               range=(1, MAX_TARGET_ID))
     sparse_frames: int = setting(0, "pooled context frames over the window given to the MLLM besides the dense "
                                     "lattice (0 = VRS-HQ)", range=(0, 64))
 

@@ -1,4 +1,4 @@
-"""StreamingEngine: camera frames in, one mask per processed frame out.
+"""StreamingEngine: camera frames in, one mask per processed frame out, for one target or several.
 
 ``push(image, stamp_ns)`` is the only per-frame call. Two modes share one code path:
 
@@ -19,11 +19,22 @@ An instruction (``set_instruction``, needs a :class:`Grounder`) is grounded by q
 window, scheduled as :mod:`vrs_node.core.queries` says: in sync mode a due query runs inside
 ``push`` before the frame is tracked, in live mode on its own thread; a failed one is retried, and
 its error is in the reason of the frames still waiting. A finished query becomes a token prompt on
-its keyframe (TAK' with its keyframe decode, kept on the device; a past frame: the tracker catches
-up). The first query of an instruction starts a new target (the tracker's memory is reset); later
-ones add a conditioning frame, so the last ``max_cond_frames`` keyframes stay in memory. A frame
-whose processing raises (the image encoder, the tracker) gets an empty mask with status ``error``
-and the exception as its reason; the next frame is processed as usual.
+its keyframe (TAK' with its keyframe decode, kept on the device; a past frame: the target catches
+up). The first query of an instruction starts a new target (its memory starts empty); later ones
+add a conditioning frame, so the last ``max_cond_frames`` keyframes stay in memory. A frame whose
+processing raises (the image encoder, the tracker) gets an empty mask with status ``error`` and
+the exception as its reason; the next frame is processed as usual.
+
+Several targets (:meth:`StreamingEngine.add_target`, ``remove_target``, ``set_targets``,
+``clear_targets``; at most ``max_targets``, ids 1-255): each is an instruction or a geometric
+prompt (:class:`~vrs_node.core.target_specs.TargetSpec`) with its own SAM-2 memory, its own query
+schedule and lost-target re-grounding, tracked by one
+:class:`~vrs_node.core.targets.MultiTargetTracker` (one image encoding per frame, batched memory
+attention and decoding). Instructions due together are grounded in one batched query; a target's
+answer on a past keyframe catches up that target only. ``set_instruction``, ``set_prompt`` and
+``clear_prompt`` mean exactly one target (id 1; every other target is dropped). A refused command
+raises ValueError and changes nothing. Each result carries the union ``mask``, the
+``instance_map`` and one report per target (:mod:`vrs_node.core.frame_report`).
 
 Stream discontinuities are handled, not refused, and each is reported in the ``notice`` of the
 frame where it is seen (and logged):
@@ -43,28 +54,32 @@ are in camera pixels, the mask is H x W, and only a change of the camera size is
 change (an image decoded at another scale is not).
 
 Equal stamps are accepted as they come. Memory is bounded whatever the input rate: the window
-holds ``window_frames`` frames, live mode holds one waiting frame, the tracker ``max_cond_frames``
-conditioning plus its recent memories.
+holds ``window_frames`` frames, live mode holds one waiting frame, each target's memory
+``max_cond_frames`` conditioning frames plus its recent memories.
 """
+
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from vrs_node.core.config import PipelineConfig
+from vrs_node.core.frame_report import frame_result
 from vrs_node.core.frames import SAM2_KEY, Frame, FrameWindow, check_frame
-from vrs_node.core.grounder import Grounder, Grounding
+from vrs_node.core.grounder import Grounder
 from vrs_node.core.prompt_json import fit_to_image
-from vrs_node.core.prompts import PointsPrompt, Prompt, TokenPrompt
+from vrs_node.core.prompts import PointsPrompt, Prompt
 from vrs_node.core.queries import QueryReport, QueryScheduler
-from vrs_node.core.results import (STATUS_ERROR, STATUS_GROUNDING, STATUS_NO_PROMPT, STATUS_TARGET_ABSENT,
-                                   STATUS_TRACKING, EngineStats, FrameResult)
+from vrs_node.core.results import STATUS_GROUNDING, STATUS_TARGET_ABSENT, EngineStats, FrameResult
+from vrs_node.core.target_book import PROMPT, RESET, PendingPrompt, TargetBook, no_stamp_reason
+from vrs_node.core.target_specs import TargetSpec
+from vrs_node.core.targets import MultiTargetTracker, TargetPromptError
 from vrs_node.core.tracker import FrameFeatures, StreamingTracker
 from vrs_node.models.prompt import Instruction
 
@@ -72,20 +87,6 @@ log = logging.getLogger(__name__)
 
 TIME_JUMP_BACK_S = 1.0
 """A stamp this much earlier than the previous frame's starts a new timeline (module docstring)."""
-
-
-@dataclass
-class _PendingPrompt:
-    """A prompt waiting for the next processed frame; ``keyframe`` carries a grounding's keyframe
-    features (usable after the window evicted that frame); ``new_target`` resets the tracker first."""
-
-    prompt: Prompt | None
-    frame_index: int | None = None
-    stamp_ns: int | None = None
-    keyframe: FrameFeatures | None = None
-    new_target: bool = True
-
-
 @dataclass
 class _Slot:
     """The live-mode hand-over: the newest unprocessed frame as (image, stamp_ns, frame_id,
@@ -94,12 +95,6 @@ class _Slot:
     frame: tuple | None = None
     closed: bool = False
     cond: threading.Condition = field(default_factory=threading.Condition)
-
-
-def _no_stamp_reason(stamp_ns: int, frames: list[Frame]) -> str:
-    """Why a prompt stamped ``stamp_ns`` finds no frame among ``frames`` (the window, oldest first)."""
-    held = f"held: stamps {frames[0].stamp_ns}..{frames[-1].stamp_ns}" if frames else "the window is empty"
-    return f"no frame with stamp {stamp_ns} ns in the window ({held})"
 
 
 def catchup_schedule(num_buffered: int, max_frames: int) -> list[int]:
@@ -115,10 +110,12 @@ def catchup_schedule(num_buffered: int, max_frames: int) -> list[int]:
 
 
 class StreamingEngine:
-    """Frames -> masks with a :class:`StreamingTracker`, a bounded :class:`FrameWindow` and prompts.
+    """Frames -> masks with a :class:`MultiTargetTracker`, a bounded :class:`FrameWindow` and prompts.
 
-    Of ``config`` the engine reads ``mode``, ``window_frames``, ``max_catchup_frames`` and (at each
-    use, so a new ``config`` set at runtime takes effect) ``score_threshold``, ``period_s`` and
+    ``tracker`` (a :class:`StreamingTracker`) encodes each frame once and decodes the grounder's
+    tokens; ``target_tracker`` holds every target's memory. Of ``config`` the engine reads
+    ``mode``, ``window_frames``, ``max_catchup_frames``, ``max_targets`` and (at each use, so a new
+    ``config`` set at runtime takes effect) ``score_threshold``, ``period_s`` and
     ``lost_after_frames``; the tracker's and grounder's settings are applied by
     :func:`~vrs_node.core.pipeline.build_pipeline`, which builds the three together."""
 
@@ -130,16 +127,16 @@ class StreamingEngine:
         if grounder is not None and grounder.tracker is not tracker:
             raise ValueError("the grounder must score keyframes with the engine's tracker")
         self.tracker = tracker
+        self.target_tracker = MultiTargetTracker(tracker, config.max_targets)
         self.config = config
         self.grounder = grounder
         self.window = FrameWindow(config.window_frames)
         self.stats = EngineStats()
         self._on_result = on_result
-        self._prompt_lock = threading.Lock()
-        self._pending: _PendingPrompt | None = None
         self._slot = _Slot()
         self._queries = QueryScheduler(grounder, self.window, lambda: self.config, self.stats,
-                                       self._apply_grounding, on_query)
+                                       lambda *answer: self._book.apply_grounding(*answer), on_query)
+        self._book = TargetBook(self.window, self._queries, config.max_targets)
         self._workers: list[threading.Thread] = []
         if config.mode == "live":
             self._workers.append(threading.Thread(target=self._run_live, name="vrs-tracking", daemon=True))
@@ -150,13 +147,12 @@ class StreamingEngine:
 
     def set_prompt(self, prompt: Prompt, frame_index: int | None = None, stamp_ns: int | None = None,
                    new_target: bool = True) -> str:
-        """Condition on ``prompt`` at the next processed frame, or at a past frame of the window
-        named by its ``frame_index`` or its capture ``stamp_ns`` (then catch up). A prompt given
-        by hand replaces the instruction, if any. ``new_target=False`` keeps the earlier
-        conditioning frames (the same object seen again).
+        """Make ``prompt`` the one target (id 1; every other target and instruction is dropped):
+        condition on it at the next processed frame, or at a past frame of the window named by its
+        ``frame_index`` or its capture ``stamp_ns`` (then catch up). ``new_target=False`` keeps
+        target 1's earlier conditioning frames (the same object seen again).
 
-        Checked at once against the window; a refusal raises ValueError and changes nothing (the
-        target, the instruction and a prompt still pending are kept):
+        Checked at once against the window; a refusal raises ValueError and changes nothing:
 
         - ``stamp_ns`` must be the stamp of a frame in the window;
         - a :class:`PointsPrompt` must fit the frame it lands on (the stamped frame, else the
@@ -167,33 +163,50 @@ class StreamingEngine:
         frame in the window yet the size is checked when the prompt is applied, against the frame
         it lands on (also after a resolution change): a refusal then is that frame's error and a
         clipping is logged. ``frame_index`` is checked when the prompt is applied."""
-        frames = self.window.snapshot()
-        frame = frames[-1] if frames else None
-        if stamp_ns is not None:
-            frame = next((f for f in frames if f.stamp_ns == stamp_ns), None)
-            if frame is None:
-                raise ValueError(_no_stamp_reason(stamp_ns, frames))
-        notice = ""
-        if isinstance(prompt, PointsPrompt) and frame is not None:
-            prompt, notice = fit_to_image(prompt, frame.width, frame.height)
-        self._queries.forget()
-        with self._prompt_lock:
-            self._pending = _PendingPrompt(prompt, frame_index, stamp_ns, new_target=new_target)
-        return notice
+        return self._book.set_prompt(prompt, frame_index, stamp_ns, new_target)
 
     def set_instruction(self, text: str) -> Instruction:
-        """Follow ``text``: normalised and neutralised (ValueError if empty or too long), then
-        grounded by a query at once and re-grounded as :mod:`vrs_node.core.queries` says. The current
-        target is dropped: frames report ``grounding`` until the first answer."""
-        instruction = self._queries.follow(text)
-        with self._prompt_lock:  # the old target is not what the new instruction asks for
-            self._pending = _PendingPrompt(None)
-        return instruction
+        """Follow ``text`` as the one target (id 1; every other target is dropped): normalised and
+        neutralised (ValueError if empty or too long), then grounded by a query at once and
+        re-grounded as :mod:`vrs_node.core.queries` says. Frames report ``grounding`` until the
+        first answer."""
+        return self._book.set_instruction(text)
+
+    def clear_prompt(self) -> None:
+        """Forget every target and instruction: results are empty with status ``no_prompt``
+        until the next prompt or instruction."""
+        self._book.clear()
+
+    def add_target(self, spec: TargetSpec, target_id: int | None = None) -> int:
+        """Follow one more target; returns its id (``target_id``, or the lowest free one). Refused
+        with ValueError, changing nothing: a bad or taken id, more than ``max_targets`` targets,
+        an instruction refused as :meth:`set_instruction` refuses it, a prompt refused as
+        :meth:`set_prompt` refuses it. Its memory starts at the frame its prompt or first
+        grounding lands on; the other targets are untouched."""
+        return self._book.add(spec, target_id)
+
+    def set_targets(self, entries: Sequence[tuple[int | None, TargetSpec]]) -> list[int]:
+        """Replace every target by ``entries`` ((id or None, spec) each); their ids, in order. All or
+        nothing: one refused entry (as :meth:`add_target` refuses) refuses the whole list."""
+        return self._book.set(entries)
+
+    def remove_target(self, target_id: int) -> None:
+        """Stop following target ``target_id`` (ValueError for an unknown id); the others' memories
+        are untouched."""
+        self._book.remove(target_id)
+
+    def clear_targets(self) -> None:
+        """Forget every target and instruction (as :meth:`clear_prompt`)."""
+        self._book.clear()
+
+    def target_labels(self) -> dict[int, str]:
+        """The targets followed: id -> label, ids ascending."""
+        return self._book.labels()
 
     @property
     def instruction(self) -> Instruction | None:
-        """The instruction being followed (None when there is none)."""
-        return self._queries.instruction
+        """The instruction followed (with several, the lowest id's; None when there is none)."""
+        return next(iter(self._queries.instructions.values()), None)
 
     @property
     def query_running(self) -> bool:
@@ -207,24 +220,10 @@ class StreamingEngine:
 
     @property
     def prompt_pending(self) -> bool:
-        """True while a prompt (or a clear) waits for the next processed frame."""
-        with self._prompt_lock:
-            return self._pending is not None
+        """True while a prompt (or a removal or clear) waits for the next processed frame."""
+        return self._book.pending
 
-    def clear_prompt(self) -> None:
-        """Forget the target and the instruction: results are empty with status ``no_prompt``
-        until the next prompt or instruction."""
-        self._queries.forget()
-        with self._prompt_lock:
-            self._pending = _PendingPrompt(None)
-
-    def _apply_grounding(self, grounding: Grounding, new_target: bool) -> None:
-        """The scheduler's answer becomes the pending prompt on its keyframe: TAK' with its keyframe
-        decode, which conditions the keyframe as it is, on the device (not decoded again)."""
-        prompt = TokenPrompt(grounding.token, grounding.keyframe_result.low_res_logits)
-        with self._prompt_lock:
-            self._pending = _PendingPrompt(prompt, grounding.keyframe,
-                                           keyframe=grounding.keyframe_features, new_target=new_target)
+    # -- frames -------------------------------------------------------------------------------------
 
     def push(self, image: np.ndarray, stamp_ns: int, frame_id: str = "",
              camera_hw: tuple[int, int] | None = None) -> FrameResult | None:
@@ -273,11 +272,13 @@ class StreamingEngine:
 
     def _process(self, image: np.ndarray, stamp_ns: int, frame_id: str, camera_hw: tuple[int, int],
                  pushed_at: float) -> FrameResult:
-        """The hot path: store, encode, (sync: ground), apply a pending prompt, track, upsample."""
+        """The hot path: store, encode, (sync: ground), apply pending prompts, track, upsample."""
         notice = self._check_continuity(camera_hw, stamp_ns)
         frame = self.window.append(image, stamp_ns, frame_id, camera_hw)
         result = self._track(frame, pushed_at)
-        self._queries.count_lost(result.status == STATUS_TARGET_ABSENT, result.status == STATUS_GROUNDING)
+        for report in result.targets:
+            self._queries.count_lost(report.id, report.status == STATUS_TARGET_ABSENT,
+                                     report.status == STATUS_GROUNDING)
         return replace(result, notice=notice) if notice else result
 
     def _check_continuity(self, camera_hw: tuple[int, int], stamp_ns: int) -> str:
@@ -301,55 +302,59 @@ class StreamingEngine:
         return "; ".join(notices)
 
     def _track(self, frame: Frame, pushed_at: float) -> FrameResult:
+        """Encode, apply the queued commands (a failing prompt fails its target only), track every
+        target; a failure of the whole frame gives an empty mask with status ``error``."""
+        errors: dict[int, str] = {}
         try:
             feats = self.tracker.encode_frame(frame)
             self.window.set_feature(frame.index, SAM2_KEY, feats)
             self._queries.on_frame(frame)
-            with self._prompt_lock:
-                pending, self._pending = self._pending, None
-            track = None
-            if pending is not None and pending.prompt is None:
-                self.tracker.reset()
-            elif pending is not None:
-                track = self._apply_prompt(pending, frame, feats)
-            if track is None and self.tracker.has_prompt:
-                track = self.tracker.track(feats)
+            for op in self._book.take():
+                self._apply_op(op, frame, feats, errors)
+            results = self._track_targets(feats, errors)
         except Exception as exc:  # keep running: the frame gets an empty mask and the reason
             self.stats.errors += 1
             log.warning("frame %d (stamp %d) failed: %s", frame.index, frame.stamp_ns, exc)
-            return self._result(frame, pushed_at, None, STATUS_ERROR, f"{type(exc).__name__}: {exc}")
+            return frame_result(frame, time.perf_counter() - pushed_at, {}, {}, self.config.score_threshold,
+                                f"{type(exc).__name__}: {exc}")
         self.stats.processed += 1
-        if track is None:
-            reason = self._queries.waiting_reason()
-            if reason is not None:
-                return self._result(frame, pushed_at, None, STATUS_GROUNDING, reason)
-            return self._result(frame, pushed_at, None, STATUS_NO_PROMPT,
-                                "no prompt yet: set an instruction, or a point, box or mask prompt")
-        score = track.object_score
-        if score <= self.config.score_threshold:
-            return self._result(frame, pushed_at, None, STATUS_TARGET_ABSENT,
-                                f"object score {score:.2f} <= {self.config.score_threshold:.2f}: "
-                                "target not visible", score)
-        return self._result(frame, pushed_at, track.mask(), STATUS_TRACKING, "tracking", score)
+        states = self._book.states(errors, self.target_tracker.ids)
+        return frame_result(frame, time.perf_counter() - pushed_at, states, results, self.config.score_threshold)
 
-    def _apply_prompt(self, pending: _PendingPrompt, frame: Frame, feats: FrameFeatures):
-        """Condition now, or on a past frame and catch up to (and including) ``frame``."""
+    def _apply_op(self, op: tuple, frame: Frame, feats: FrameFeatures, errors: dict[int, str]) -> None:
+        """Apply one queued command to the target tracker; a prompt that fails is that target's error."""
+        if op[0] == RESET:
+            self.target_tracker.reset()
+        elif op[0] != PROMPT:  # REMOVE
+            if op[1] in self.target_tracker.ids:
+                self.target_tracker.remove(op[1])
+        else:
+            try:
+                self._apply_prompt(op[1], op[2], frame, feats)
+            except (ValueError, TypeError) as exc:
+                self._prompt_failed(op[1], exc, errors)
+
+    def _apply_prompt(self, target_id: int, pending: PendingPrompt, frame: Frame, feats: FrameFeatures) -> None:
+        """Queue the prompt on this frame, or condition on a past frame and catch this target up
+        through the buffered frames (the current one is tracked with every target after)."""
         key = pending.frame_index
         frames = self.window.snapshot()
         if pending.stamp_ns is not None:
             key = next((f.index for f in frames if f.stamp_ns == pending.stamp_ns), None)
             if key is None:
-                raise ValueError(_no_stamp_reason(pending.stamp_ns, frames))
+                raise ValueError(no_stamp_reason(pending.stamp_ns, frames))
         prompt = pending.prompt
         if isinstance(prompt, PointsPrompt):  # the size it was checked against, if any, may differ
             on = next((f for f in frames if f.index == key), frame)
             prompt, notice = fit_to_image(prompt, on.width, on.height)
             if notice:
                 log.warning("prompt on frame %d: %s", on.index, notice)
-        if pending.new_target:
-            self.tracker.reset()
+        tracker = self.target_tracker
         if key is None or key == frame.index:
-            return self.tracker.condition(feats, prompt)
+            if pending.new_target and target_id in tracker.ids:
+                tracker.remove(target_id)
+            (tracker.set_prompt if target_id in tracker.ids else tracker.add)(target_id, prompt)
+            return
         keyframe = pending.keyframe or self.window.get_feature(key, SAM2_KEY)
         if keyframe is None:
             raise ValueError(f"prompt frame {key} is no longer in the window "
@@ -359,15 +364,23 @@ class StreamingEngine:
         buffered = [i for i in self.window.indices() if key < i < frame.index
                     and self.window.has_feature(i, SAM2_KEY)]
         chosen = [buffered[p] for p in catchup_schedule(len(buffered), self.config.max_catchup_frames)]
-        following = [self.window.get_feature(i, SAM2_KEY) for i in chosen] + [feats]
+        if pending.new_target and target_id in tracker.ids:
+            tracker.remove(target_id)
+        tracker.catch_up(target_id, keyframe, prompt, [self.window.get_feature(i, SAM2_KEY) for i in chosen])
         self.stats.catchup_frames += len(chosen)
-        return self.tracker.catch_up(keyframe, prompt, following)[-1]
 
-    @staticmethod
-    def _result(frame: Frame, pushed_at: float, mask: np.ndarray | None, status: str, reason: str,
-                score: float | None = None) -> FrameResult:
-        """A FrameResult; ``mask=None`` means an empty mask at the frame's camera size."""
-        if mask is None:
-            mask = np.zeros(frame.camera_hw, bool)
-        return FrameResult(frame.index, frame.stamp_ns, frame.frame_id, mask, score, status, reason,
-                           time.perf_counter() - pushed_at, frame.image)
+    def _track_targets(self, feats: FrameFeatures, errors: dict[int, str]):
+        """Track every target into the frame; a queued prompt that does not fit it is dropped as
+        its target's error and the others are tracked."""
+        while True:
+            try:
+                return self.target_tracker.track(feats)
+            except TargetPromptError as exc:
+                self.target_tracker.cancel(exc.target_id)
+                self._prompt_failed(exc.target_id, exc.__cause__, errors)
+
+    def _prompt_failed(self, target_id: int, exc: BaseException, errors: dict[int, str]) -> None:
+        """A prompt could not be applied: its target's error on this frame (counted, logged)."""
+        self.stats.errors += 1
+        errors[target_id] = f"{type(exc).__name__}: {exc}"
+        log.warning("prompt of target %d failed: %s", target_id, exc)

@@ -1,20 +1,22 @@
-"""QueryScheduler: when the grounding queries of a followed instruction run, and what each answer becomes.
+"""QueryScheduler: when the grounding queries of the followed instructions run, and what each answer becomes.
 
-An instruction (:meth:`QueryScheduler.follow`, needs a :class:`Grounder`) is grounded by queries
-over the window: one at once, one every ``period_s`` of stamp time, and one when the object score
-has been <= the score threshold for ``lost_after_frames`` processed frames. A finished query's
-answer is handed to the ``apply`` callback (the engine makes it a mask prompt on its keyframe);
+Each target that follows an instruction (:meth:`QueryScheduler.follow`, needs a :class:`Grounder`)
+is grounded by queries over the window: one at once, one every ``period_s`` of stamp time, and one
+when its object score has been <= the score threshold for ``lost_after_frames`` processed frames.
+The queries due together (several targets) run as one batch (:meth:`Grounder.ground_many`: the
+per-frame inputs shared, one batched LLM prefill). Each answer is handed to the ``apply`` callback
+with its target's id (the engine makes it a mask prompt on its keyframe for that target only);
 the first answer of an instruction is a new target, later ones add a conditioning frame. Without
-the grounding thread (sync mode) a due query runs inside :meth:`QueryScheduler.on_frame`, before
-that frame is tracked (reproducible); after :meth:`QueryScheduler.start` (live mode) queries run
-on their own thread and the tracking thread never waits for them (a query waits for the first
-encoded frame). Triggers that fire while a query runs are dropped, except an instruction change,
-which runs next; the answer of a query for a superseded instruction is discarded. A failed query
-(any exception of the grounder, ``torch.OutOfMemoryError`` included) is reported (``on_query``,
-``stats.query_errors``, and in :meth:`QueryScheduler.waiting_reason`) and retried at the next
-trigger: the next periodic one, or, while no target is tracked, after ``lost_after_frames`` more
-frames (frames still waiting for a grounding after a failed query count as frames without the
-target). Tracking goes on meanwhile.
+the grounding thread (sync mode) the due queries run inside :meth:`QueryScheduler.on_frame`, before
+that frame is tracked (reproducible); after :meth:`QueryScheduler.start` (live mode) they run on
+their own thread and the tracking thread never waits for them (a query waits for the first
+encoded frame). A target's triggers that fire while its query runs are dropped, except an
+instruction change, which runs next; the answer of a query for a superseded instruction is
+discarded. A failed query (any exception of the grounder, ``torch.OutOfMemoryError`` included:
+every target of its batch fails) is reported (``on_query``, ``stats.query_errors``, and in
+:meth:`QueryScheduler.waiting_reason`) and retried at the next trigger: the next periodic one, or,
+while the target is not tracked, after ``lost_after_frames`` more frames (frames still waiting for a
+grounding after a failed query count as frames without the target). Tracking goes on meanwhile.
 
 Thread-safety: all state is guarded by one condition; ``apply`` is called while it is held (take
 no lock there that is held while calling into the scheduler), ``on_query`` after it is released.
@@ -46,8 +48,9 @@ TRIGGER_LOST = "lost"
 
 @dataclass(frozen=True)
 class QueryReport:
-    """One finished grounding query: why it ran (``TRIGGER_*``), its ``grounding`` or ``error``,
-    its duration, and whether its answer was applied (False when the instruction changed meanwhile)."""
+    """One finished grounding query for one target: why it ran (``TRIGGER_*``), its ``grounding`` or
+    ``error``, its duration (of the whole batch it ran in), whether its answer was applied (False
+    when the target's instruction changed meanwhile) and the target's id."""
 
     instruction: Instruction
     trigger: str
@@ -55,18 +58,43 @@ class QueryReport:
     error: str | None
     latency_s: float
     applied: bool
+    target_id: int = 1
+
+
+@dataclass
+class _Followed:
+    """One followed instruction's schedule: ``generation`` changes whenever the target's instruction
+    does (an answer for an older one is discarded); ``due`` the trigger of a query waiting to run."""
+
+    instruction: Instruction
+    generation: int
+    due: str | None = TRIGGER_INSTRUCTION
+    grounded: bool = False
+    last_stamp_ns: int | None = None
+    lost_frames: int = 0
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class _Job:
+    """A due query taken for a batch."""
+
+    target_id: int
+    instruction: Instruction
+    generation: int
+    trigger: str
 
 
 class QueryScheduler:
-    """The instruction being followed and its query schedule (module docstring).
+    """The followed instructions (one per target id) and their query schedules (module docstring).
 
     ``config()`` gives the current ``period_s`` and ``lost_after_frames`` (read at each use: they
-    may change at run time); ``apply(grounding, new_target)`` receives each applied answer;
-    ``stats.queries`` and ``stats.query_errors`` count finished and failed queries; ``on_query``
-    gets a :class:`QueryReport` for each."""
+    may change at run time); ``apply(target_id, grounding, new_target)`` receives each applied
+    answer; ``stats.queries`` and ``stats.query_errors`` count finished and failed queries (one per
+    target of a batch); ``on_query`` gets a :class:`QueryReport` for each."""
 
     def __init__(self, grounder: Grounder | None, window: FrameWindow, config: Callable[[], PipelineConfig],
-                 stats: EngineStats, apply: Callable[[Grounding, bool], None],
+                 stats: EngineStats, apply: Callable[[int, Grounding, bool], None],
                  on_query: Callable[[QueryReport], None] | None = None):
         self._grounder = grounder
         self._window = window
@@ -75,14 +103,9 @@ class QueryScheduler:
         self._apply = apply
         self._on_query = on_query
         self._cond = threading.Condition()
-        self._instruction: Instruction | None = None
+        self._followed: dict[int, _Followed] = {}
         self._generation = 0
-        self._due: str | None = None
-        self._running = False
-        self._grounded = False
-        self._last_stamp_ns: int | None = None
-        self._lost_frames = 0
-        self._last_error: str | None = None
+        self._running: set[int] = set()
         self._started: float | None = None
         self._frames_seen = False
         self._closed = False
@@ -102,37 +125,50 @@ class QueryScheduler:
             self._closed = True
             self._cond.notify_all()
 
-    def follow(self, text: str) -> Instruction:
-        """Follow ``text``: normalised and neutralised (ValueError if empty or too long); a query
-        is due at once. RuntimeError without a grounder."""
+    def check(self, text: str) -> Instruction:
+        """``text`` normalised and neutralised as :meth:`follow` would follow it; ValueError if
+        empty or too long, RuntimeError without a grounder. Changes nothing."""
         if self._grounder is None:
             raise RuntimeError("this engine has no grounder (MLLM): it cannot follow instructions; "
                                "use a model profile with language grounding")
         instruction = clean_instruction(text)
         self._grounder.text_embedding(instruction)  # fail here, not later, on a bad text model
-        with self._cond:
-            self._instruction, self._generation, self._grounded = instruction, self._generation + 1, False
-            self._lost_frames, self._last_stamp_ns, self._last_error = 0, None, None
-            self._due = TRIGGER_INSTRUCTION
-            self._cond.notify_all()
         return instruction
 
-    def forget(self) -> None:
-        """Stop following the instruction; the answer of a query still running is discarded."""
+    def follow(self, target_id: int, instruction: Instruction) -> None:
+        """Follow ``instruction`` (from :meth:`check`) as target ``target_id``: a query is due at
+        once; an instruction that target followed before is replaced (its answer discarded)."""
         with self._cond:
-            self._instruction, self._generation, self._due, self._grounded = None, self._generation + 1, None, False
+            self._generation += 1
+            self._followed[target_id] = _Followed(instruction, self._generation)
+            self._cond.notify_all()
+
+    def forget(self, target_id: int | None = None) -> None:
+        """Stop following target ``target_id``'s instruction (None: every target's); the answer of
+        a query still running for it is discarded."""
+        with self._cond:
+            if target_id is None:
+                self._followed.clear()
+            else:
+                self._followed.pop(target_id, None)
 
     @property
-    def instruction(self) -> Instruction | None:
-        """The instruction being followed (None when there is none)."""
+    def instructions(self) -> dict[int, Instruction]:
+        """The followed instructions by target id, ascending."""
         with self._cond:
-            return self._instruction
+            return {i: self._followed[i].instruction for i in sorted(self._followed)}
+
+    def grounded(self, target_id: int) -> bool:
+        """True once an answer for target ``target_id``'s current instruction has been applied."""
+        with self._cond:
+            followed = self._followed.get(target_id)
+            return followed is not None and followed.grounded
 
     @property
     def running(self) -> bool:
         """True while a query is due or running."""
         with self._cond:
-            return self._running or self._due is not None
+            return bool(self._running) or any(f.due is not None for f in self._followed.values())
 
     @property
     def elapsed_s(self) -> float | None:
@@ -141,100 +177,120 @@ class QueryScheduler:
             started = self._started
         return None if started is None else time.perf_counter() - started
 
-    def waiting_reason(self) -> str | None:
-        """Why a frame without a target waits for a grounding (None when no instruction is followed)."""
+    def waiting_reason(self, target_id: int) -> str | None:
+        """Why target ``target_id`` waits for a grounding (None when it follows no instruction)."""
         with self._cond:
-            instruction, error = self._instruction, self._last_error
-        if instruction is None:
+            followed = self._followed.get(target_id)
+        if followed is None:
             return None
-        return f"grounding {instruction.text!r}" + (f" (last query failed: {error})" if error else "")
+        error = followed.last_error
+        return f"grounding {followed.instruction.text!r}" + (f" (last query failed: {error})" if error else "")
 
     def restart_period(self, stamp_ns: int) -> None:
-        """A new timeline starts at ``stamp_ns``: the periodic schedule counts from it."""
+        """A new timeline starts at ``stamp_ns``: the periodic schedules count from it."""
         with self._cond:
-            if self._last_stamp_ns is not None:
-                self._last_stamp_ns = stamp_ns
+            for followed in self._followed.values():
+                if followed.last_stamp_ns is not None:
+                    followed.last_stamp_ns = stamp_ns
 
     def on_frame(self, frame: Frame) -> None:
-        """A frame is encoded: mark a periodic query due when ``period_s`` of stamp time has passed
-        since the last one; without the grounding thread, run a due query now."""
+        """A frame is encoded: mark a periodic query due for each target whose last one was
+        ``period_s`` of stamp time ago; without the grounding thread, run the due queries now."""
         with self._cond:
             if not self._frames_seen:
                 self._frames_seen = True
                 self._cond.notify_all()
-            if self._instruction is None:
-                return
             period_ns = self._config().period_s * 1e9
-            if (period_ns and self._due is None and not self._running and self._last_stamp_ns is not None
-                    and frame.stamp_ns - self._last_stamp_ns >= period_ns):
-                self._due = TRIGGER_PERIOD
-                self._cond.notify_all()
-            if self._worker is not None or self._due is None:
+            for target_id, followed in self._followed.items():
+                if (period_ns and followed.due is None and target_id not in self._running
+                        and followed.last_stamp_ns is not None
+                        and frame.stamp_ns - followed.last_stamp_ns >= period_ns):
+                    followed.due = TRIGGER_PERIOD
+                    self._cond.notify_all()
+            if self._worker is not None:
                 return
-            trigger, self._due = self._due, None
-            instruction, generation = self._instruction, self._generation
-        self._run(instruction, generation, trigger)
+            jobs = self._take_due()
+        if jobs:
+            self._run(jobs)
 
-    def count_lost(self, absent: bool, waiting: bool) -> None:
-        """Count consecutive frames without the target (``absent``, or ``waiting`` for a grounding
-        after a failed query); after ``lost_after_frames`` of them a query is due."""
+    def count_lost(self, target_id: int, absent: bool, waiting: bool) -> None:
+        """Count target ``target_id``'s consecutive frames without it (``absent``, or ``waiting``
+        for a grounding after a failed query); after ``lost_after_frames`` of them a query is due."""
         with self._cond:
             lost_after_frames = self._config().lost_after_frames
-            if self._instruction is None or not lost_after_frames:
+            followed = self._followed.get(target_id)
+            if followed is None or not lost_after_frames:
                 return
-            missing = absent or (waiting and self._last_error is not None)
-            self._lost_frames = self._lost_frames + 1 if missing else 0
-            if self._lost_frames >= lost_after_frames:
-                self._lost_frames = 0
-                if self._due is None and not self._running:
-                    self._due = TRIGGER_LOST
+            missing = absent or (waiting and followed.last_error is not None)
+            followed.lost_frames = followed.lost_frames + 1 if missing else 0
+            if followed.lost_frames >= lost_after_frames:
+                followed.lost_frames = 0
+                if followed.due is None and target_id not in self._running:
+                    followed.due = TRIGGER_LOST
                     self._cond.notify_all()
 
+    def _take_due(self) -> list[_Job]:
+        """The due queries (their triggers cleared), ids ascending; call with the lock held."""
+        jobs = [_Job(i, f.instruction, f.generation, f.due) for i, f in sorted(self._followed.items())
+                if f.due is not None]
+        for job in jobs:
+            self._followed[job.target_id].due = None
+        return jobs
+
     def _run_thread(self) -> None:
-        """The grounding thread: run each due query, one at a time, once a frame is in."""
+        """The grounding thread: run the due queries as one batch at a time, once a frame is in."""
         while True:
             with self._cond:
-                while (self._due is None or not self._frames_seen) and not self._closed:
+                while not self._closed and not (self._frames_seen and any(f.due for f in self._followed.values())):
                     self._cond.wait()
                 if self._closed:
                     return
-                trigger, self._due = self._due, None
-                instruction, generation = self._instruction, self._generation
-                self._running = True
+                jobs = self._take_due()
+                self._running = {job.target_id for job in jobs}
             try:
-                self._run(instruction, generation, trigger)
+                self._run(jobs)
             finally:
                 with self._cond:
-                    self._running = False
+                    self._running = set()
 
-    def _run(self, instruction: Instruction, generation: int, trigger: str) -> None:
-        """Run one query; a current answer goes to ``apply``; report it."""
+    def _run(self, jobs: list[_Job]) -> None:
+        """Run one batched query (:meth:`Grounder.ground_many`); each current answer goes to
+        ``apply``; report each."""
         started = time.perf_counter()
         latest = self._window.latest
         with self._cond:
             self._started = started
-        grounding, error = None, None
+        groundings, error = [None] * len(jobs), None
         try:
-            grounding = self._grounder.ground(self._window, instruction)
+            groundings = self._grounder.ground_many(self._window, [job.instruction for job in jobs])
         except Exception as exc:  # report, keep tracking, retry on the next trigger
             error = f"{type(exc).__name__}: {exc}"
-            log.warning("grounding %r failed: %s", instruction.text, error)
+            log.warning("grounding %s failed: %s", ", ".join(repr(j.instruction.text) for j in jobs), error)
+        latency_s = time.perf_counter() - started
+        reports = []
         with self._cond:
             self._started = None
-            current = generation == self._generation
-            applied = grounding is not None and current
-            self._stats.queries += 1
-            if error is not None:
-                self._stats.query_errors += 1
-            if current:
-                self._last_stamp_ns = latest.stamp_ns if latest is not None else None
-                self._last_error = error
-            if applied:
-                self._apply(grounding, not self._grounded)
-                self._grounded = True
-        if self._on_query is not None:
+            for job, grounding in zip(jobs, groundings):
+                reports.append(self._finish(job, grounding, error, latest, latency_s))
+        for report in reports if self._on_query is not None else ():
             try:
-                self._on_query(QueryReport(instruction, trigger, grounding, error,
-                                           time.perf_counter() - started, applied))
+                self._on_query(report)
             except Exception:
                 log.exception("on_query callback failed")
+
+    def _finish(self, job: _Job, grounding: Grounding | None, error: str | None, latest: Frame | None,
+                latency_s: float) -> QueryReport:
+        """Count a finished query, apply a current answer, and its report; call with the lock held."""
+        followed = self._followed.get(job.target_id)
+        current = followed is not None and followed.generation == job.generation
+        applied = grounding is not None and current
+        self._stats.queries += 1
+        if error is not None:
+            self._stats.query_errors += 1
+        if current:
+            followed.last_stamp_ns = latest.stamp_ns if latest is not None else None
+            followed.last_error = error
+        if applied:
+            self._apply(job.target_id, grounding, not followed.grounded)
+            followed.grounded = True
+        return QueryReport(job.instruction, job.trigger, grounding, error, latency_s, applied, job.target_id)

@@ -4,9 +4,13 @@ of the ``STATUS_*`` strings) and the :class:`EngineStats` counters. numpy only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+
+from vrs_node.core.target_specs import TargetReport
 
 STATUS_NO_PROMPT = "no_prompt"
 STATUS_TRACKING = "tracking"
@@ -25,6 +29,15 @@ class FrameResult:
     view of the pushed array, no copy: smaller than ``mask`` when it was pushed with a larger
     ``camera_hw``); ``notice`` a sentence about a stream discontinuity first seen at this frame
     ("" when none; see the module docstring).
+
+    With several targets ``mask`` is their union and ``object_score`` the highest of theirs;
+    ``instance_map`` (H x W uint8) holds each pixel's target id (0 = background; where masks
+    overlap the target with the higher object score wins) and ``targets`` one
+    :class:`~vrs_node.core.target_specs.TargetReport` per target, ids ascending. ``tracks`` maps
+    each target with a SAM-2 result on this frame to its
+    :class:`~vrs_node.core.tracker.TrackResult` (low-res logits on the model's device, cheap to keep):
+    a target's own mask, before overlaps are resolved, is ``tracks[id].mask()`` when its object
+    score is above the threshold (what replaying several expressions together scores).
     """
 
     index: int
@@ -37,6 +50,9 @@ class FrameResult:
     latency_s: float
     image: np.ndarray
     notice: str = ""
+    instance_map: np.ndarray | None = None
+    targets: tuple[TargetReport, ...] = ()
+    tracks: Mapping[int, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -30,6 +30,7 @@ The prompts and their conversion to SAM-2's inputs are :mod:`vrs_node.core.promp
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,7 +110,7 @@ class StreamingTracker:
     Typical use: ``feats = tracker.encode(image)``; ``tracker.condition(feats, prompt)`` once;
     then ``tracker.track(tracker.encode(next_image))`` per frame. ``catch_up`` re-conditions on a
     past frame and tracks the buffered frames after it. ``decode_token`` scores a token prompt on a
-    frame without touching the memory (for keyframe selection).
+    frame without touching the memory (for keyframe selection); ``decode_tokens`` several at once.
 
     ``fill_hole_area``: the predictor's hole filling (module docstring; 0 turns it off);
     ``memory_dtype``: dtype the memory features are stored in (``Sam2Spec.tracker_options`` gives
@@ -256,10 +257,25 @@ class StreamingTracker:
         """Decode a token prompt on a frame as a fresh conditioning frame; memory is untouched.
 
         The low-res logits are those ``add_new_points`` computes (object-score gate, holes filled).
+        The one-token case of :meth:`decode_tokens` (the same computation, bit for bit).
         """
+        return self.decode_tokens(feats, [token])[0]
+
+    @torch.inference_mode()
+    def decode_tokens(self, feats: FrameFeatures, tokens: Sequence[torch.Tensor]) -> list[TrackResult]:
+        """:meth:`decode_token` of each token on one frame, in one mask-decoder call: the tokens
+        batched along the batch dim over the frame's features expanded (not copied), as sam2
+        decodes several objects. Result i equals ``decode_token(feats, tokens[i])`` within float
+        rounding (max |diff| measured on tiny-random, fp32 CPU, 128 and 256 px, 2-8 tokens: 4.2e-7
+        in the logits, 4.8e-7 in the object score); no tokens: [] (no decoder call).
+        """
+        if not tokens:
+            return []
         with self.autocast():
-            out = self._decode_token(feats, token)
-        return self._result({**out, "pred_masks": self.fill_holes(out["pred_masks"])}, feats)
+            out = self._decode_tokens(feats, tokens)
+        low_res, scores = self.fill_holes(out["pred_masks"]), out["object_score_logits"]
+        return [self._result({"pred_masks": low_res[i:i + 1], "object_score_logits": scores[i]}, feats)
+                for i in range(len(tokens))]
 
     @property
     def maskmem_pos_enc(self) -> list[torch.Tensor] | None:
@@ -336,39 +352,35 @@ class StreamingTracker:
         low_res = prompt.low_res_logits
         if low_res is None:
             with self.autocast():
-                decoded = self._decode_token(feats, prompt.token)
+                decoded = self._decode_tokens(feats, [prompt.token])
             low_res = self.fill_holes(decoded["pred_masks"])
         return decoded_mask_input(low_res.to(self.device), self.model.image_size)
 
-    def _decode_token(self, feats: FrameFeatures, token: torch.Tensor) -> dict:
-        """SAM-2 heads with sparse prompt [NaP, NaP, token] on a fresh conditioning frame.
+    def _decode_tokens(self, feats: FrameFeatures, tokens: Sequence[torch.Tensor]) -> dict:
+        """SAM-2 heads with sparse prompt [NaP, NaP, token] on a fresh conditioning frame, for N
+        tokens at once (batch dim N; the frame's features expanded to N, not copied).
 
         Mirrors ``SAM2Base._forward_sam_heads`` (single-mask output, as VRS-HQ sets it) with the
         token appended after the prompt encoder's two padding points; the image feature is the
-        top level + ``no_mem_embed`` (no memory), dense prompt = ``no_mask_embed``.
+        top level + ``no_mem_embed`` (no memory), dense prompt = ``no_mask_embed``. Returns the
+        gated low-res logits (N x 1 x S/4 x S/4) and the object-score logits (N x 1).
         """
         from sam2.modeling.sam2_base import NO_OBJ_SCORE  # lazy, as in models/: importing sam2 starts hydra
 
-        model = self.model
-        token = token.reshape(1, 1, -1).to(self.device)
+        model, n = self.model, len(tokens)
+        token = torch.stack([t.reshape(-1) for t in tokens]).to(self.device)[:, None]
         pix = model._prepare_memory_conditioned_features(
             frame_idx=0, is_init_cond_frame=True, current_vision_feats=list(feats.vision_feats[-1:]),
             current_vision_pos_embeds=[feats.top_pos_embed], feat_sizes=list(feats.feat_sizes[-1:]),
             output_dict=self._bank, num_frames=self.num_frames)
-        high_res = [x.permute(1, 2, 0).view(x.size(1), x.size(2), *s)
+        high_res = [x.permute(1, 2, 0).view(x.size(1), x.size(2), *s).expand(n, -1, -1, -1)
                     for x, s in zip(feats.vision_feats[:-1], feats.feat_sizes[:-1])]
         no_point = (torch.zeros(1, 1, 2, device=self.device), -torch.ones(1, 1, dtype=torch.int32, device=self.device))
         sparse, dense = model.sam_prompt_encoder(points=no_point, boxes=None, masks=None)
-        sparse = torch.cat([sparse, token.to(sparse.dtype)], dim=1)
-        low_res, _, out_tokens, object_score = model.sam_mask_decoder(
-            image_embeddings=pix, image_pe=model.sam_prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False,
-            repeat_image=False, high_res_features=high_res)
-        present = object_score > 0
-        low_res = torch.where(present[:, None, None], low_res, NO_OBJ_SCORE).float()
-        obj_ptr = model.obj_ptr_proj(out_tokens[:, 0])
-        weight = object_score.sigmoid() if model.soft_no_obj_ptr else present.float()
-        if model.fixed_no_obj_ptr:
-            obj_ptr = weight * obj_ptr
-        obj_ptr = obj_ptr + (1 - weight) * model.no_obj_ptr
-        return {"pred_masks": low_res, "obj_ptr": obj_ptr, "object_score_logits": object_score}
+        sparse = torch.cat([sparse.expand(n, -1, -1), token.to(sparse.dtype)], dim=1)
+        low_res, _, _, object_score = model.sam_mask_decoder(
+            image_embeddings=pix.expand(n, -1, -1, -1), image_pe=model.sam_prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense.expand(n, -1, -1, -1),
+            multimask_output=False, repeat_image=False, high_res_features=high_res)
+        low_res = torch.where((object_score > 0)[:, None, None], low_res, NO_OBJ_SCORE).float()
+        return {"pred_masks": low_res, "object_score_logits": object_score}

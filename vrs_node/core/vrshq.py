@@ -62,16 +62,20 @@ class Keyframe:
 
 def select_keyframe(tracker: StreamingTracker, candidates: Sequence[FrameFeatures],
                     token: torch.Tensor, tda_weights: torch.Tensor) -> Keyframe:
-    """Token-driven Keyframe Selection on cached features: argmax of :func:`keyframe_scores`.
-
-    Each candidate is decoded once with ``token`` (TAK') as [NaP, NaP, TAK'] on a fresh
-    conditioning frame; ties go to the earliest candidate, as ``list.index(max(...))`` does in
-    VRS-HQ. The keyframe's decode is returned as is (VRS-HQ decodes it a second time on a fresh
-    state, which gives the same output).
+    """Token-driven Keyframe Selection on cached features: :func:`choose_keyframe` over each
+    candidate decoded once with ``token`` (TAK') as [NaP, NaP, TAK'] on a fresh conditioning frame.
     """
-    if len(candidates) != len(tda_weights) or not candidates:
-        raise ValueError(f"{len(candidates)} candidates but {len(tda_weights)} TDA weights")
-    decoded = [tracker.decode_token(feats, token) for feats in candidates]
+    return choose_keyframe([tracker.decode_token(feats, token) for feats in candidates], tda_weights)
+
+
+def choose_keyframe(decoded: Sequence[TrackResult], tda_weights: torch.Tensor) -> Keyframe:
+    """TKS's choice given each candidate's decode with TAK': argmax of :func:`keyframe_scores`;
+    ties go to the earliest candidate, as ``list.index(max(...))`` does in VRS-HQ. The keyframe's
+    decode is returned as is (VRS-HQ decodes it a second time on a fresh state, which gives the
+    same output).
+    """
+    if len(decoded) != len(tda_weights) or not decoded:
+        raise ValueError(f"{len(decoded)} candidates but {len(tda_weights)} TDA weights")
     object_scores = torch.tensor([r.object_score for r in decoded])
     scores = keyframe_scores(object_scores, tda_weights)
     position = int(torch.argmax(scores))

@@ -11,7 +11,7 @@ Stamp time, not wall time: the schedule does not depend on the machine's speed, 
 mode a due query runs inside ``push``, so the run is reproducible.
 
 Sampled every ``--sample-every`` frames, at the reference frame and at the end: RSS (``VmRSS``),
-the tracker's memory bank (:meth:`StreamingTracker.state_size`: entries and tensor bytes), the
+the target's memory bank (:meth:`MultiTargetTracker.state_size`: entries and tensor bytes), the
 frame window (frames held) and its per-frame feature cache (entries), and the engine's counters.
 
 The run fails (exit status 1; 2 for unusable arguments) when, at any sample:
@@ -110,7 +110,7 @@ def build_engine(profile: str, image_size: int, window_frames: int, max_cond_fra
 
 
 def sample(engine: StreamingEngine, frame: int) -> Sample:
-    entries, nbytes = engine.tracker.state_size()
+    entries, nbytes = engine.target_tracker.state_size()
     stats = engine.stats
     return Sample(frame, rss_bytes(), entries, nbytes, len(engine.window), engine.window.feature_count(),
                   stats.queries, stats.query_errors, stats.errors)
@@ -118,7 +118,7 @@ def sample(engine: StreamingEngine, frame: int) -> Sample:
 
 def bounds_of(engine: StreamingEngine, max_rss_ratio: float) -> Bounds:
     """The bounds the engine's configuration implies (module docstring)."""
-    tracker = engine.tracker
+    tracker = engine.target_tracker  # the soak follows one instruction: one target's memory
     return Bounds(max_rss_ratio, engine.config.window_frames, engine.config.window_frames * FEATURE_KEYS,
                   tracker.max_cond_frames + tracker.keep_non_cond)
 

@@ -33,6 +33,14 @@ order; that noise decides exact score ties, which do occur (:mod:`vrs_node.model
 frame's cached input is its 256 CLIP patch tokens, and each prefill merges its dense frames with a
 fresh generator seeded :data:`DPC_KNN_SEED`, in prompt order -- the same noise as the reference's
 run, whatever frames were cached before (merging a few frames costs milliseconds).
+
+Several prompts (one per instruction, over the same window) are prefilled together
+(:meth:`VrshqMLLM.prefill`): prompts over the same frames share their common prefix (the system
+text and the frames' tokens), which runs once, in one batched LLM call with the other prefixes;
+the rest of each prompt then runs in a second batched call on a copy of its prefix's keys and
+values, right-padded (padding comes after a row's tokens, so the causal mask already hides it);
+a mask and position ids keep a prompt off the cached tokens of a longer prefix. Each prompt
+gets exactly the tokens and positions it has alone.
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from torch import nn
-from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaModel
+from transformers import CLIPVisionConfig, CLIPVisionModel, DynamicCache, LlamaConfig, LlamaModel
 
 from vrs_node.models.clip_preprocess import ClipPreprocessor
 from vrs_node.models.dpc_knn import CHAT_UNIVI_LEVELS, merge_visual_tokens
@@ -177,14 +185,64 @@ class VrshqMLLM(nn.Module):
                 sparse: Sequence[FrameTokens] = (), seed: int | None = DPC_KNN_SEED) -> GroundingTokens:
         """One prefill over the prompt with the dense frames' 112 merged tokens (:meth:`merge`) in
         its image slots (and the sparse frames' pooled tokens in front of the first slot); returns
-        the 256-d SEG/TAK tokens."""
+        the 256-d SEG/TAK tokens. The one-prompt case of :meth:`prefill`."""
+        return self.prefill([PrefillInput(input_ids, dense, sparse)], seg_id, tak_id, seed)[0]
+
+    @torch.inference_mode()
+    def prefill(self, prompts: Sequence[PrefillInput], seg_id: int, tak_id: int,
+                seed: int | None = DPC_KNN_SEED) -> list[GroundingTokens]:
+        """The prefills of several prompts, batched; result i equals ``forward`` on prompt i alone
+        (float rounding aside: the same tokens at the same positions attending the same tokens).
+        No prompts: [].
+
+        Each prompt is expanded as :meth:`forward` expands it: its visual tokens are merged with a
+        fresh generator seeded ``seed`` (once per visual input, i.e. per distinct list of
+        :class:`FrameTokens` objects as dense and sparse frames: the merge each of its prompts
+        would get alone) and spliced into its text embeddings. Prompts with the same visual
+        input (and first token) form a group, whose common prefix (for VRS-HQ prompts the system
+        text and every frame's tokens: the instruction comes after the frames) runs once
+        (:meth:`_hidden_states`). One prompt is one plain causal call: exactly the unbatched one.
+        """
+        if not prompts:
+            return []
+        visuals: dict[tuple, list[torch.Tensor]] = {}
+        groups: dict[tuple, list[int]] = {}
+        embeds, reads = [], []
+        for i, prompt in enumerate(prompts):
+            key = (tuple(map(id, prompt.dense)), tuple(map(id, prompt.sparse)))
+            if key not in visuals:
+                visuals[key] = self._visual(prompt.dense, prompt.sparse, seed)
+            seg, tak = seg_tak_positions(prompt.input_ids, seg_id, tak_id, [len(v) for v in visuals[key]])
+            embeds.append(self._splice(prompt.input_ids, visuals[key]))
+            reads.append(seg + [tak])
+            groups.setdefault((key, prompt.input_ids[0]), []).append(i)
+        prefixes = []
+        for (key, _), members in groups.items():
+            common = _common_prefix([prompts[i].input_ids for i in members])
+            prefixes.append(_expanded_length(prompts[members[0]].input_ids[:common], [len(v) for v in visuals[key]]))
+        hidden = self._hidden_states(embeds, list(groups.values()), prefixes)
+        out = []
+        for states, read in zip(hidden, reads):
+            states = states[read]
+            tokens = self.text_hidden_fcs(states).float()
+            out.append(GroundingTokens(seg=tokens[:-1], tak=tokens[-1], rows=tuple(read), hidden=states.float()))
+        return out
+
+    def _visual(self, dense: Sequence[FrameTokens], sparse: Sequence[FrameTokens],
+                seed: int | None) -> list[torch.Tensor]:
+        """The projected visual tokens of each image slot: the dense frames' merged tokens, the
+        sparse frames' pooled tokens in front of the first slot's."""
         if not dense:
             raise ValueError("the MLLM needs at least one dense frame")
         visual = list(self.mm_projector(self.merge(dense, seed)))
         if sparse:
             pooled = torch.stack([f.pooled for f in sparse]).to(self.device, self.dtype)
             visual[0] = torch.cat([self.mm_projector(pooled), visual[0]])
-        seg_pos, tak_pos = seg_tak_positions(input_ids, seg_id, tak_id, [len(v) for v in visual])
+        return visual
+
+    def _splice(self, input_ids: Sequence[int], visual: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The expanded input embeddings (L x C): the text embeddings with the k-th
+        ``IMAGE_TOKEN_INDEX`` replaced by ``visual[k]``."""
         ids = torch.tensor(input_ids, device=self.device)
         text = self.llm.embed_tokens(ids.clamp(min=0))
         pieces, start, k = [], 0, 0
@@ -192,11 +250,78 @@ class VrshqMLLM(nn.Module):
             pieces += [text[start:i], visual[k]]
             start, k = i + 1, k + 1
         pieces.append(text[start:])
-        embeds = torch.cat(pieces)[None]
-        hidden = self.llm(inputs_embeds=embeds, use_cache=False).last_hidden_state[0]
-        rows = seg_pos + [tak_pos]
-        tokens = self.text_hidden_fcs(hidden[rows]).float()
-        return GroundingTokens(seg=tokens[:-1], tak=tokens[-1], rows=tuple(rows), hidden=hidden[rows].float())
+        return torch.cat(pieces)
+
+    def _hidden_states(self, embeds: Sequence[torch.Tensor], groups: Sequence[Sequence[int]],
+                       prefixes: Sequence[int]) -> list[torch.Tensor]:
+        """Each prompt's last hidden state (L_i x C), in at most two batched LLM calls.
+
+        ``groups[g]``: prompts whose first ``prefixes[g]`` expanded tokens are the same. Call 1
+        runs each group's prefix once (one row per group); its keys and values are kept, one copy
+        per prompt that goes on. Call 2 runs the rest of those prompts (one row each): position
+        ids continue their group's prefix, and each token attends that prefix and its own
+        prompt's earlier tokens. Rows are right-padded (:meth:`_rows`).
+        """
+        heads = [embeds[members[0]][:n] for members, n in zip(groups, prefixes)]
+        tails = [(g, i) for g, (members, n) in enumerate(zip(groups, prefixes)) for i in members
+                 if len(embeds[i]) > n]
+        cache = DynamicCache(config=self.llm.config) if tails else None
+        head_states = self._rows(heads, cache)
+        hidden = {i: head_states[g, :n] for g, (members, n) in enumerate(zip(groups, prefixes)) for i in members}
+        if tails:
+            cache.batch_select_indices(torch.tensor([g for g, _ in tails], device=self.device))
+            tail_states = self._rows([embeds[i][prefixes[g]:] for g, i in tails], cache,
+                                     [prefixes[g] for g, _ in tails], head_states.shape[1])
+            for row, (_, i) in enumerate(tails):
+                hidden[i] = torch.cat([hidden[i], tail_states[row, :len(embeds[i]) - len(hidden[i])]])
+        return [hidden[i] for i in range(len(embeds))]
+
+    def _rows(self, rows: Sequence[torch.Tensor], cache: DynamicCache | None, past: Sequence[int] = (),
+              cached: int = 0) -> torch.Tensor:
+        """The LLM's last hidden state (B x T x C) over ``rows`` right-padded to T, adding their
+        keys and values to ``cache`` (if any). ``cached``: tokens the cache holds per row;
+        ``past[b]``: row b continues the first ``past[b]`` of them.
+
+        Right padding needs no mask: under the causal mask a row's tokens attend only earlier
+        positions, and its padding comes after them. When every row continues all ``cached``
+        tokens the default positions (``cached`` + t) are right too, so a mask and position ids
+        are given only when some row continues fewer: its other cached tokens are masked and its
+        positions start at ``past[b]``. One row with nothing cached is the plain unbatched call.
+        """
+        batch = torch.nn.utils.rnn.pad_sequence(list(rows), batch_first=True)
+        if all(n == cached for n in past):
+            return self.llm(inputs_embeds=batch, cache=cache, use_cache=cache is not None).last_hidden_state
+        start = torch.tensor(past, device=self.device)[:, None]
+        mask = torch.cat([torch.arange(cached, device=self.device)[None] < start,
+                          torch.ones(batch.shape[:2], dtype=torch.bool, device=self.device)], dim=1)
+        return self.llm(inputs_embeds=batch, attention_mask=mask.long(), cache=cache, use_cache=cache is not None,
+                        position_ids=start + torch.arange(batch.shape[1], device=self.device)[None]).last_hidden_state
+
+
+@dataclass(frozen=True)
+class PrefillInput:
+    """One prompt of :meth:`VrshqMLLM.prefill`: its token ids (``IMAGE_TOKEN_INDEX`` per image
+    slot), its dense frames (one per slot, in prompt order) and its sparse frames."""
+
+    input_ids: Sequence[int]
+    dense: Sequence[FrameTokens]
+    sparse: Sequence[FrameTokens] = ()
+
+
+def _common_prefix(sequences: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common prefix of token id lists (of one list: its length)."""
+    n = 0
+    for column in zip(*sequences):
+        if any(t != column[0] for t in column):
+            break
+        n += 1
+    return n
+
+
+def _expanded_length(input_ids: Sequence[int], image_lengths: Sequence[int]) -> int:
+    """Length of ``input_ids`` once its k-th ``IMAGE_TOKEN_INDEX`` is expanded to ``image_lengths[k]`` tokens."""
+    slots = sum(1 for t in input_ids if t == IMAGE_TOKEN_INDEX)
+    return len(input_ids) - slots + sum(image_lengths[:slots])
 
 
 class SpecialTokenIds(NamedTuple):

@@ -46,7 +46,7 @@ with CUDA graphs (``max-autotune`` on CUDA): a CUDA graph's outputs live in its 
 and are overwritten by its next replay, yet the tracker keeps them -- buffered frame features,
 the memory bank's ``maskmem_features`` and pointers -- and ``_encode_new_memory`` adds the
 no-object embedding to the memory encoder's output in place. Our tracker also calls the prompt
-encoder and mask decoder directly (``_decode_token``), outside those three methods. So here the
+encoder and mask decoder directly (``_decode_tokens``), outside those three methods. So here the
 clone is attached to the compiled parts themselves: each compiled ``forward`` returns fresh
 copies of its output tensors, whatever method of whatever driver called it (the largest copy is
 the image encoder's stride-4 map, 256 channels at S/4 x S/4: 64 MiB in fp32 at 1024 px, a few

@@ -1,0 +1,233 @@
+"""Batched grounding (issue 14) on tiny random models: a query for k instructions gives each the
+keyframe and the SEG/TAK/TAK' (<= 1e-4) of its own query, reads every per-frame input once for
+the whole batch and runs one batched prefill; prompts over the same frames share their prefix;
+TKS decodes each dense frame once for the batch (one mask-decoder call with every TAK' that has it).
+
+Choice stated here: an empty batch is not an error; it returns [] without reading the window."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+
+from conftest import davis_sequence, make_grounder, make_tracker
+from test_grounder import Counting, filled_window
+from vrs_node.core.frames import CLIP_KEY, MLLM_KEY, SAM2_KEY, FrameWindow
+from vrs_node.models.mllm import PrefillInput
+from vrs_node.models.prompt import IMAGE_TOKEN_INDEX, clean_instruction
+
+TOL = dict(atol=1e-4, rtol=0)
+TEXTS = ["the black swan", "what is swimming on the dark water of the lake?", "x",
+         "the bird with the red beak that swims to the right"]
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return davis_sequence("blackswan", 14)[0]
+
+
+@pytest.fixture(scope="module")
+def setup(frames):
+    tracker = make_tracker(128)
+    return make_grounder(tracker, max_dense_frames=5, sparse_frames=3), filled_window(tracker, frames)
+
+
+def instructions(texts=TEXTS):
+    return [clean_instruction(t) for t in texts]
+
+
+def assert_same_query(batched, alone):
+    """The proof of issue 14: same frames and keyframe, SEG/TAK/TAK' within 1e-4."""
+    assert (batched.anchor, batched.dense_frames, batched.sparse_frames, batched.keyframe) == \
+        (alone.anchor, alone.dense_frames, alone.sparse_frames, alone.keyframe)
+    assert batched.input_ids == alone.input_ids and batched.tokens.rows == alone.tokens.rows
+    torch.testing.assert_close(batched.tokens.seg, alone.tokens.seg, **TOL)
+    torch.testing.assert_close(batched.tokens.tak, alone.tokens.tak, **TOL)
+    torch.testing.assert_close(batched.token, alone.token, **TOL)
+    torch.testing.assert_close(torch.tensor(batched.tks_scores), torch.tensor(alone.tks_scores), **TOL)
+    torch.testing.assert_close(torch.tensor(batched.tks_object_scores), torch.tensor(alone.tks_object_scores), **TOL)
+    torch.testing.assert_close(batched.keyframe_result.low_res_logits, alone.keyframe_result.low_res_logits,
+                               atol=1e-3, rtol=0)
+
+
+def test_a_batch_equals_separate_queries(setup):
+    grounder, window = setup
+    batch = instructions()
+    assert len({len(g) for g in (grounder.ground(window, i).input_ids for i in batch)}) == len(batch)  # padding matters
+    results = grounder.ground_many(window, batch)
+    assert [g.instruction for g in results] == batch
+    for batched, instruction in zip(results, batch):
+        assert_same_query(batched, grounder.ground(window, instruction))
+
+
+def test_instructions_over_different_and_shared_lattices(setup):
+    """Anchors 0, 1, 0, 5 in a 14-frame window with 5 dense frames: lattices {0, 3, ..}, {1, 4, ..},
+    {2, 5, ..}; the first and the third prompt share their frames, the others stand alone."""
+    grounder, window = setup
+    batch, anchors = instructions(), [0, 1, 0, 5]
+    reasoning = grounder.reason_many(window, batch, anchors)
+    assert len({tuple(f.index for f in r.dense) for r in reasoning}) == 3
+    for selected, instruction, anchor in zip(grounder.select_many(reasoning), batch, anchors):
+        assert_same_query(selected, grounder.ground(window, instruction, anchor_frame=anchor))
+
+
+def decoder_calls(tracker):
+    """Record each mask-decoder call's keyword arguments; returns (calls, hook handle)."""
+    calls = []
+    handle = tracker.model.sam_mask_decoder.register_forward_pre_hook(
+        lambda mod, args, kwargs: calls.append(kwargs), with_kwargs=True)
+    return calls, handle
+
+
+def test_tks_decodes_each_dense_frame_once_for_the_whole_batch(setup):
+    """Lattices {0, 3, ..}, {1, 4, ..}, {0, 3, ..}, {2, 5, ..}: one mask-decoder call per distinct
+    dense frame, with the TAK' of each instruction whose lattice holds it, in lattice order."""
+    grounder, window = setup
+    reasoning = grounder.reason_many(window, instructions(), [0, 1, 0, 5])
+    calls, handle = decoder_calls(grounder.tracker)
+    try:
+        grounder.select_many(reasoning)
+    finally:
+        handle.remove()
+    holders = {}
+    for r in reasoning:
+        for frame in r.dense:
+            holders.setdefault(frame.index, []).append(r.token)
+    assert len(calls) == len(holders) < sum(len(r.dense) for r in reasoning)
+    for kwargs, tokens in zip(calls, holders.values()):
+        assert torch.equal(kwargs["sparse_prompt_embeddings"][:, 2], torch.stack(tokens))
+
+
+def test_decode_tokens_equals_decode_token_per_token(setup):
+    """Several tokens on one frame in one call: each result is its own decode_token (<= 1e-5), the
+    frame's features expanded to the batch (stride 0), not copied; no tokens: no call."""
+    grounder, window = setup
+    tracker = grounder.tracker
+    feats = window.get_feature(window.snapshot()[3].index, SAM2_KEY)
+    tokens = [torch.randn(256, generator=torch.Generator().manual_seed(s)) * (1 + s) for s in range(5)]
+    calls, handle = decoder_calls(tracker)
+    try:
+        batched = tracker.decode_tokens(feats, tokens)
+        assert tracker.decode_tokens(feats, []) == []
+    finally:
+        handle.remove()
+    assert len(calls) == 1 and calls[0]["image_embeddings"].shape[0] == len(tokens)
+    assert calls[0]["image_embeddings"].stride(0) == 0
+    assert all(x.stride(0) == 0 for x in calls[0]["high_res_features"])
+    alone = [tracker.decode_token(feats, t) for t in tokens]
+    assert len({r.object_score for r in alone}) == len(tokens), "each token must decode differently"
+    for b, a in zip(batched, alone):
+        assert b.low_res_logits.shape == a.low_res_logits.shape == (1, 1, 32, 32)
+        torch.testing.assert_close(b.low_res_logits, a.low_res_logits, atol=1e-5, rtol=0)
+        assert abs(b.object_score - a.object_score) <= 1e-5
+
+
+def test_a_batch_of_one_is_ground_exactly(setup):
+    grounder, window = setup
+    instruction = clean_instruction("the black swan")
+    (batched,), alone = grounder.ground_many(window, [instruction]), grounder.ground(window, instruction)
+    assert batched.keyframe == alone.keyframe and batched.tks_scores == alone.tks_scores
+    for a, b in ((batched.tokens.seg, alone.tokens.seg), (batched.tokens.tak, alone.tokens.tak),
+                 (batched.token, alone.token), (batched.keyframe_result.low_res_logits,
+                                                alone.keyframe_result.low_res_logits)):
+        assert torch.equal(a, b)
+
+
+def test_per_frame_inputs_are_read_and_computed_once_for_the_whole_batch(frames):
+    tracker = make_tracker(128)
+    grounder = make_grounder(tracker, max_dense_frames=3, sparse_frames=2)
+    window = filled_window(tracker, frames[:8])
+    clip = grounder.anchor_scorer.embed_image = Counting(grounder.anchor_scorer.embed_image)
+    computed = []
+    frame_tokens = grounder.mllm.frame_tokens
+    grounder.mllm.frame_tokens = lambda images: computed.extend(id(im) for im in images) or frame_tokens(images)
+    text = grounder.anchor_scorer.embed_text = Counting(grounder.anchor_scorer.embed_text)
+    encoder = tracker.model.forward_image = Counting(tracker.model.forward_image)
+    merge = grounder.mllm.merge = Counting(grounder.mllm.merge)
+    llm_calls = []
+    grounder.mllm.llm.register_forward_hook(lambda m, args, kwargs, out: llm_calls.append(kwargs), with_kwargs=True)
+    reads = []
+    get_feature = window.get_feature
+    window.get_feature = lambda index, key, default=None: reads.append(key) or get_feature(index, key, default)
+
+    batch = instructions()
+    results = grounder.ground_many(window, batch)
+    used = set().union(*(set(g.dense_frames) | set(g.sparse_frames) for g in results))
+    lattices = Counter(tuple(g.dense_frames) for g in results)
+    assert (clip.count, text.count, encoder.count) == (8, len(batch), 0)
+    assert sorted(computed) == sorted({id(window.snapshot()[i].image) for i in used})  # each once
+    assert merge.count == len(lattices) < len(batch)  # instructions over the same frames share the merge
+    # The prefill: one call over each lattice's common prefix, one over the rest of the prompts
+    # that share a lattice (a prompt alone on its lattice is whole in the first call).
+    rows = [kw["inputs_embeds"].shape[0] for kw in llm_calls]
+    assert rows == [len(lattices), sum(n for n in lattices.values() if n > 1)]
+    assert (reads.count(SAM2_KEY), reads.count(CLIP_KEY), reads.count(MLLM_KEY)) == (8, 8, len(used))
+    # Again: every per-frame input and text embedding is cached; still one LLM call.
+    again = grounder.ground_many(window, batch)
+    assert (clip.count, text.count, encoder.count, len(llm_calls), len(computed)) == (8, len(batch), 0, 4, len(used))
+    assert [g.keyframe for g in again] == [g.keyframe for g in results]
+
+
+def test_timings_are_the_batch_stages_and_each_instruction_tks(setup):
+    grounder, window = setup
+    results = grounder.ground_many(window, instructions())
+    for g in results:
+        assert set(g.timings_s) == {"clip_anchor", "mllm_frame_tokens", "mllm_prefill", "tks"}
+        assert all(g.timings_s[k] == results[0].timings_s[k] for k in ("clip_anchor", "mllm_frame_tokens",
+                                                                        "mllm_prefill"))
+    assert len({g.timings_s["tks"] for g in results}) > 1
+
+
+def test_reasoning_runs_no_sam2_and_selection_does(setup, monkeypatch):
+    grounder, window = setup
+    decode = grounder.tracker.decode_tokens
+    monkeypatch.setattr(grounder.tracker, "decode_tokens", lambda *a: pytest.fail("SAM-2 decode while reasoning"))
+    reasoning = grounder.reason_many(window, instructions())
+    calls = []
+    monkeypatch.setattr(grounder.tracker, "decode_tokens", lambda *a: calls.append(a) or decode(*a))
+    selected = grounder.select_many(reasoning)
+    assert len(calls) == len({f.index for r in reasoning for f in r.dense})
+    assert sum(len(tokens) for _, tokens in calls) == sum(len(r.dense) for r in reasoning)
+    assert [g.keyframe for g in selected] == [g.keyframe for g in grounder.ground_many(window, instructions())]
+
+
+def test_an_empty_batch_gives_nothing_and_bad_anchors_are_refused(setup):
+    grounder, window = setup
+    assert grounder.ground_many(FrameWindow(2), []) == [] and grounder.reason_many(window, []) == []
+    assert grounder.mllm.prefill([], grounder.seg_id, grounder.tak_id) == []
+    with pytest.raises(ValueError, match="2 anchor frames for 4 instructions"):
+        grounder.reason_many(window, instructions(), [0, 1])
+    with pytest.raises(ValueError, match="anchor frame 99"):
+        grounder.reason_many(window, instructions()[:2], [0, 99])
+
+
+def test_prompts_over_the_same_frames_run_their_common_prefix_once(setup):
+    """Two instructions twice over the same frames: one LLM call over their common prefix (the
+    system text and the frames' tokens), one over the four rests; each result equals its prompt's
+    own prefill."""
+    grounder, window = setup
+    mllm = grounder.mllm
+    reasoning = grounder.reason_many(window, instructions(TEXTS[:2] * 2), [0, 0, 0, 0])
+    tokens = [[window.get_feature(i, MLLM_KEY) for i in frames] for frames in
+              ([f.index for f in reasoning[0].dense], reasoning[0].sparse_frames)]
+    prompts = [PrefillInput(r.input_ids, *tokens) for r in reasoning]
+    shapes = []
+    hook = mllm.llm.register_forward_hook(lambda m, a, kw, out: shapes.append(tuple(kw["inputs_embeds"].shape[:2])),
+                                          with_kwargs=True)
+    try:
+        alone = [mllm(p.input_ids, p.dense, grounder.seg_id, grounder.tak_id, sparse=p.sparse) for p in prompts]
+        batched = mllm.prefill(prompts, grounder.seg_id, grounder.tak_id)
+    finally:
+        hook.remove()
+    ids = [p.input_ids for p in prompts[:2]]
+    common = next(i for i, (a, b) in enumerate(zip(*ids)) if a != b)
+    assert IMAGE_TOKEN_INDEX not in ids[0][common:]
+    prefix = shapes[0][1] - (len(ids[0]) - common)  # the rest is text: as long expanded as not
+    assert shapes[4:] == [(1, prefix), (4, max(n for _, n in shapes[:4]) - prefix)]
+    for a, b in zip(batched, alone):
+        assert a.rows == b.rows
+        torch.testing.assert_close(a.hidden, b.hidden, **TOL)
+        torch.testing.assert_close(a.seg, b.seg, **TOL)
+        torch.testing.assert_close(a.tak, b.tak, **TOL)
