@@ -1,5 +1,6 @@
 """The in-process ROS 2 test harness: a VrsNode beside a peer node that publishes frames, prompts
-and instructions and collects masks and statuses, spun by one executor in the test's thread."""
+and targets commands and collects masks, instance masks and statuses, spun by one executor in the
+test's thread."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from std_srvs.srv import Trigger
 
 from vrs_node.io.image import ns_to_stamp, rgb_to_msg, stamp_to_ns
 from vrs_node.ros.node import VrsNode
+from vrs_node.ros.qos import LATCHED
 
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 
@@ -29,7 +31,8 @@ def spin_until(executor, condition, timeout_s=30.0):
 
 
 class Harness:
-    """A VrsNode plus a test node publishing frames/prompts and collecting masks and statuses."""
+    """A VrsNode plus a test node publishing frames, prompts and targets commands and collecting
+    masks, instance masks and statuses."""
 
     def __init__(self, **params):
         params = {"image_size": 128, "mode": "sync", **params}
@@ -43,8 +46,10 @@ class Harness:
         else:
             self.image_pub = self.peer.create_publisher(Image, "image", image_qos)
         self.prompt_pub = self.peer.create_publisher(String, "prompt", RELIABLE)
-        self.masks, self.statuses = [], []
+        self.targets_pub = self.peer.create_publisher(String, "targets", LATCHED)
+        self.masks, self.instance_masks, self.statuses = [], [], []
         self.peer.create_subscription(Image, "mask", self.masks.append, RELIABLE)
+        self.peer.create_subscription(Image, "instance_mask", self.instance_masks.append, RELIABLE)
         self.peer.create_subscription(String, "status", lambda m: self.statuses.append(json.loads(m.data)),
                                       RELIABLE)
         self.reset_client = self.peer.create_client(Trigger, "reset")
@@ -53,7 +58,9 @@ class Harness:
         self.executor.add_node(self.peer)
         self.spin_until(lambda: self.image_pub.get_subscription_count() > 0
                         and self.prompt_pub.get_subscription_count() > 0
-                        and self.node.mask_pub.get_subscription_count() > 0)
+                        and self.targets_pub.get_subscription_count() > 0
+                        and self.node.mask_pub.get_subscription_count() > 0
+                        and self.node.instance_pub.get_subscription_count() > 0)
 
     def spin_until(self, condition, timeout_s=30.0):
         spin_until(self.executor, condition, timeout_s)
@@ -65,6 +72,15 @@ class Harness:
         mine = lambda: [s for s in self.statuses[count:] if s.get("stamp_ns") == stamp]  # noqa: E731
         self.spin_until(mine)
         return mine()[0]
+
+    def send_targets(self, command: dict | str) -> dict:
+        """Publish one targets command and wait for its reply on ``status`` (one at a time: the
+        topic keeps only the last message)."""
+        count = len(self.statuses)
+        self.targets_pub.publish(String(data=command if isinstance(command, str) else json.dumps(command)))
+        replies = lambda: [s for s in self.statuses[count:] if s.get("event") == "targets"]  # noqa: E731
+        self.spin_until(replies)
+        return replies()[0]
 
     def close(self):
         self.executor.shutdown()

@@ -35,3 +35,20 @@ def test_demo_with_a_box_prompt_instead_of_an_instruction(tmp_path):
                    "--prompt-mask", str(SAMPLE / "Annotations" / "00000.png")])
     assert summary["masks_received"] == 3 and summary["grounding_queries"] == 0
     assert summary["prompt"]["box"][2] > summary["prompt"]["box"][0]
+
+
+def test_demo_with_two_instructions_draws_two_targets(tmp_path):
+    """``--instruction`` twice: one ``set`` command on ``targets``; every frame's status lists both
+    targets with their labels, and the overlay video shows them in two colours."""
+    summary = run(["--out", str(tmp_path), "--mode", "sync", "--limit", "3", "--image-size", "128",
+                   "--instruction", "the black swan", "--instruction", "the water"])
+    assert summary["masks_received"] == 3 and summary["prompt"] == {"instructions": ["the black swan", "the water"]}
+    statuses = [json.loads(line) for line in (tmp_path / "status.jsonl").read_text().splitlines()]
+    frames = [s for s in statuses if "frame_index" in s]
+    assert len(frames) == 3
+    for status in frames:
+        assert [(t["id"], t["label"]) for t in status["targets"]] == [(1, "the black swan"), (2, "the water")]
+    queries = [s for s in statuses if s.get("event") == "query"]
+    assert sorted((q["target_id"], q["instruction"]) for q in queries[:2]) == [(1, "the black swan"), (2, "the water")]
+    video = cv2.VideoCapture(str(tmp_path / "overlay.mp4"))
+    assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 3

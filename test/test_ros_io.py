@@ -19,6 +19,7 @@ from std_msgs.msg import String
 
 import vrs_node.ros.interface as interface_module
 from vrs_node.io.image import image_msg_to_rgb, overlay_mask, stamp_to_ns
+from vrs_node.io.overlay import overlay_instances
 from vrs_node.ros.node import VrsNode
 
 
@@ -79,7 +80,7 @@ def test_jpeg_is_decoded_reduced_unless_the_overlay_is_subscribed(ros, monkeypat
     assert [(m.height, m.width) for m in h.masks] == [(480, 854)] * 2
     assert (overlays[0].height, overlays[0].width) == (480, 854)
     blended = []
-    monkeypatch.setattr(interface_module, "overlay_mask", lambda *a: blended.append(1) or overlay_mask(*a))
+    monkeypatch.setattr(interface_module, "overlay_instances", lambda *a: blended.append(1) or overlay_instances(*a))
     h.node._publish_result(results[0])  # decoded reduced, published while the overlay is subscribed
     h.spin_until(lambda: len(h.masks) == 3)
     assert blended == [] and len(overlays) == 1
@@ -108,7 +109,7 @@ def test_invalid_transport_or_mode_is_refused_at_startup(ros_nodes):
 def test_overlay_is_computed_only_while_subscribed(ros, monkeypatch):
     frames, masks, _ = davis_sequence("blackswan", 4)
     calls = []
-    monkeypatch.setattr(interface_module, "overlay_mask", lambda *a: calls.append(1) or overlay_mask(*a))
+    monkeypatch.setattr(interface_module, "overlay_instances", lambda *a: calls.append(1) or overlay_instances(*a))
     h = ros()
     prompt_box(h, masks[0])
     h.send_frame(frame_msg(frames[0], 0))
@@ -116,15 +117,20 @@ def test_overlay_is_computed_only_while_subscribed(ros, monkeypatch):
     overlays = []
     h.peer.create_subscription(Image, "overlay", overlays.append, RELIABLE)
     h.spin_until(lambda: h.node.overlay_pub.get_subscription_count() > 0)
-    for i in (1, 2):
-        h.send_frame(frame_msg(frames[i], i))
-    h.spin_until(lambda: len(overlays) == 2 and len(h.masks) == 3)
+    statuses = [h.send_frame(frame_msg(frames[i], i)) for i in (1, 2)]
+    h.spin_until(lambda: len(overlays) == 2 and len(h.masks) == 3 and len(h.instance_masks) == 3)
     assert len(calls) == 2
-    for i, (overlay, mask) in enumerate(zip(overlays, h.masks[1:]), 1):
+    for i, (overlay, mask, instance, status) in enumerate(zip(overlays, h.masks[1:], h.instance_masks[1:], statuses), 1):
         assert overlay.encoding == "rgb8" and overlay.header == frame_msg(frames[i], i).header
-        expected = overlay_mask(frames[i], image_msg_to_rgb(mask)[:, :, 0] > 0)
-        assert np.array_equal(image_msg_to_rgb(overlay), expected)
-        assert not np.array_equal(expected, frames[i]), "the mask is visible in the overlay"
+        (target,) = status["targets"]
+        assert (target["id"], target["label"]) == (1, "box") and target["box"] is not None
+        drawn = image_msg_to_rgb(overlay)
+        expected = overlay_instances(frames[i], image_msg_to_rgb(instance)[:, :, 0], [(1, "box", tuple(target["box"]))])
+        assert np.array_equal(drawn, expected)
+        single = overlay_mask(frames[i], image_msg_to_rgb(mask)[:, :, 0] > 0)
+        assert not np.array_equal(single, frames[i]), "the mask is visible in the overlay"
+        same = (drawn == single).all(axis=2)
+        assert 0.95 < same.mean() < 1, "one target looks as the single-target overlay, plus its label"
 
 
 def test_incompatible_qos_is_reported_with_the_fix(ros):

@@ -313,3 +313,49 @@ def test_precision_parameter_runs_bf16_and_a_bad_value_is_reported(ros):
     assert bad.node.engine is None
     status = bad.send_frame(frame_msg(frames[1], 1))
     assert status["status"] == "error" and "precision must be one of" in status["reason"]
+
+
+def test_two_targets_on_the_targets_topic_give_an_instance_mask_a_status_list_and_diagnostics(ros):
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.parameter import Parameter
+
+    frames, masks, _ = davis_sequence("blackswan", 3)
+    h = ros()
+    diagnostics = []
+    h.peer.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, RELIABLE)
+    h.send_frame(frame_msg(frames[0], 0))
+    first = h.send_targets({"op": "add", "box": list(box_of(masks[0]))})
+    second = h.send_targets({"op": "add", "box": [600, 10, 840, 120], "id": 4})
+    assert (first["status"], first["ids"], second["ids"]) == ("accepted", [1], [4])
+    assert second["targets"] == [{"id": 1, "label": "box"}, {"id": 4, "label": "box"}]
+    assert second["model_profile"] == "tiny-random"  # the status context
+    refused = h.send_targets({"op": "remove", "id": 9})
+    assert refused["status"] == "error" and refused["op"] == "remove"
+    assert refused["reason"].startswith("targets command refused: ") and "9" in refused["reason"]
+    assert h.send_targets("{not json")["reason"].startswith("targets command refused: targets command is not JSON")
+    msg = frame_msg(frames[1], 1)
+    status = h.send_frame(msg)
+    assert [t["id"] for t in status["targets"]] == [1, 4] and {t["label"] for t in status["targets"]} == {"box"}
+    assert set(status["targets"][0]) == {"id", "label", "present", "object_score", "box", "area",
+                                         "grounded_stamp_ns", "status", "reason"}
+    h.spin_until(lambda: len(h.instance_masks) == 2 and len(h.masks) == 2)
+    instance, union = h.instance_masks[-1], h.masks[-1]
+    assert (instance.encoding, instance.height, instance.width) == ("mono8", 480, 854)
+    assert instance.header == msg.header
+    ids = image_msg_to_rgb(instance)[:, :, 0]
+    assert {1, 4} <= set(np.unique(ids).tolist()) <= {0, 1, 4}
+    assert np.array_equal(ids > 0, image_msg_to_rgb(union)[:, :, 0] > 0)
+    for t in status["targets"]:
+        assert t["area"] == int(np.count_nonzero(ids == t["id"])) > 0, "its area is its pixels in the instance mask"
+    h.spin_until(lambda: any(kv.key == "targets" and kv.value == "2" for d in diagnostics for kv in d.status[0].values))
+    # The instructions parameter replaces every target; a refusal fails the set and changes nothing.
+    result = h.node.set_parameters([Parameter("instructions", value=["the black swan", "the water"])])[0]
+    assert result.successful and h.node.engine.target_labels() == {1: "the black swan", 2: "the water"}
+    result = h.node.set_parameters([Parameter("instructions", value=["the cup", "  "])])[0]
+    assert not result.successful and "instructions[1]: instruction refused: the instruction is empty" in result.reason
+    assert h.node.engine.target_labels() == {1: "the black swan", 2: "the water"}
+    assert h.node.get_parameter("instructions").value == ["the black swan", "the water"]
+    h.spin_until(lambda: any(s.get("event") == "targets" and s["status"] == "error" and "instructions[1]" in s["reason"]
+                             for s in h.statuses))
+    assert h.node.set_parameters([Parameter("instructions", value=[])])[0].successful
+    assert h.node.engine.target_labels() == {}

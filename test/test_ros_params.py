@@ -9,23 +9,32 @@ import pytest
 import yaml
 from conftest import REPO
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange
+from rclpy.parameter import Parameter
 
 from vrs_node.core.config import PipelineConfig
 from vrs_node.models.config import ModelConfig, Setting, settings
 from vrs_node.ros.params import (AUTOSTART, RUNTIME_ENGINE_PARAMETERS, check_choices, declare_parameters,
-                                 description, descriptor, parameter_help, parameters, read_config)
+                                 description, descriptor, empty_lists_as_string_arrays, parameter_help, parameters,
+                                 read_config)
 
 DEFAULTS = {s.name: s.default for s in parameters()}
 
 
 class ParameterTable:
-    """Stands in for an rclpy node in :func:`declare_parameters`: records each declaration."""
+    """Stands in for an rclpy node in :func:`declare_parameters`: records each declaration, a
+    parameter declared by its type (a string array) unset, and each value set afterwards."""
 
     def __init__(self):
         self.rows = []
 
     def declare_parameter(self, name, value, descriptor):
         self.rows.append((name, value, descriptor))
+        return Parameter(name, value=None) if isinstance(value, Parameter.Type) else Parameter(name, value=value)
+
+    def set_parameters(self, params):
+        for param in params:
+            index = next(i for i, row in enumerate(self.rows) if row[0] == param.name)
+            self.rows[index] = (param.name, param.value, self.rows[index][2])
 
 
 def test_the_packaged_parameter_file_lists_the_declared_parameters_in_order_with_their_defaults():
@@ -72,7 +81,8 @@ def test_some_descriptors_by_name():
     assert by_name["max_image_pixels"].integer_range[0].to_value == 1_000_000_000
     assert RUNTIME_ENGINE_PARAMETERS == {"score_threshold", "period_s", "lost_after_frames"}
     runtime = {name for name, d in by_name.items() if not d.read_only}
-    assert runtime == RUNTIME_ENGINE_PARAMETERS | {"instruction"}
+    assert runtime == RUNTIME_ENGINE_PARAMETERS | {"instruction", "instructions"}
+    assert by_name["max_targets"].read_only and by_name["max_targets"].integer_range[0].to_value == 255
 
 
 def test_choices_the_help_does_not_name_are_added_to_the_description():
@@ -109,3 +119,31 @@ def test_the_help_lists_every_parameter_with_its_default():
         assert f"  {s.name} (default {s.default!r}" in text, s.name
     assert "  score_threshold (default 0.0, runtime-settable)\n" in text
     assert f"  autostart (default True)\n      {AUTOSTART.help}" in text
+
+
+def test_instructions_is_a_string_array_even_empty_or_empty_in_a_parameter_file(ros_nodes, tmp_path):
+    import rclpy
+
+    path = tmp_path / "params.yaml"
+    path.write_text("/**:\n  ros__parameters:\n    instructions: []\n")
+    for args in ([], ["--ros-args", "--params-file", str(path)], ["--ros-args", "-p", "instructions:=[a, b]"]):
+        node = rclpy.create_node("params_probe", cli_args=args)
+        ros_nodes.append(node)
+        declare_parameters(node)
+        param = node.get_parameter("instructions")
+        assert param.type_ == Parameter.Type.STRING_ARRAY, args
+        assert param.value == (["a", "b"] if "-p" in args else []), args
+        assert node.set_parameters([Parameter("instructions", value=["the cup"])])[0].successful
+
+
+def test_an_empty_array_of_any_type_sets_instructions_to_none(ros_nodes):
+    import rclpy
+
+    node = rclpy.create_node("params_probe", cli_args=["--ros-args", "-p", "instructions:=[a]"])
+    ros_nodes.append(node)
+    declare_parameters(node)
+    node.add_pre_set_parameters_callback(empty_lists_as_string_arrays)
+    for empty in (Parameter("instructions", value=[]), Parameter("instructions", Parameter.Type.BOOL_ARRAY, [])):
+        assert node.set_parameters([empty])[0].successful
+        assert node.get_parameter("instructions").type_ == Parameter.Type.STRING_ARRAY
+    assert not node.set_parameters([Parameter("instructions", value=[1, 2])])[0].successful

@@ -20,6 +20,9 @@ with a :class:`PromptRefused` (a ``ValueError``) that says why, anything else:
   ``max_points`` of them, labels that are not exactly the JSON integers 0 or 1 (``1.0``, ``true``,
   ``"1"`` are refused), or not one label per point.
 
+The first two items are :func:`read_json` (also the ``targets`` topic's reader,
+:mod:`vrs_node.core.target_commands`), the rest :func:`prompt_from_object`.
+
 :func:`fit_to_image` then checks a parsed prompt against the image it is applied to (the engine
 calls it: it knows each frame's size).
 """
@@ -27,6 +30,7 @@ calls it: it knows each frame's size).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -83,41 +87,61 @@ def nesting_depth(text: str) -> int:
     return int(np.cumsum(steps).max(initial=0))
 
 
-def _json_int(digits: str) -> int:
+def _json_int(what: str, digits: str) -> int:
     count = len(digits.lstrip("-"))
     if count > MAX_INT_DIGITS:
-        raise PromptRefused(f"prompt has an integer of {count} digits ({digits[:12]}...); "
+        raise PromptRefused(f"{what} has an integer of {count} digits ({digits[:12]}...); "
                             f"its integers have at most {MAX_INT_DIGITS}")
     return int(digits)
 
 
-def _json_float(text: str) -> float:
+def _json_float(what: str, text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
-        raise PromptRefused(f"prompt number {text[:24]} does not fit a float")
+        raise PromptRefused(f"{what} number {text[:24]} does not fit a float")
     return value
 
 
-def _json_constant(name: str):
-    raise PromptRefused(f"prompt numbers must be finite; got {name}")
+def _json_constant(what: str, name: str):
+    raise PromptRefused(f"{what} numbers must be finite; got {name}")
+
+
+def read_json(text: str, what: str = "prompt", max_bytes: int = MAX_PROMPT_BYTES):
+    """``text`` read as strict JSON (what ``json.loads`` returns), ``what`` naming the message in
+    the reasons (``prompt``, ``targets command``). Refused (:class:`PromptRefused`): text longer
+    than ``max_bytes`` (UTF-8; ``MAX_PROMPT_BYTES`` by default) or nested deeper than
+    ``MAX_PROMPT_DEPTH`` (checked before parsing),
+    text that is not JSON, ``NaN``/``Infinity``, a number beyond a float, an integer of more than
+    ``MAX_INT_DIGITS`` digits."""
+    if len(text) > max_bytes or len(text.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise PromptRefused(f"{what} is longer than {max_bytes} bytes")
+    depth = nesting_depth(text)
+    if depth > MAX_PROMPT_DEPTH:
+        raise PromptRefused(f"{what} nests arrays/objects {depth} deep; at most {MAX_PROMPT_DEPTH} are read")
+    try:
+        return json.loads(text, parse_int=functools.partial(_json_int, what),
+                          parse_float=functools.partial(_json_float, what),
+                          parse_constant=functools.partial(_json_constant, what))
+    except json.JSONDecodeError as exc:
+        raise PromptRefused(f"{what} is not JSON: {exc}") from None
 
 
 def prompt_from_json(text: str, max_points: int = DEFAULT_MAX_PROMPT_POINTS) -> tuple[PointsPrompt, int | None]:
     """Parse a ``prompt`` message: (PointsPrompt, stamp_ns or None).
 
     The module docstring lists what is refused (:class:`PromptRefused`, a ValueError; nothing
-    else is raised for any ``str``). The prompt's points are a float64 (N, 2) array with an int64
-    (N,) array of 0/1 labels, N <= ``max_points``; its box a tuple of four floats; every
-    coordinate finite. Whether they lie in the image is for :func:`fit_to_image`."""
-    if len(text) > MAX_PROMPT_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_PROMPT_BYTES:
-        raise PromptRefused(f"prompt is longer than {MAX_PROMPT_BYTES} bytes")
-    depth = nesting_depth(text)
-    if depth > MAX_PROMPT_DEPTH:
-        raise PromptRefused(f"prompt nests arrays/objects {depth} deep; at most {MAX_PROMPT_DEPTH} are read")
-    try:
-        data = json.loads(text, parse_int=_json_int, parse_float=_json_float, parse_constant=_json_constant)
-    except json.JSONDecodeError as exc:
-        raise PromptRefused(f"prompt is not JSON: {exc}") from None
+    else is raised for any ``str``): :func:`read_json`, then :func:`prompt_from_object`."""
+    return prompt_from_object(read_json(text), max_points)
+
+
+def prompt_from_object(data, max_points: int = DEFAULT_MAX_PROMPT_POINTS) -> tuple[PointsPrompt, int | None]:
+    """A prompt from ``data``, what :func:`read_json` returned: (PointsPrompt, stamp_ns or None).
+
+    Refused (:class:`PromptRefused`) unless ``data`` is an object with ``box`` and/or ``points``
+    (+ ``labels``) and no field but :data:`FIELDS`, as the module docstring says. The prompt's
+    points are a float64 (N, 2) array with an int64 (N,) array of 0/1 labels, N <= ``max_points``;
+    its box a tuple of four floats; every coordinate finite. Whether they lie in the image is for
+    :func:`fit_to_image`."""
     if not isinstance(data, dict) or not ({"box", "points"} & data.keys()):
         raise PromptRefused('prompt must be a JSON object with "box" and/or "points" (+ "labels")')
     unknown = data.keys() - set(FIELDS)

@@ -257,6 +257,21 @@ def mask_to_msg(mask: np.ndarray, header):
                       lambda out: cv2.threshold(pixels, 0, 255, cv2.THRESH_BINARY, dst=out))
 
 
+def instance_map_to_msg(instance_map: np.ndarray, header):
+    """Build a ``mono8`` ``sensor_msgs.msg.Image`` of an instance map: each pixel the id of the
+    target it belongs to (1..255), 0 = background, copied as is.
+
+    ``instance_map`` must be ``uint8`` with shape ``(H, W)``, H and W > 0; the message gets
+    ``step = W``, ``is_bigendian = 0`` and a copy of ``header``, as :func:`mask_to_msg`. Raises
+    ``ImageConversionError`` for any other array."""
+    if instance_map.dtype != np.uint8 or instance_map.ndim != 2 or 0 in instance_map.shape:
+        raise ImageConversionError(
+            f"instance map must be uint8 with shape (H, W), H and W > 0; got {instance_map.dtype} "
+            f"with shape {instance_map.shape}"
+        )
+    return _image_msg(instance_map.shape, "mono8", header, lambda out: np.copyto(out, instance_map))
+
+
 def overlay_mask(
     image_rgb: np.ndarray, mask: np.ndarray, color=(255, 0, 0), alpha: float = 0.5
 ) -> np.ndarray:

@@ -1,9 +1,11 @@
 """``vrs-demo``: run the node on a folder of frames, as a camera would feed it, and save what it publishes.
 
-One process, real ROS 2 topics: a player sends an instruction on ``instruction`` (or, with
-``--prompt-mask``, a box prompt taken from a ground-truth mask on ``prompt``), publishes the frames
-on ``image`` (stamped at ``--rate``), and a recorder saves every ``mask`` message as a PNG named
-after its frame, an overlay video and the ``status`` stream (frame results and grounding queries).
+One process, real ROS 2 topics: a player sends an instruction on ``instruction`` (several
+``--instruction``: one ``set`` command on ``targets``; or, with ``--prompt-mask``, a box prompt
+taken from a ground-truth mask on ``prompt``), publishes the frames on ``image`` (stamped at
+``--rate``), and a recorder saves every ``mask`` message as a PNG named after its frame, an
+overlay video (each target in its own colour with its label, from ``instance_mask`` and the
+status) and the ``status`` stream (frame results and grounding queries).
 ``--mode live`` (default) runs the node as on a robot (newest frame wins, drops counted);
 ``--mode sync`` waits for each frame's answer before sending the next, so every frame gets a mask.
 """
@@ -28,7 +30,8 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header, String
 from tqdm import tqdm
 
-from vrs_node.io.image import image_msg_to_rgb, ns_to_stamp, overlay_mask, rgb_to_msg, stamp_to_ns
+from vrs_node.io.image import image_msg_to_rgb, ns_to_stamp, rgb_to_msg, stamp_to_ns
+from vrs_node.io.overlay import overlay_instances
 from vrs_node.ros.cli import ros_command
 from vrs_node.ros.node import VrsNode
 from vrs_node.ros.qos import LATCHED
@@ -52,7 +55,9 @@ START_NS = 1_700_000_000_000_000_000
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="vrs-demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=Path, default=SAMPLE / "JPEGImages", help="folder of JPEG/PNG frames")
-    parser.add_argument("--instruction", default="the black swan", help="what to segment")
+    parser.add_argument("--instruction", action="append", dest="instructions", metavar="INSTRUCTION",
+                        help="what to segment (default 'the black swan'); give it several times for several "
+                             "targets, each drawn in its own colour with its label")
     parser.add_argument("--prompt-mask", type=Path, default=None,
                         help="instead of the instruction: a mask whose bounding box is the prompt (first frame), "
                              f"e.g. {SAMPLE / 'Annotations' / '00000.png'}")
@@ -63,7 +68,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=0, help="SAM-2 input size (0 = profile's)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--limit", type=int, default=0, help="use only the first N frames (0 = all)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.instructions = args.instructions or ["the black swan"]
+    return args
 
 
 class Recorder:
@@ -72,18 +79,29 @@ class Recorder:
     def __init__(self, node, out: Path, names_by_stamp: dict[int, str]):
         self.out, self.names = out, names_by_stamp
         self.masks: dict[str, np.ndarray] = {}
+        self.instance_maps: dict[str, np.ndarray] = {}
+        self.targets: dict[str, list[dict]] = {}  # each frame's status "targets" list
         self.statuses: list[dict] = []
         self.answered: set[int] = set()  # stamps of the frames the node has answered
         self.lock = threading.Lock()
         node.create_subscription(Image, "mask", self.on_mask, RELIABLE)
+        node.create_subscription(Image, "instance_mask", self.on_instance_mask, RELIABLE)
         node.create_subscription(String, "status", self.on_status, RELIABLE)
 
+    def _name(self, stamp_ns: int) -> str:
+        return self.names.get(stamp_ns, f"stamp_{stamp_ns}")
+
     def on_mask(self, msg: Image) -> None:
-        name = self.names.get(stamp_to_ns(msg.header.stamp), f"stamp_{stamp_to_ns(msg.header.stamp)}")
+        name = self._name(stamp_to_ns(msg.header.stamp))
         mask = image_msg_to_rgb(msg)[:, :, 0]
         cv2.imwrite(str(self.out / "masks" / f"{name}.png"), mask)
         with self.lock:
             self.masks[name] = mask > 0
+
+    def on_instance_mask(self, msg: Image) -> None:
+        instance_map = image_msg_to_rgb(msg)[:, :, 0]
+        with self.lock:
+            self.instance_maps[self._name(stamp_to_ns(msg.header.stamp))] = instance_map
 
     def on_status(self, msg: String) -> None:
         status = json.loads(msg.data)
@@ -91,6 +109,8 @@ class Recorder:
             self.statuses.append(status)
             if "stamp_ns" in status:
                 self.answered.add(status["stamp_ns"])
+            if "targets" in status and "stamp_ns" in status:
+                self.targets[self._name(status["stamp_ns"])] = status["targets"]
 
 
 def box_prompt(mask_path: Path) -> dict:
@@ -101,16 +121,21 @@ def box_prompt(mask_path: Path) -> dict:
     return {"box": [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())]}
 
 
-def write_overlay_video(path: Path, frames: list[np.ndarray], names: list[str], masks: dict, fps: float) -> None:
-    """Every frame with a mask blended in red: its own mask, or (a frame the node dropped) the
-    latest mask published before it, as a consumer of the topic would have seen it."""
+def write_overlay_video(path: Path, frames: list[np.ndarray], names: list[str], recorder: Recorder,
+                        fps: float) -> None:
+    """Every frame with its targets drawn, each in its own colour with its id and label
+    (:func:`~vrs_node.io.overlay.overlay_instances` of its instance mask and status): its own
+    result, or (a frame the node dropped) the latest one published before it, as a consumer of the
+    topics would have seen it."""
     height, width = frames[0].shape[:2]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-    shown_mask = None
+    shown = None
     for image, name in zip(frames, names):
-        shown_mask = masks.get(name, shown_mask)
-        shown = image if shown_mask is None or shown_mask.shape != image.shape[:2] else overlay_mask(image, shown_mask)
-        writer.write(cv2.cvtColor(shown, cv2.COLOR_RGB2BGR))
+        if name in recorder.instance_maps:
+            targets = recorder.targets.get(name, [])
+            shown = (recorder.instance_maps[name], [(t["id"], t["label"], t["box"]) for t in targets])
+        drawn = image if shown is None or shown[0].shape != image.shape[:2] else overlay_instances(image, *shown)
+        writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
     writer.release()
 
 
@@ -142,6 +167,7 @@ class Session:
         self.image_pub = player.create_publisher(Image, "image", qos_profile_sensor_data)
         self.prompt_pub = player.create_publisher(String, "prompt", RELIABLE)
         self.instruction_pub = player.create_publisher(String, "instruction", LATCHED)
+        self.targets_pub = player.create_publisher(String, "targets", LATCHED)
         executor = MultiThreadedExecutor(num_threads=2)
         executor.add_node(self.node)
         executor.add_node(player)
@@ -154,8 +180,9 @@ class Session:
             time.sleep(0.05)
 
     def send_target(self) -> dict:
-        """The box prompt of ``--prompt-mask``, else the instruction; returns what was sent once the
-        node has it (an instruction: at most 10 s later)."""
+        """The box prompt of ``--prompt-mask``, else the instruction (on ``instruction``) or the
+        instructions (one ``set`` command on ``targets``); returns what was sent once the node has
+        it (instructions: at most 10 s later)."""
         engine = self.node.engine
         if self.args.prompt_mask is not None:
             prompt = box_prompt(self.args.prompt_mask)
@@ -163,11 +190,16 @@ class Session:
             while engine is not None and not engine.prompt_pending:
                 time.sleep(0.01)
             return prompt
-        self.instruction_pub.publish(String(data=self.args.instruction))
+        instructions = self.args.instructions
+        if len(instructions) == 1:
+            self.instruction_pub.publish(String(data=instructions[0]))
+        else:
+            command = {"op": "set", "targets": [{"instruction": text} for text in instructions]}
+            self.targets_pub.publish(String(data=json.dumps(command)))
         deadline = time.time() + 10
-        while engine is not None and engine.instruction is None and time.time() < deadline:
+        while engine is not None and len(engine.target_labels()) < len(instructions) and time.time() < deadline:
             time.sleep(0.01)
-        return {"instruction": self.args.instruction}
+        return {"instruction": instructions[0]} if len(instructions) == 1 else {"instructions": instructions}
 
     def play(self, frames: list[np.ndarray], stamps: list[int]) -> None:
         """Publish the frames (``sync``: each once the previous is answered; ``live``: at ``--rate``),
@@ -193,7 +225,7 @@ class Session:
 def write_outputs(args: argparse.Namespace, frames: list[np.ndarray], names: list[str], recorder: Recorder,
                   prompt: dict, model_error: str | None) -> dict:
     """The overlay video, ``status.jsonl`` and ``summary.json`` in ``--out``; prints and returns the summary."""
-    write_overlay_video(args.out / "overlay.mp4", frames, names, recorder.masks, min(args.rate, 30.0))
+    write_overlay_video(args.out / "overlay.mp4", frames, names, recorder, min(args.rate, 30.0))
     (args.out / "status.jsonl").write_text("".join(json.dumps(s) + "\n" for s in recorder.statuses))
     last = next((s for s in reversed(recorder.statuses) if "dropped" in s), {})
     summary = {

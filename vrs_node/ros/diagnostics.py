@@ -14,7 +14,8 @@ reporting period, turns them into one status: a level, a message and key/value p
   succeeded) and ``query_running_s`` (how long the query in progress has run, "" when none runs);
 - ``time_to_first_target_s``: from the monitor's creation (the node's start) to its first result
   with status ``tracking`` ("" before it);
-- ``model_profile``, ``device``, ``instruction``, ``target_present`` (the last result's mask).
+- ``model_profile``, ``device``, ``instruction``, ``target_present`` (the last result's mask);
+- ``targets``: the number of targets followed now (instructions and prompts).
 
 Level and message, the first that applies: ERROR when the model failed to load; OK with the reason
 when the node is not processing by design (an inactive lifecycle node); WARN when no frame arrived
@@ -75,11 +76,12 @@ class HealthMonitor:
 
     def report(self, stats: EngineStats | None, instruction: str | None, model_error: str | None,
                inactive: str | None = None, image_publishers: int | None = None,
-               query_running_s: float | None = None) -> Health:
+               query_running_s: float | None = None, targets: int = 0) -> Health:
         """The status of the period since the previous call (see the module docstring);
         ``inactive`` is why the node is not processing by design (a lifecycle state), if it is not;
         ``image_publishers`` the publishers on the camera topic (None: not subscribed);
-        ``query_running_s`` how long the grounding query in progress has run (None: none runs)."""
+        ``query_running_s`` how long the grounding query in progress has run (None: none runs);
+        ``targets`` the number of targets followed."""
         now = time.monotonic()
         with self._lock:
             latencies, self._latencies = self._latencies, []
@@ -109,6 +111,7 @@ class HealthMonitor:
             "query_running_s": f"{query_running_s:.1f}" if query_running_s is not None else "",
             "time_to_first_target_s": f"{first_target:.2f}" if first_target is not None else "",
             "target_present": str(bool(last is not None and last.mask.any())).lower(),
+            "targets": str(targets),
         }
         if model_error:
             return Health(ERROR, model_error, values)

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import threading
 
+import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
@@ -28,14 +29,17 @@ from vrs_node.core.pipeline import build_pipeline
 from vrs_node.core.prompt_json import PromptRefused, prompt_from_json, short
 from vrs_node.core.queries import QueryReport
 from vrs_node.core.results import FrameResult
-from vrs_node.io.image import (ImageConversionError, compressed_msg_to_rgb, image_msg_to_rgb, mask_to_msg,
-                               ns_to_stamp, overlay_mask, rgb_to_msg, stamp_to_ns)
+from vrs_node.core.target_commands import handle_instructions, handle_target_message, refusal
+from vrs_node.io.image import (ImageConversionError, compressed_msg_to_rgb, image_msg_to_rgb, instance_map_to_msg,
+                               mask_to_msg, ns_to_stamp, rgb_to_msg, stamp_to_ns)
+from vrs_node.io.overlay import overlay_instances
 from vrs_node.models.config import ModelConfig
 from vrs_node.models.profiles import LoadedModels, load_configured_models, release_accelerator_memory
 from vrs_node.ros import status
 from vrs_node.ros.diagnostics import HealthMonitor
 from vrs_node.ros.logs import RosLogHandler, forward_core_logs, stop_forwarding
-from vrs_node.ros.params import RUNTIME_ENGINE_PARAMETERS, check_choices, declare_parameters, read_config
+from vrs_node.ros.params import (RUNTIME_ENGINE_PARAMETERS, check_choices, declare_parameters,
+                                 empty_lists_as_string_arrays, read_config)
 from vrs_node.ros.qos import LATCHED, RELIABLE_5, qos_fix
 
 DIAGNOSTICS_PERIOD_S = 1.0
@@ -67,6 +71,7 @@ class VrsInterface:
         self.health = HealthMonitor(self.profile_name, self.device)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE_5)
         self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
+        self.add_pre_set_parameters_callback(empty_lists_as_string_arrays)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
     def _param(self, name: str):
@@ -74,8 +79,9 @@ class VrsInterface:
 
     # --- stages ------------------------------------------------------------------------------
     def _open_outputs(self, create_publisher) -> None:
-        """``mask``, ``overlay`` and ``status`` publishers made by ``create_publisher`` (a plain or
-        a lifecycle publisher factory), each logging an incompatible-QoS match with its fix."""
+        """``mask``, ``instance_mask``, ``overlay`` and ``status`` publishers made by
+        ``create_publisher`` (a plain or a lifecycle publisher factory), each logging an
+        incompatible-QoS match with its fix."""
         def publisher(msg_type, topic):
             handler = self._incompatible_qos_handler(self.resolve_topic_name(topic), "publisher")
             events = PublisherEventCallbacks(incompatible_qos=handler)
@@ -84,6 +90,7 @@ class VrsInterface:
             return pub
 
         self.mask_pub = publisher(Image, "mask")
+        self.instance_pub = publisher(Image, "instance_mask")
         self.overlay_pub = publisher(Image, "overlay")
         self.status_pub = publisher(String, "status")
 
@@ -115,15 +122,19 @@ class VrsInterface:
         return True
 
     def _start(self) -> None:
-        """Build the engine over the loaded models (if any) and open the inputs."""
+        """Build the engine over the loaded models (if any), apply the ``instruction`` and then
+        the ``instructions`` parameter (when not empty: it replaces the first), open the inputs."""
         if self.models is not None:
             config = read_config(PipelineConfig, self._param)
             self.engine = build_pipeline(self.models, config, on_result=self._publish_result,
                                          on_query=self._publish_query)
             self._apply_instruction(self._param("instruction"))
+            if self._param("instructions"):
+                self._apply_instructions(self._param("instructions"))
         self._inputs += [self._subscribe_image(),
                          self.create_subscription(String, "prompt", self._on_prompt, RELIABLE_5),
                          self.create_subscription(String, "instruction", self._on_instruction, LATCHED),
+                         self.create_subscription(String, "targets", self._on_targets, LATCHED),
                          self.create_service(Trigger, "reset", self._on_reset)]
 
     def _stop(self) -> None:
@@ -171,10 +182,11 @@ class VrsInterface:
 
     # --- callbacks ---------------------------------------------------------------------------
     def _on_set_parameters(self, params) -> SetParametersResult:
-        """Apply runtime parameters; a refused instruction is answered with the reason."""
+        """Apply runtime parameters; a refused instruction (or list of them) is answered with the reason."""
         for param in params:
-            if param.name == "instruction":
-                error = self._apply_instruction(param.value)
+            if param.name in ("instruction", "instructions"):
+                apply = self._apply_instruction if param.name == "instruction" else self._apply_instructions
+                error = apply(param.value)
                 if error:
                     return SetParametersResult(successful=False, reason=error)
             elif param.name in RUNTIME_ENGINE_PARAMETERS and self.engine is not None:
@@ -206,6 +218,33 @@ class VrsInterface:
 
     def _on_instruction(self, msg: String) -> None:
         self._apply_instruction(msg.data)
+
+    def _apply_instructions(self, texts) -> str | None:
+        """Follow the instructions ``texts`` at once, one target each, in place of every target
+        (none: no targets; :func:`~vrs_node.core.target_commands.handle_instructions`), answered on
+        ``status``; returns the reason of a refusal, or None. Without an engine as
+        :meth:`_apply_instruction`."""
+        if self.engine is None:
+            return self.model_error
+        reply = handle_instructions(self.engine, list(texts))
+        self._report_targets(reply)
+        return reply.get("reason")
+
+    def _on_targets(self, msg: String) -> None:
+        """A ``targets`` command (:mod:`vrs_node.core.target_commands`), answered on ``status``
+        with the ids assigned or the reason it was refused (a refusal changes nothing)."""
+        engine = self.engine
+        reply = refusal(None, self.model_error) if engine is None else \
+            handle_target_message(engine, msg.data, self._param("max_prompt_points"))
+        self._report_targets(reply)
+
+    def _report_targets(self, reply: dict) -> None:
+        """Log a targets command's reply and publish it on ``status``."""
+        if reply["status"] == "error":
+            self.get_logger().warning(reply["reason"], throttle_duration_sec=5.0)
+        else:
+            self.get_logger().info(f"targets {reply['op']}: ids {reply['ids']}; now {reply['targets']}")
+        self._publish_status(reply)
 
     def _on_image(self, msg) -> None:
         """Convert and push a camera frame; a refused one (``vrs_node.io.image``, images above
@@ -275,14 +314,18 @@ class VrsInterface:
 
     # --- outputs -----------------------------------------------------------------------------
     def _publish_result(self, result: FrameResult) -> None:
-        """Publish the mask (with the input frame's stamp and frame_id), the overlay if anyone
-        subscribes, and the status. A frame decoded at a reduced scale (received before the
-        overlay had a subscriber: :meth:`_on_image`) gets no overlay."""
+        """Publish the mask and the instance mask (with the input frame's stamp and frame_id), the
+        overlay (each target in its colour, with its label) if anyone subscribes, and the status.
+        A frame decoded at a reduced scale (received before the overlay had a subscriber:
+        :meth:`_on_image`) gets no overlay; a failed frame (no instance map) an empty instance mask."""
         self.health.on_result(result)
         header = Header(stamp=ns_to_stamp(result.stamp_ns), frame_id=result.frame_id)
+        instances = result.instance_map if result.instance_map is not None else np.zeros(result.mask.shape, np.uint8)
         self.mask_pub.publish(mask_to_msg(result.mask, header))
+        self.instance_pub.publish(instance_map_to_msg(instances, header))
         if self.overlay_pub.get_subscription_count() > 0 and result.image.shape[:2] == result.mask.shape:
-            self.overlay_pub.publish(rgb_to_msg(overlay_mask(result.image, result.mask), header))
+            targets = [(t.id, t.label, t.box) for t in result.targets]
+            self.overlay_pub.publish(rgb_to_msg(overlay_instances(result.image, instances, targets), header))
         self._publish_status(status.frame_status(result))  # a notice in it: the engine logs it
 
     def _publish_query(self, report: QueryReport) -> None:
@@ -299,7 +342,8 @@ class VrsInterface:
                                     instruction.text if instruction is not None else None, self.model_error,
                                     self._inactive_reason(),
                                     image_publishers=camera.get_publisher_count() if camera is not None else None,
-                                    query_running_s=engine.query_elapsed_s if engine is not None else None)
+                                    query_running_s=engine.query_elapsed_s if engine is not None else None,
+                                    targets=len(engine.target_labels()) if engine is not None else 0)
         self.diagnostics_pub.publish(status.diagnostic_array(health, f"{self.get_name()}: segmentation", self.device,
                                                              self.get_clock().now().to_msg()))
 
@@ -313,13 +357,14 @@ class VrsInterface:
         self._publish_status(status.error_status(reason, *stamp))
 
     def _publish_status(self, fields: dict) -> None:
-        """Publish ``fields`` with :func:`~vrs_node.ros.status.context` on ``status`` (while it is open)."""
+        """Publish ``fields`` after :func:`~vrs_node.ros.status.context` on ``status`` (while it is
+        open); a field of the event's own (a query's ``instruction``) wins over the context's."""
         engine = self.engine
         instruction = engine.instruction if engine is not None else None
-        fields.update(status.context(self.profile_name, self.device,
-                                     self.models.precision if self.models is not None else None,
-                                     engine.stats if engine is not None else None,
-                                     instruction.text if instruction is not None else None))
+        message = {**status.context(self.profile_name, self.device,
+                                    self.models.precision if self.models is not None else None,
+                                    engine.stats if engine is not None else None,
+                                    instruction.text if instruction is not None else None), **fields}
         with self._status_lock:
             if self._outputs:
-                self.status_pub.publish(String(data=json.dumps(fields)))
+                self.status_pub.publish(String(data=json.dumps(message)))

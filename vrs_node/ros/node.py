@@ -18,17 +18,31 @@ Interface (all names relative, so they can be remapped):
   the last one): the language instruction to follow (an empty string stops following it);
 - parameter ``instruction`` (runtime-settable): the same through ROS 2's parameter service, which
   answers success or the reason of a refusal (``ros2 param set /vrs_node instruction "..."``);
-- srv ``reset`` (std_srvs/Trigger): forget the target and the instruction;
-- pub ``mask`` (sensor_msgs/Image mono8 0/255, the input frame's header);
-- pub ``overlay`` (sensor_msgs/Image rgb8, the input frame with the mask blended in, its header):
-  computed only while someone subscribes;
+  the instruction topic and parameter set exactly one target (any others are dropped);
+- sub ``targets`` (std_msgs/String, JSON; reliable, transient-local): several targets at once
+  (:mod:`vrs_node.core.target_commands`): ``{"op": "add", "instruction": "the cup"}`` or with a
+  prompt (``"box"``, ``"points"`` + ``"labels"``, optional ``"stamp_ns"``), optional ``"id"``
+  (1..255); ``{"op": "remove", "id": 3}`` (the others are untouched); ``{"op": "clear"}``;
+  ``{"op": "set", "targets": [...]}`` (the whole list); each answered on ``status``
+  (``"event": "targets"``) with the ids assigned or the reason of the refusal, which changes nothing;
+- parameter ``instructions`` (string array, runtime-settable): one instruction target each, in
+  place of every target (``[]``: none); a refusal fails the parameter set with the reason;
+  ``max_targets`` (read-only) bounds the targets followed at once;
+- srv ``reset`` (std_srvs/Trigger): forget every target and instruction;
+- pub ``mask`` (sensor_msgs/Image mono8 0/255, the union of the targets, the input frame's header);
+- pub ``instance_mask`` (sensor_msgs/Image mono8, pixel = target id, 0 = background; where
+  targets overlap, the one with the higher object score; the input frame's header);
+- pub ``overlay`` (sensor_msgs/Image rgb8, the input frame with each target blended in its own
+  colour and labelled, its header): computed only while someone subscribes;
 - pub ``status`` (std_msgs/String, JSON): status, reason, object score, latency, counters,
-  instruction, model profile, device and precision, per processed frame (with ``notice`` when the stream
-  jumped back in time or changed resolution), per grounding query (``"event": "query"`` with its
-  trigger, keyframe and stage timings) and on every error;
+  instruction, model profile, device and precision, per processed frame (with the ``targets``
+  list: id, label, present, object score, box, area, last grounding stamp, status and reason of
+  each, and ``notice`` when the stream jumped back in time or changed resolution), per grounding
+  query (``"event": "query"`` with its trigger, keyframe and stage timings), per targets command
+  and on every error;
 - pub ``/diagnostics`` (diagnostic_msgs/DiagnosticArray, every second): rates, drops, latencies,
   failed frames and queries, the query in progress, camera publishers, time to the first target,
-  profile, device, target present (:mod:`vrs_node.ros.diagnostics`).
+  profile, device, target present, number of targets (:mod:`vrs_node.ros.diagnostics`).
 
 Lifecycle (:class:`VrsLifecycleNode`): ``configure`` loads the models (a failure is logged and the
 transition fails); ``activate`` builds the engine and subscribes; ``deactivate`` unsubscribes, drops

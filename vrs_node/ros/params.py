@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.parameter import Parameter
 
 from vrs_node.core.config import PipelineConfig
 from vrs_node.core.prompt_json import DEFAULT_MAX_PROMPT_POINTS
@@ -33,13 +34,16 @@ NODE_SETTINGS = (
             help="raw: sensor_msgs/Image on image; compressed: sensor_msgs/CompressedImage on <image>/compressed"),
     Setting(name="instruction", default="", choices=None, range=None, runtime=True,
             help="language instruction to follow ('' = none); also settable on the instruction topic"),
+    Setting(name="instructions", default=[], choices=None, range=None, runtime=True,
+            help="language instructions to follow at once, one target each (ids 1, 2, ... in order; "
+                 "[] = none); replaces every target; also settable as a set on the targets topic"),
     Setting(name="max_image_pixels", default=DEFAULT_MAX_IMAGE_PIXELS, choices=None, range=(1, 1_000_000_000),
             runtime=False,
             help="images with more pixels (width x height) are refused; compressed ones before decoding"),
     Setting(name="max_prompt_points", default=DEFAULT_MAX_PROMPT_POINTS, choices=None, range=(1, 1000),
             runtime=False, help="prompts with more points are refused"),
 )
-"""The node's settings that are no library's: its input, its instruction, its input limits."""
+"""The node's settings that are no library's: its input, its instruction(s), its input limits."""
 AUTOSTART = Setting(name="autostart", default=True, choices=None, range=None, runtime=False,
                     help="vrs-lifecycle-node's main configures and activates the node itself")
 """The lifecycle node's one more parameter."""
@@ -76,9 +80,29 @@ def descriptor(s: Setting) -> ParameterDescriptor:
 
 
 def declare_parameters(node, lifecycle: bool = False) -> None:
-    """Declare :func:`parameters` on ``node`` (an rclpy node), each with its :func:`descriptor`."""
+    """Declare :func:`parameters` on ``node`` (an rclpy node), each with its :func:`descriptor`.
+
+    A list setting (``instructions``) is declared as a string array: rclpy would take an empty
+    list for a byte array, and reads ``[]`` from a parameter file as not set, which then gets
+    the default."""
     for s in parameters(lifecycle):
-        node.declare_parameter(s.name, s.default, descriptor(s))
+        if s.type is not list:
+            node.declare_parameter(s.name, s.default, descriptor(s))
+        elif node.declare_parameter(s.name, Parameter.Type.STRING_ARRAY, descriptor(s)).value is None:
+            node.set_parameters([Parameter(s.name, Parameter.Type.STRING_ARRAY, list(s.default))])
+
+
+def empty_lists_as_string_arrays(params: list[Parameter]) -> list[Parameter]:
+    """``params`` (about to be set) with an empty array given to a list setting (``instructions``)
+    made a string array: ``ros2 param set ... instructions "[]"`` sends a bool array, which the
+    parameter's type would refuse. A node's pre-set-parameters callback."""
+    lists = {s.name for s in NODE_SETTINGS if s.type is list}
+    return [Parameter(p.name, Parameter.Type.STRING_ARRAY, []) if p.name in lists and p.type_ in _ARRAYS
+            and len(p.value) == 0 else p for p in params]
+
+
+_ARRAYS = (Parameter.Type.BOOL_ARRAY, Parameter.Type.INTEGER_ARRAY, Parameter.Type.DOUBLE_ARRAY,
+           Parameter.Type.BYTE_ARRAY)
 
 
 def read_config(cls, value_of: Callable[[str], Any]):

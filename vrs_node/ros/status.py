@@ -2,8 +2,9 @@
 results; the node only publishes them.
 
 Every ``status`` message is one of :func:`frame_status`, :func:`query_status`,
-:func:`prompt_status` or :func:`error_status`, with :func:`context` (model, device, precision,
-the engine's counters and instruction) added to it.
+:func:`prompt_status`, :func:`error_status` or the reply to a ``targets`` command or to the
+``instructions`` parameter (``"event": "targets"``, :mod:`vrs_node.core.target_commands`), with
+:func:`context` (model, device, precision, the engine's counters and instruction) added to it.
 """
 
 from __future__ import annotations
@@ -22,20 +23,24 @@ def _ms(seconds: float) -> float:
 
 def frame_status(result: FrameResult) -> dict:
     """A processed frame: its stamp, frame_id and index, ``status``, ``reason``, ``object_score``,
-    ``target_present``, ``latency_ms`` and, when the stream jumped or changed size, ``notice``."""
+    ``target_present`` (the union mask is not empty), ``latency_ms``, ``targets`` (one
+    :meth:`~vrs_node.core.target_specs.TargetReport.to_dict` per target, ids ascending) and, when
+    the stream jumped or changed size, ``notice``."""
     fields = {"stamp_ns": result.stamp_ns, "frame_id": result.frame_id, "frame_index": result.index,
               "status": result.status, "reason": result.reason, "object_score": result.object_score,
-              "target_present": bool(result.mask.any()), "latency_ms": _ms(result.latency_s)}
+              "target_present": bool(result.mask.any()), "latency_ms": _ms(result.latency_s),
+              "targets": [t.to_dict() for t in result.targets]}
     if result.notice:
         fields["notice"] = result.notice
     return fields
 
 
 def query_status(report: QueryReport) -> dict:
-    """A finished grounding query (``"event": "query"``): trigger, instruction, applied, latency and
-    either ``status`` ``grounded`` with the keyframe and stage timings, or ``error`` with the reason."""
-    fields = {"event": "query", "trigger": report.trigger, "instruction": report.instruction.text,
-              "applied": report.applied, "latency_ms": _ms(report.latency_s)}
+    """A finished grounding query (``"event": "query"``): the target's id, trigger, instruction,
+    applied, latency and either ``status`` ``grounded`` with the keyframe and stage timings, or
+    ``error`` with the reason."""
+    fields = {"event": "query", "target_id": report.target_id, "trigger": report.trigger,
+              "instruction": report.instruction.text, "applied": report.applied, "latency_ms": _ms(report.latency_s)}
     if report.error is not None:
         fields.update(status="error", reason=f"grounding failed: {report.error}; tracking goes on, "
                                              "the query is retried at the next trigger")
