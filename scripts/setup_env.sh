@@ -33,8 +33,8 @@ echo "[4/4] vrs_node (editable)"
 pip install -q --no-deps --no-build-isolation -e .
 pip check
 python - <<'PY'
-import torch, torchvision, sam2  # noqa: F401  (fail here, not in the first test, if an install broke)
-print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
+import torch, torchvision, sam2, ray  # noqa: F401  (fail here, not in the first test, if an install broke)
+print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, ray {ray.__version__}, "
       f"CUDA available: {torch.cuda.is_available()}")
 PY
 echo "$want" > "$stamp"

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -133,19 +134,64 @@ class _OverlayVideo:
 
 
 def _prepare_dir(path: Path) -> None:
-    """Create ``path``; an earlier vrs-replay output there (it has frames.csv) is replaced, anything
-    else is refused."""
+    """Create ``path``; an earlier vrs-replay output there (it has frames.csv, or :data:`BAG_DIR`
+    when a crash interrupted it) is replaced, anything else is refused."""
     if path.exists() and any(path.iterdir()):
-        if not (path / "frames.csv").is_file():
+        if not ((path / "frames.csv").is_file() or (path / BAG_DIR).is_dir()):
             raise ReplayError(f"{path} exists and is not a vrs-replay output folder; choose another --out")
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
 
 
+class SequenceWriter:
+    """One sequence's folder being written, a prediction at a time: what :func:`run_sequence` does
+    for each frame, for a caller that has the predictions (:func:`run_sequence` itself, and
+    :func:`vrs_node.eval.groups.run_group`, which feeds one writer per expression of a pass).
+
+    The folder is prepared at construction (an earlier vrs-replay output there is replaced);
+    :meth:`write` takes the predictions in frame order (RuntimeError otherwise); :meth:`close`
+    closes the bag and the video (always call it); :meth:`finish` writes ``frames.csv`` and returns
+    (sequence summary, per-frame rows), RuntimeError unless every frame was written.
+    """
+
+    def __init__(self, seq: ReplaySequence, out_dir: Path | str, *, image_topic: str = bagio.IMAGE_TOPIC,
+                 mask_topic: str = PREDICTED_MASK_TOPIC, gt_topic: str | None = bagio.GROUND_TRUTH_MASK_TOPIC,
+                 bag_storage: str = "mcap", bag_images: str = "raw", bound_th: float = BOUND_TH,
+                 progress: bool = True):
+        self.seq, self.out_dir, self.bound_th = seq, Path(out_dir), bound_th
+        _prepare_dir(self.out_dir)
+        self.rows: list[dict] = []
+        self.bag = _MaskBag(self.out_dir / BAG_DIR, image_topic, mask_topic,
+                            gt_topic if seq.gt_hw is not None else None, bag_storage, bag_images)
+        self.video = _OverlayVideo(self.out_dir / "overlay.mp4", seq.fps)
+        self.bar = tqdm(total=seq.count, desc=seq.name, unit="frame", leave=False, disable=not progress)
+
+    def write(self, pred: Prediction) -> int:
+        """Write the next frame's prediction; returns the number of frames written."""
+        if pred.frame.index != len(self.rows):
+            raise RuntimeError(f"{self.seq.name}: the predictor answered frame {pred.frame.index}, "
+                               f"expected {len(self.rows)}")
+        self.rows.append(_write_frame(self.seq, pred, self.out_dir, self.bag, self.video, self.bound_th))
+        self.bar.update()
+        return len(self.rows)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.bag.close()
+        self.video.close()
+
+    def finish(self, info: dict) -> tuple[dict, list[dict]]:
+        """``frames.csv`` and (summary with the predictor's ``info``, rows)."""
+        if len(self.rows) != self.seq.count:
+            raise RuntimeError(f"{self.seq.name}: the predictor answered {len(self.rows)} of {self.seq.count} frames")
+        _write_csv(self.out_dir / "frames.csv", self.rows)
+        summary = sequence_summary(self.seq, self.rows, info, self.out_dir)
+        summary["bag"] = {"path": str((self.out_dir / BAG_DIR).resolve()), "topics": self.bag.topics}
+        return summary, self.rows
+
+
 def run_sequence(seq: ReplaySequence, predictor: Predictor, out_dir: Path | str, *,
-                 image_topic: str = bagio.IMAGE_TOPIC, mask_topic: str = PREDICTED_MASK_TOPIC,
-                 gt_topic: str | None = bagio.GROUND_TRUTH_MASK_TOPIC, bag_storage: str = "mcap",
-                 bag_images: str = "raw", bound_th: float = BOUND_TH, progress: bool = True) -> tuple[dict, list[dict]]:
+                 on_frame: Callable[[int], None] | None = None, **options) -> tuple[dict, list[dict]]:
     """Replay one sequence through ``predictor``; write and score its output.
 
     Every frame gets: its mask PNG (0/255, at the ground-truth resolution ``seq.gt_hw``, else camera
@@ -153,31 +199,19 @@ def run_sequence(seq: ReplaySequence, predictor: Predictor, out_dir: Path | str,
     ``overlay.mp4`` frame (padded to even sizes by :func:`even_size`) and a ``frames.csv`` row; a
     frame with ground truth is scored (J, F per frame, :mod:`vrs_node.eval.metrics`). Returns
     (sequence summary, per-frame rows). RuntimeError if the predictor does not yield exactly one
-    prediction per frame, in order.
+    prediction per frame, in order. ``options``: :class:`SequenceWriter`'s keywords (topics, bag
+    storage and images, ``bound_th``, ``progress``). ``on_frame(n)`` is called after the n-th frame
+    is written (a progress counter beside the bar; Ray workers report with it).
     """
-    out_dir = Path(out_dir)
-    _prepare_dir(out_dir)
-    rows: list[dict] = []
-    bag_out = _MaskBag(out_dir / BAG_DIR, image_topic, mask_topic, gt_topic if seq.gt_hw is not None else None,
-                       bag_storage, bag_images)
-    video = _OverlayVideo(out_dir / "overlay.mp4", seq.fps)
+    writer = SequenceWriter(seq, out_dir, **options)
     try:
-        bar = tqdm(total=seq.count, desc=seq.name, unit="frame", leave=False, disable=not progress)
-        for expected, pred in enumerate(predictor(seq)):
-            if pred.frame.index != expected:
-                raise RuntimeError(f"{seq.name}: the predictor answered frame {pred.frame.index}, expected {expected}")
-            rows.append(_write_frame(seq, pred, out_dir, bag_out, video, bound_th))
-            bar.update()
-        bar.close()
+        for pred in predictor(seq):
+            written = writer.write(pred)
+            if on_frame is not None:
+                on_frame(written)
     finally:
-        bag_out.close()
-        video.close()
-    if len(rows) != seq.count:
-        raise RuntimeError(f"{seq.name}: the predictor answered {len(rows)} of {seq.count} frames")
-    _write_csv(out_dir / "frames.csv", rows)
-    summary = sequence_summary(seq, rows, getattr(predictor, "info", {}) or {}, out_dir)
-    summary["bag"] = {"path": str((out_dir / BAG_DIR).resolve()), "topics": bag_out.topics}
-    return summary, rows
+        writer.close()
+    return writer.finish(getattr(predictor, "info", {}) or {})
 
 
 def _write_frame(seq: ReplaySequence, pred: Prediction, out_dir: Path, bag_out: _MaskBag, video: _OverlayVideo,

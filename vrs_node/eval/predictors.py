@@ -2,7 +2,8 @@
 ``--mode``, over :class:`~vrs_node.models.profiles.LoadedModels` loaded once for every sequence:
 
 - :class:`StreamPredictor` (``stream``): the engine in ``sync`` mode: causal, every frame
-  processed, reproducible;
+  processed, reproducible; :class:`GroupStreamPredictor`, its ``--all-expressions`` form, follows
+  several expressions of a video in one pass (:mod:`vrs_node.eval.groups`);
 - :class:`RealtimePredictor` (``realtime``): frames pushed at their stamp spacing (divided by
   ``speed``) into the engine in ``live`` mode; a frame's mask is the latest mask the engine had
   published when that frame arrived (the frame's own result can never be ready at its own
@@ -38,6 +39,7 @@ from vrs_node.core.pipeline import build_pipeline
 from vrs_node.core.prompts import MaskPrompt, PointsPrompt, Prompt, TokenPrompt
 from vrs_node.core.queries import QueryReport
 from vrs_node.core.results import STATUS_TARGET_ABSENT, STATUS_TRACKING, FrameResult
+from vrs_node.core.target_specs import TargetSpec
 from vrs_node.eval.sequences import PROMPTS, InputFrame, Prediction, ReplayError, ReplaySequence, resize_mask
 from vrs_node.models.profiles import LoadedModels
 from vrs_node.models.prompt import clean_instruction
@@ -119,6 +121,49 @@ class StreamPredictor(_ModelPredictor):
             yield Prediction(frame, r.mask, r.object_score, r.status, r.latency_s)
         self.info = {"prompt_frame": prompted, "processed": engine.stats.processed, "errors": engine.stats.errors,
                      **self._query_info(reports, by_stamp)}
+
+
+class GroupStreamPredictor(_ModelPredictor):
+    """``stream`` mode over several expressions of one video in ONE engine pass (``vrs-replay
+    --all-expressions``; a :data:`~vrs_node.eval.groups.GroupPredictor`): the engine in sync mode
+    follows each sequence's instruction as a target (``set_targets``; at most ``max_targets``), one
+    push per frame. Each sequence's prediction is its target's own mask, before overlaps are
+    resolved (:func:`own_prediction`): what a one-target :class:`StreamPredictor` run would give, up
+    to batched tracking's float rounding. ``info``: sequence name -> its info (queries of its
+    target, the engine's counts)."""
+
+    def __call__(self, group: list[ReplaySequence]) -> Iterator[dict[str, Prediction]]:
+        if self.prompt != "instruction":
+            raise ReplayError("several expressions in one pass follow their instructions: --prompt instruction only")
+        reports: list[QueryReport] = []
+        engine = self._engine("sync", on_query=reports.append)
+        ids = engine.set_targets([(None, TargetSpec(instruction=self._instruction(seq))) for seq in group])
+        self.info, by_stamp = {}, {}
+        for frames in zip(*(seq.frames() for seq in group), strict=True):
+            first = frames[0]
+            if any(f.stamp_ns != first.stamp_ns or f.image.shape != first.image.shape for f in frames):
+                raise RuntimeError(f"{group[0].video}: the sequences of a group disagree on frame {first.index}")
+            by_stamp[first.stamp_ns] = first.index
+            result = engine.push(first.image, first.stamp_ns, first.frame_id)
+            yield {seq.name: own_prediction(frame, result, target_id, self.config.score_threshold)
+                   for seq, frame, target_id in zip(group, frames, ids)}
+        counts = {"prompt_frame": None, "processed": engine.stats.processed, "errors": engine.stats.errors}
+        self.info = {seq.name: {**counts, **self._query_info([r for r in reports if r.target_id == target_id], by_stamp)}
+                     for seq, target_id in zip(group, ids)}
+
+
+def own_prediction(frame: InputFrame, result: FrameResult, target_id: int, threshold: float) -> Prediction:
+    """Target ``target_id``'s own prediction in ``result`` (several targets): its mask
+    (``tracks[id].mask()`` when its object score is above ``threshold``, else empty), object score
+    and status, and the frame's latency; a frame-wide error (no target reported) is that error
+    with an empty mask, as a one-target engine reports it."""
+    report = next((t for t in result.targets if t.id == target_id), None)
+    if report is None:
+        return Prediction(frame, np.zeros(result.mask.shape, bool), None, result.status, result.latency_s)
+    track = result.tracks.get(target_id)
+    present = track is not None and track.object_score > threshold
+    mask = track.mask() if present else np.zeros(result.mask.shape, bool)
+    return Prediction(frame, mask, report.object_score, report.status, result.latency_s)
 
 
 class _Deliveries:
@@ -290,4 +335,4 @@ class OfflinePredictor(_ModelPredictor):
 
 
 PREDICTORS = {"stream": StreamPredictor, "realtime": RealtimePredictor, "offline": OfflinePredictor}
-"""``vrs-replay --mode`` -> its predictor class."""
+"""``vrs-replay --mode`` -> its predictor class (``--all-expressions``: :class:`GroupStreamPredictor`)."""
