@@ -36,6 +36,10 @@ setup(
             "vrs-parity = vrs_node.eval.parity:main",
             "vrs-camera = vrs_node.ros.camera:main",
             "vrs-view = vrs_node.ros.viewer:main",
+            "vrs-reasoner = vrs_node.ros.reasoner:main",
+            "vrs_reasoner = vrs_node.ros.reasoner:main",
+            "vrs-lifecycle-reasoner = vrs_node.ros.reasoner:lifecycle_main",
+            "vrs_lifecycle_reasoner = vrs_node.ros.reasoner:lifecycle_main",
         ],
     },
 )

@@ -81,7 +81,7 @@ def answers():
 
 
 def test_every_command_prints_its_help_without_starting_ros(answers):
-    assert len(COMMANDS) == 10 and {"vrs-node", "vrs_node", "vrs-lifecycle-node", "vrs_lifecycle_node"} <= set(COMMANDS)
+    assert len(COMMANDS) == 14 and {"vrs-node", "vrs_node", "vrs-lifecycle-node", "vrs_lifecycle_node"} <= set(COMMANDS)
     for name in COMMANDS:
         result = answers[(name, "--help")]
         assert (result.returncode, result.stderr) == (0, ""), (name, result.stderr)

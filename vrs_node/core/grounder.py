@@ -188,19 +188,22 @@ class Grounder:
         return self.select_many(self.reason_many(window, instructions))
 
     def reason_many(self, window: FrameWindow, instructions: Sequence[Instruction],
-                    anchor_frames: Sequence[int | None] | None = None) -> list[Reasoning]:
+                    anchor_frames: Sequence[int | None] | None = None, *,
+                    with_candidates: bool = True) -> list[Reasoning]:
         """The reasoning part for each instruction, over the frames the window holds now (those
         with SAM-2 features), with one batched prefill for all of them (module docstring).
 
         ``anchor_frames[i]`` (a window frame number, or None for the CLIP scorer's) fixes
-        instruction i's anchor. No instructions: [] (the window is not read).
+        instruction i's anchor. ``with_candidates=False`` (a reasoner without SAM-2): every frame
+        the window holds, no SAM-2 feature read, ``Reasoning.candidates`` empty (no :meth:`select`).
+        No instructions: [] (the window is not read).
         """
         if not instructions:
             return []
         # The SAM-2 features are taken now: the window may evict these frames during the query.
         held = window.snapshot()
-        encoded = {f.index: window.get_feature(f.index, SAM2_KEY) for f in held}
-        frames = [f for f in held if encoded[f.index] is not None]
+        encoded = {f.index: window.get_feature(f.index, SAM2_KEY) for f in held} if with_candidates else {}
+        frames = [f for f in held if encoded[f.index] is not None] if with_candidates else held
         if not frames:
             raise ValueError("no encoded frame in the window yet: grounding needs at least one")
         timings: dict[str, float] = {}
@@ -226,7 +229,7 @@ class Grounder:
             tak, weights = temporal_dynamic_aggregation(out.seg, out.tak, self.config.tda_alpha)
             reasoning.append(Reasoning(
                 instruction=instruction, anchor=frames[anchor].index, dense=[frames[p] for p in d],
-                candidates=[encoded[frames[p].index] for p in d], sparse_frames=[frames[p].index for p in sparse],
+                candidates=[encoded[frames[p].index] for p in d] if with_candidates else [], sparse_frames=[frames[p].index for p in sparse],
                 input_ids=input_ids, tokens=out, token=tak, tda_weights=weights,
                 timings_s={**timings, "tda": self._elapsed(start)}))
         return reasoning

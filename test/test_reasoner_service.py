@@ -1,0 +1,141 @@
+"""The reasoner server's logic without ROS: answers equal a local ``reason_many``, batching up to
+``max_batch``, stamps the reasoner does not hold, refusals, per-frame inputs computed once."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+from conftest import davis_sequence
+
+from vrs_node.core.frames import CLIP_KEY, MLLM_KEY, SAM2_KEY, FrameWindow
+from vrs_node.core.pipeline import build_pipeline
+from vrs_node.core.reasoner_protocol import PROTOCOL_VERSION, Answer, Failure, Request, Response
+from vrs_node.core.reasoner_service import MAX_PENDING, ReasonerService, build_reasoner_grounder
+from vrs_node.models.profiles import get_profile, load_models
+from vrs_node.models.prompt import clean_instruction
+
+STAMP0 = 1_700_000_000_000_000_000
+STEP = 33_333_333
+
+
+@pytest.fixture(scope="module")
+def models():
+    return load_models(get_profile("tiny-random"), image_size=128)
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return [f[::4, ::4].copy() for f in davis_sequence("blackswan", 5)[0]]
+
+
+def stamps(n: int) -> list[int]:
+    return [STAMP0 + i * STEP for i in range(n)]
+
+
+def service(models, frames, max_batch=4, window=8):
+    sent = []
+    s = ReasonerService(build_reasoner_grounder(models), window, max_batch, sent.append, log=sent.append)
+    for image, stamp in zip(frames, stamps(len(frames))):
+        s.add_frame(image, stamp, "cam")
+    return s, sent
+
+
+def local_reasoning(models, frames, texts, frame_stamps=None):
+    """``reason_many`` as the tracker runs it: a window of the frames with their SAM-2 features."""
+    engine = build_pipeline(models)
+    window = FrameWindow(len(frames))
+    for image, stamp in zip(frames, frame_stamps or stamps(len(frames))):
+        frame = window.append(image, stamp, "cam")
+        window.set_feature(frame.index, SAM2_KEY, engine.tracker.encode_frame(frame))
+    return engine.grounder.reason_many(window, [clean_instruction(t) for t in texts])
+
+
+def assert_equal(answer: Answer, reasoning, frames_stamps):
+    index_stamp = dict(zip(range(len(frames_stamps)), frames_stamps))
+    assert answer.dense_ns == [f.stamp_ns for f in reasoning.dense]
+    assert answer.anchor_ns == index_stamp[reasoning.anchor]
+    for got, want in [(answer.seg, reasoning.tokens.seg), (answer.tak, reasoning.tokens.tak),
+                      (answer.tak_prime, reasoning.token), (answer.tda_weights, reasoning.tda_weights)]:
+        np.testing.assert_allclose(got, want.float().numpy(), rtol=0, atol=1e-6)
+
+
+def test_answers_equal_a_local_reason_many_and_inputs_are_computed_once(models, frames):
+    s, _ = service(models, frames)
+    texts = ["the black swan", "the water"]
+    (response,) = s.answer([Request("c", 1, texts, stamps(len(frames)))])
+    for answer, reasoning in zip(response.results, local_reasoning(models, frames, texts)):
+        assert_equal(answer, reasoning, stamps(len(frames)))
+        assert set(answer.timings_s) >= {"clip_anchor", "mllm_frame_tokens", "mllm_prefill", "tda"}
+    held = s.window.snapshot()
+    assert all(s.window.has_feature(f.index, CLIP_KEY) for f in held)
+    assert not any(s.window.has_feature(f.index, SAM2_KEY) for f in held)
+    calls = []
+    mllm = s.grounder.mllm
+    original = mllm.frame_tokens
+    mllm.frame_tokens = lambda images: calls.append(len(images)) or original(images)
+    try:
+        s.answer([Request("c", 2, texts, stamps(len(frames)))])
+    finally:
+        del mllm.frame_tokens
+    assert calls == []
+    assert all(s.window.has_feature(f.index, MLLM_KEY) for f in held if f.stamp_ns in response.results[0].dense_ns)
+
+
+def test_a_request_is_answered_over_the_frames_it_names_only(models, frames):
+    s, _ = service(models, frames)
+    named = stamps(len(frames))[1:4] + [5]
+    (response,) = s.answer([Request("c", 1, ["the black swan"], named)])
+    assert set(response.results[0].dense_ns) <= set(named)
+    assert_equal(response.results[0], local_reasoning(models, frames[1:4], ["the black swan"], named[:3])[0],
+                 named[:3])
+    (none,) = s.answer([Request("c", 2, ["the black swan", "x"], [5, 6])])
+    assert all(isinstance(r, Failure) and "none of the 2 stamps given" in r.error for r in none.results)
+    (bad,) = s.answer([Request("c", 3, ["", "the swan"], named)])
+    assert isinstance(bad.results[0], Failure) and "instruction refused" in bad.results[0].error
+    assert isinstance(bad.results[1], Answer)
+
+
+def test_waiting_requests_are_batched_up_to_max_batch(models, frames):
+    s, sent = service(models, frames, max_batch=3)
+    calls, original = [], s.grounder.reason_many
+    s.grounder.reason_many = lambda window, instructions, **options: calls.append(len(instructions)) or \
+        original(window, instructions, **options)
+    all_stamps, done = stamps(len(frames)), threading.Event()
+    for i, texts in enumerate([["the swan"], ["the water", "the bank"], ["the swan"], ["the bird"]]):
+        s.submit(Request(f"client-{i % 2}", i, texts, all_stamps).to_json())
+    s.submit(Request("client-1", 9, ["x"], all_stamps[:2]).to_json())
+    original_publish = s._publish
+    s._publish = lambda text: original_publish(text) or (len(sent) == 5 and done.set())
+    s.start()
+    try:
+        assert done.wait(120)
+    finally:
+        s.stop()
+    # [1 + 2], [1 + 1 (one call) | 1 over other frames (its own call)]
+    assert calls == [3, 2, 1]
+    responses = [Response.from_json(t) for t in sent]
+    assert [(r.client_id, r.request_id) for r in responses] == [("client-0", 0), ("client-1", 1), ("client-0", 2),
+                                                                ("client-1", 3), ("client-1", 9)]
+    assert [len(r.results) for r in responses] == [1, 2, 1, 1, 1]
+
+
+def test_refused_requests_are_answered_when_the_client_is_known_and_logged(models, frames):
+    s, sent = service(models, frames, max_batch=2)
+    request = json.loads(Request("c", 1, ["a"], [1]).to_json())
+    s.submit(json.dumps({**request, "version": PROTOCOL_VERSION + 1}))
+    s.submit(json.dumps({**request, "instructions": ["a", "b", "c"]}))
+    s.submit(json.dumps({**request, "client_id": 5}))
+    s.submit("{nope")
+    logs = [t for t in sent if t.startswith("request refused")]
+    answers = [Response.from_json(t) for t in sent if not t.startswith("request refused")]
+    assert len(logs) == 4
+    assert [(a.client_id, a.request_id) for a in answers] == [("c", 1), ("c", 1)]
+    assert f"protocol version {PROTOCOL_VERSION + 1}, this side speaks {PROTOCOL_VERSION}" in answers[0].error
+    assert "at most 2 (parameter max_batch)" in answers[1].error
+    sent.clear()
+    for i in range(MAX_PENDING + 1):
+        s.submit(Request("c", i, ["a"], [1]).to_json())
+    assert "busy" in Response.from_json(sent[-1]).error and Response.from_json(sent[-1]).request_id == MAX_PENDING

@@ -1,0 +1,214 @@
+"""``vrs-reasoner`` (``ros2 run vrs_node vrs_reasoner``): the reasoner (CLIP anchor, MLLM, TDA) as its
+own ROS 2 node, answering grounding requests from trackers elsewhere (the first part of issue 15;
+the tracker side, a ``reasoner: remote:<namespace>`` parameter of ``vrs-node``, does not exist yet).
+
+Interface (relative names, remappable; the node's name is ``vrs_reasoner``):
+
+- sub ``image`` (sensor_msgs/Image), or with ``image_transport:=compressed`` ``<image>/compressed``
+  (sensor_msgs/CompressedImage, decoded at full size); sensor-data QoS, overridable with
+  ``qos_overrides.<topic>.subscription.*``. The last ``window_frames`` frames are held, keyed by
+  stamp, with their reasoner inputs (CLIP anchor embedding, MLLM frame tokens) computed once each;
+- sub ``~/requests`` (std_msgs/String, JSON, reliable): grounding requests;
+- pub ``~/responses`` (std_msgs/String, JSON, reliable): one response per request, carrying the
+  request's client id and request id; every client sees every response and keeps its own.
+
+The wire format is :mod:`vrs_node.core.reasoner_protocol`'s (README "Reasoner as its own node");
+batching, refusals and the worker thread are :mod:`vrs_node.core.reasoner_service`'s. Requests
+are answered on that worker thread, so the callbacks never wait on a model. A bad image is
+logged and dropped. A model that fails to load stops the node at start (exit code 1).
+
+Lifecycle (:class:`ReasonerLifecycleNode`, ``vrs-lifecycle-reasoner``, ``ros2 run vrs_node
+vrs_lifecycle_reasoner``): ``configure`` loads the models, ``activate`` subscribes with an empty
+window, ``deactivate`` unsubscribes and drops the frames and waiting requests, ``cleanup`` releases
+the models; its ``main`` configures and activates it unless ``autostart`` is false.
+
+Parameters: the model settings of ``vrs-node`` (``model_profile``, ``device``, ``precision``, ...),
+``window_frames``, ``max_batch``, ``sparse_frames``, ``image_transport``, ``max_image_pixels``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import re
+import sys
+import textwrap
+from pathlib import Path
+
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from rclpy.utilities import remove_ros_args
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import String
+
+from vrs_node.core.reasoner_service import ReasonerConfig, ReasonerService, build_reasoner_grounder
+from vrs_node.io.image import compressed_msg_to_rgb, image_msg_to_rgb, stamp_to_ns
+from vrs_node.models.config import ModelConfig, settings
+from vrs_node.models.profiles import load_configured_models
+from vrs_node.ros.node_command import serve
+from vrs_node.ros.params import AUTOSTART, IMAGE_TRANSPORTS, NODE_SETTINGS, description, descriptor, read_config
+
+__all__ = ["ReasonerNode", "ReasonerLifecycleNode", "main", "lifecycle_main", "reasoner_parameters"]
+
+PROTOCOL_QOS = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+"""QoS of ``~/requests`` and ``~/responses``: reliable, room for a burst from several clients."""
+
+
+def reasoner_parameters() -> list:
+    """The node's parameters as settings: the model's, the reasoner's, then its input's."""
+    own = [s for s in NODE_SETTINGS if s.name in ("image_transport", "max_image_pixels")]
+    return [*settings(ModelConfig), *settings(ReasonerConfig), *own]
+
+
+class ReasonerInterface:
+    """The reasoner's ROS interface in stages (parameters, model load, start, stop) for
+    :class:`ReasonerNode` and :class:`ReasonerLifecycleNode` (module docstring)."""
+
+    def _declare(self) -> None:
+        """Declare the parameters; ValueError for an ``image_transport`` off its choices."""
+        for s in reasoner_parameters():
+            self.declare_parameter(s.name, s.default, descriptor(s))
+        if self._param("image_transport") not in IMAGE_TRANSPORTS:
+            raise ValueError(f"parameter image_transport must be one of {', '.join(IMAGE_TRANSPORTS)}; "
+                             f"got {self._param('image_transport')!r}")
+        self.service, self._inputs = None, []
+
+    def _param(self, name: str):
+        return self.get_parameter(name).value
+
+    def _load(self) -> None:
+        """Load the models and build the grounder; ValueError saying why they did not load."""
+        self.config = read_config(ReasonerConfig, self._param)
+        try:
+            profile, device, models = load_configured_models(read_config(ModelConfig, self._param))
+            self.grounder = build_reasoner_grounder(models, self.config.sparse_frames)
+        except (OSError, RuntimeError) as exc:
+            raise ValueError(f"the models did not load: {exc}") from exc
+        self.get_logger().info(f"reasoner models: {profile.name} on {device}, {models.precision}")
+
+    def _start(self) -> None:
+        """A fresh service (an empty window) fed by the camera and ``~/requests``, its worker running."""
+        self.service = ReasonerService(self.grounder, self.config.window_frames, self.config.max_batch,
+                                       lambda text: self.responses.publish(String(data=text)),
+                                       log=self.get_logger().warning)
+        self._max_pixels = self._param("max_image_pixels")
+        if self._param("image_transport") == "compressed":
+            msg_type, topic = CompressedImage, self.resolve_topic_name("image") + "/compressed"
+        else:
+            msg_type, topic = Image, "image"
+        # A copy: rclpy applies qos_overrides to the profile it is given, in place.
+        self._inputs = [
+            self.create_subscription(String, "~/requests", lambda msg: self.service.submit(msg.data), PROTOCOL_QOS),
+            self.create_subscription(msg_type, topic, self._on_image, copy.copy(qos_profile_sensor_data),
+                                     qos_overriding_options=QoSOverridingOptions.with_default_policies())]
+        self.service.start()
+        self.get_logger().info(f"reasoner ready: requests on {self.resolve_topic_name('~/requests')}")
+
+    def _stop(self) -> None:
+        """Unsubscribe and end the service (its frames and waiting requests dropped)."""
+        for subscription in self._inputs:
+            self.destroy_subscription(subscription)
+        self._inputs = []
+        if self.service is not None:
+            self.service.stop()
+            self.service = None
+
+    def _on_image(self, msg) -> None:
+        """Hold one camera frame; a bad one is logged and dropped."""
+        try:
+            if isinstance(msg, CompressedImage):
+                image, camera_hw = compressed_msg_to_rgb(msg, self._max_pixels)
+            else:
+                image, camera_hw = image_msg_to_rgb(msg, self._max_pixels), None
+            self.service.add_frame(image, stamp_to_ns(msg.header.stamp), msg.header.frame_id, camera_hw)
+        except ValueError as exc:
+            self.get_logger().warning(f"image dropped: {exc}")
+
+    def destroy_node(self) -> None:
+        self._stop()
+        super().destroy_node()
+
+
+class ReasonerNode(ReasonerInterface, Node):
+    """The reasoner server (module docstring); the models load in the constructor (a failure raises
+    ValueError, which the command reports as ``cannot start``, exit code 1)."""
+
+    def __init__(self, **kwargs):
+        Node.__init__(self, "vrs_reasoner", **kwargs)
+        self._declare()
+        self._load()
+        self.responses = self.create_publisher(String, "~/responses", PROTOCOL_QOS)
+        self._start()
+
+
+class ReasonerLifecycleNode(ReasonerInterface, LifecycleNode):
+    """The same server as a managed node: ``configure`` loads the models (a failure is logged and
+    the transition fails), ``activate`` starts a fresh service and subscribes, ``deactivate``
+    unsubscribes and drops the service (frames, waiting requests; the weights stay loaded),
+    ``cleanup`` releases the models."""
+
+    def __init__(self, **kwargs):
+        LifecycleNode.__init__(self, "vrs_reasoner", **kwargs)
+        self._declare()
+        self.declare_parameter(AUTOSTART.name, AUTOSTART.default, descriptor(AUTOSTART))
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._load()
+        except ValueError as exc:
+            self.get_logger().error(str(exc))
+            return TransitionCallbackReturn.FAILURE
+        self.responses = self.create_lifecycle_publisher(String, "~/responses", PROTOCOL_QOS)
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._start()
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.grounder = None
+        self.destroy_lifecycle_publisher(self.responses)
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop()
+        return TransitionCallbackReturn.SUCCESS
+
+
+def _autostart(node: ReasonerLifecycleNode) -> None:
+    """The ``configure`` and ``activate`` transitions, unless ``autostart`` is false."""
+    if node.get_parameter("autostart").value and node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+        node.trigger_activate()
+
+
+def _check_command_line(args: list[str] | None, lifecycle: bool) -> None:
+    """``--help`` (the module docstring and the parameters) and no argument outside ``--ros-args``."""
+    lines = []
+    for s in [*reasoner_parameters(), *([AUTOSTART] if lifecycle else [])]:
+        lines.append(f"  {s.name} (default {s.default!r})")
+        lines += textwrap.wrap(description(s), 96, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    argv = list(sys.argv if args is None else args)
+    parser = argparse.ArgumentParser(prog=Path(argv[0]).name if argv else "vrs-reasoner",
+                                     description=re.sub(r":\w+:`~?([^`]+)`", r"\1", __doc__).replace("``", ""),
+                                     epilog="parameters (--ros-args -p NAME:=VALUE):\n" + "\n".join(lines),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.parse_args(remove_ros_args(argv)[1:])
+
+
+def main(args=None) -> int:
+    """Console entry point ``vrs-reasoner``; ``args`` like ``sys.argv``; ``--help`` answers without ROS."""
+    _check_command_line(args, lifecycle=False)
+    return serve(ReasonerNode, args)
+
+
+def lifecycle_main(args=None) -> int:
+    """Console entry point ``vrs-lifecycle-reasoner``: configures and activates itself unless
+    ``autostart`` is false; ``args`` and ``--help`` as for :func:`main`."""
+    _check_command_line(args, lifecycle=True)
+    return serve(ReasonerLifecycleNode, args, start=_autostart)
