@@ -29,17 +29,10 @@ if str(REPO) not in sys.path:
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from common import davis_sequence  # noqa: E402
+from common import davis_sequence, grid_boxes  # noqa: E402
 
 GOALS = {4: 1.6, 8: 2.5}
 """Issue 14's goals: cost per frame with N targets / with 1 target."""
-
-
-def grid_boxes(height: int, width: int, count: int) -> list[tuple[float, float, float, float]]:
-    """``count`` boxes, one per cell of a 4 x 2 grid over the image (row by row)."""
-    cw, ch = width / 4, height / 2
-    return [((i % 4) * cw + 4, (i // 4) * ch + 4, (i % 4 + 1) * cw - 4, (i // 4 + 1) * ch - 4)
-            for i in range(count)]
 
 
 def build_trackers(profile: str, size: int, device: str, counts: list[int], first: np.ndarray):

@@ -48,3 +48,11 @@ def filled_window(tracker, frames: list[np.ndarray], count: int | None = None):
         frame = window.append(frames[i % len(frames)], i * 33_333_333)
         window.set_feature(frame.index, SAM2_KEY, tracker.encode(frame.image))
     return window
+
+
+def grid_boxes(height: int, width: int, count: int) -> list[tuple[float, float, float, float]]:
+    """``count`` (at most 8) boxes, one per cell of a 4 x 2 grid over the image (row by row): the
+    targets' prompts of the several-targets benchmarks."""
+    cw, ch = width / 4, height / 2
+    return [((i % 4) * cw + 4, (i // 4) * ch + 4, (i % 4 + 1) * cw - 4, (i // 4 + 1) * ch - 4)
+            for i in range(count)]

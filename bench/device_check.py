@@ -25,8 +25,8 @@ written down as not run, with the reason, never dropped silently):
    queries, once following an instruction re-grounded at 1 Hz (a query always running).
 6. ``deactivate``: GPU memory allocated with every model loaded, and after a lifecycle
    deactivate (weights to host memory, the allocator's cache returned).
-7. ``targets``: the per-frame cost with 1/2/4/8 targets -- not measurable until several targets
-   exist (issue 14); written down as such.
+7. ``targets``: the per-frame cost (encode + track, p50) with 1/2/4/8 targets on Hiera-B+ in bf16
+   (``MultiTargetTracker``, box prompts on a grid, all added on the first frame), relative to 1.
 
 Writes ``<out-dir>/device_<gpu>.json`` (after every part, so a run cut short keeps what it
 measured) and ``<out-dir>/device_<gpu>.md`` (the table, goals beside the figures). Refuses to run
@@ -57,7 +57,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from common import box_of, filled_window  # noqa: E402
+from common import box_of, filled_window, grid_boxes  # noqa: E402
 
 from vrs_node.core.config import PipelineConfig  # noqa: E402
 from vrs_node.core.engine import StreamingEngine  # noqa: E402
@@ -65,6 +65,7 @@ from vrs_node.core.grounder import Grounder  # noqa: E402
 from vrs_node.core.pipeline import build_pipeline  # noqa: E402
 from vrs_node.core.prompts import MaskPrompt, PointsPrompt  # noqa: E402
 from vrs_node.core.results import STATUS_TRACKING  # noqa: E402
+from vrs_node.core.targets import MultiTargetTracker  # noqa: E402
 from vrs_node.core.tracker import StreamingTracker  # noqa: E402
 from vrs_node.models.precision import tracker_precision_options  # noqa: E402
 from vrs_node.models.profiles import get_profile, load_models, release_accelerator_memory  # noqa: E402
@@ -83,6 +84,9 @@ GOALS = {
     "instruction -> first mask": "<= 300 ms",
     "GPU memory over 2,000 frames": "flat within 1 %",
 }
+TARGET_COUNTS = (1, 2, 4, 8)
+TARGET_GOALS = {4: "<= 1.6x of 1", 8: "<= 2.5x of 1"}
+"""Issue 14's goals for the per-frame cost with several targets."""
 
 
 @dataclass(frozen=True)
@@ -418,8 +422,32 @@ def part_host(device, sizes: Sizes, frames, mask, clock: Clock, state: dict) -> 
     return {name: {"p50_ms": percentile_ms(t, 50), "p99_ms": percentile_ms(t, 99)} for name, t in stages.items()}
 
 
-def part_targets(*_args) -> dict:
-    return {"not_run": "several targets do not exist yet (issue 14): 1/2/4/8 targets cannot be measured"}
+def part_targets(device, sizes: Sizes, frames, mask, clock: Clock, state: dict) -> dict:
+    """Per-frame cost with 1/2/4/8 targets, relative to 1 (issue 14's goals: 4 <= 1.6x, 8 <= 2.5x)."""
+    arch = "b+" if "b+" in sizes.archs else sizes.archs[0]
+    loaded = load_models(get_profile(sizes.tracker_profile.format(arch)), device, image_size=sizes.image_size,
+                         precision="bf16")
+    out: dict = {"arch": f"hiera-{arch}"}
+    for count in TARGET_COUNTS:
+        if clock.left() < 15:
+            out[str(count)] = {"not_run": f"time budget ({clock.left():.0f} s left)"}
+            continue
+        tracker = MultiTargetTracker(StreamingTracker(loaded.sam2, loaded.transform, **loaded.tracker_options),
+                                     max(TARGET_COUNTS))
+        for target_id, box in enumerate(grid_boxes(*frames[0].shape[:2], count), start=1):
+            tracker.add(target_id, PointsPrompt(box=box))
+        times = []
+        for k in range(sizes.warmup + sizes.timed):
+            start = time.perf_counter()
+            tracker.track(tracker.encode(frames[k % len(frames)]))
+            sync(device)
+            if k >= sizes.warmup:
+                times.append(time.perf_counter() - start)
+        out[str(count)] = {"p50_ms": percentile_ms(times, 50), "p99_ms": percentile_ms(times, 99),
+                           "state_bytes": tracker.state_size()[1]}
+        if "p50_ms" in out.get("1", {}):
+            out[str(count)]["ratio_to_1"] = out[str(count)]["p50_ms"] / out["1"]["p50_ms"]
+    return out
 
 
 PARTS = (("host", part_host), ("tracker_fps", part_tracker_fps), ("memory", part_memory), ("reasoner", part_reasoner),
@@ -453,6 +481,12 @@ def table(report: dict) -> str:
         figure = (f"prefill {value['prefill_s'] * 1e3:.1f} ms, LLM weights {value['llm_weight_bytes'] / 2**30:.2f} GiB"
                   if "prefill_s" in value else _why(value))
         rows.append((f"reasoner_quantization {mode}", figure, ""))
+    targets = p.get("targets", {})
+    for count in TARGET_COUNTS:
+        value = targets.get(str(count), {})
+        if "ratio_to_1" in value:
+            rows.append((f"{count} target{'s' * (count > 1)} ({targets['arch']} bf16), per frame", f"{value['p50_ms']:.1f} ms "
+                         f"({value['ratio_to_1']:.2f}x of 1)", TARGET_GOALS.get(count, "")))
     first = p.get("first_mask", {})
     if first.get("first_mask_ms") is not None:
         rows.append(("instruction -> first mask", f"{first['first_mask_ms']:.0f} ms", GOALS["instruction -> first mask"]))
