@@ -77,7 +77,7 @@ from vrs_node.core.prompt_json import fit_to_image
 from vrs_node.core.prompts import PointsPrompt, Prompt
 from vrs_node.core.queries import QueryReport, QueryScheduler
 from vrs_node.core.results import STATUS_GROUNDING, STATUS_TARGET_ABSENT, EngineStats, FrameResult
-from vrs_node.core.target_book import PROMPT, RESET, PendingPrompt, TargetBook, no_stamp_reason
+from vrs_node.core.target_book import REMOVE, RESET, PendingPrompt, TargetBook, no_stamp_reason
 from vrs_node.core.target_specs import TargetSpec
 from vrs_node.core.targets import MultiTargetTracker, TargetPromptError
 from vrs_node.core.tracker import FrameFeatures, StreamingTracker
@@ -325,7 +325,7 @@ class StreamingEngine:
         """Apply one queued command to the target tracker; a prompt that fails is that target's error."""
         if op[0] == RESET:
             self.target_tracker.reset()
-        elif op[0] != PROMPT:  # REMOVE
+        elif op[0] == REMOVE:
             if op[1] in self.target_tracker.ids:
                 self.target_tracker.remove(op[1])
         else:

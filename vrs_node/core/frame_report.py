@@ -56,19 +56,22 @@ def frame_result(frame: Frame, latency_s: float, states: dict[int, TargetState],
                            STATUS_ERROR, error, latency_s, frame.image)
     tracked = {i: r for i, r in results.items() if i in states and r.object_score > score_threshold}
     instance = TargetResults(tracked, frame.camera_hw).instance_map()
-    reports = tuple(_report(i, states[i], results.get(i), instance if i in tracked else None, score_threshold)
+    union = instance > 0
+    regions = {i: union if len(tracked) == 1 else instance == i for i in tracked}  # one target: the union
+    reports = tuple(_report(i, states[i], results.get(i), regions.get(i), score_threshold)
                     for i in sorted(states))
     status, reason = _overall(reports, states)
     scores = [r.object_score for r in reports if r.object_score is not None]
-    return FrameResult(frame.index, frame.stamp_ns, frame.frame_id, instance > 0, max(scores) if scores else None,
+    return FrameResult(frame.index, frame.stamp_ns, frame.frame_id, union, max(scores) if scores else None,
                        status, reason, latency_s, frame.image, instance_map=instance, targets=reports,
                        tracks={i: r for i, r in results.items() if i in states})
 
 
-def _report(target_id: int, state: TargetState, result: TrackResult | None, instance: np.ndarray | None,
+def _report(target_id: int, state: TargetState, result: TrackResult | None, region: np.ndarray | None,
             score_threshold: float) -> TargetReport:
+    """One target's report; ``region``: its pixels in the instance map (None when it is not tracked)."""
     score = None if result is None else result.object_score
-    box, area = (None, 0) if instance is None else mask_box(instance == target_id)
+    box, area = (None, 0) if region is None else mask_box(region)
     if state.error is not None:
         status, reason = STATUS_ERROR, state.error
     elif result is None and state.waiting is not None:
