@@ -171,10 +171,17 @@ class Session:
         executor = MultiThreadedExecutor(num_threads=2)
         executor.add_node(self.node)
         executor.add_node(player)
-        spinner = threading.Thread(target=executor.spin, daemon=True)
+        stop = threading.Event()
+
+        def spin() -> None:  # stops between callbacks: shutdown never races a spin_once
+            while not stop.is_set():
+                executor.spin_once(timeout_sec=0.1)
+
+        spinner = threading.Thread(target=spin, daemon=True)
         spinner.start()
+        cleanup.callback(executor.shutdown)  # last in, first out: after the spinner has stopped
         cleanup.callback(spinner.join, 5)
-        cleanup.callback(executor.shutdown)
+        cleanup.callback(stop.set)
         while not (self.image_pub.get_subscription_count() and self.prompt_pub.get_subscription_count()
                    and self.node.mask_pub.get_subscription_count()):
             time.sleep(0.05)
