@@ -3,6 +3,7 @@
 ros2 launch vrs_node vrs.launch.py image:=/camera/image_raw model_profile:=tiny-random \
     instruction:="the cup it should pick up"
 ros2 launch vrs_node vrs.launch.py lifecycle:=true autostart:=false   # a lifecycle manager drives it
+ros2 launch vrs_node vrs.launch.py reasoner:=remote:/gpu   # the reasoner runs elsewhere (reasoner.launch.py)
 """
 
 from launch import LaunchDescription
@@ -33,6 +34,8 @@ def generate_launch_description():
         DeclareLaunchArgument("instruction", default_value="", description="what to segment ('' = none yet)"),
         DeclareLaunchArgument("vrshq_checkpoint", default_value="",
                               description="released VRS-HQ directory (model_profile vrshq-7b)"),
+        DeclareLaunchArgument("reasoner", default_value="local",
+                              description="local, or remote:<namespace> of a vrs-reasoner (reasoner.launch.py)"),
         DeclareLaunchArgument(
             "params_file", description="parameter YAML",
             default_value=PathJoinSubstitution([FindPackageShare("vrs_node"), "config", "vrs_node.yaml"])),
@@ -54,7 +57,8 @@ def generate_launch_description():
                    "device": LaunchConfiguration("device"),
                    "image_transport": LaunchConfiguration("image_transport"),
                    "instruction": LaunchConfiguration("instruction"),
-                   "vrshq_checkpoint": LaunchConfiguration("vrshq_checkpoint")}]
+                   "vrshq_checkpoint": LaunchConfiguration("vrshq_checkpoint"),
+                   "reasoner": LaunchConfiguration("reasoner")}]
     plain = Node(executable="vrs_node", parameters=parameters,
                  condition=UnlessCondition(LaunchConfiguration("lifecycle")), **common)
     managed = Node(executable="vrs_lifecycle_node",

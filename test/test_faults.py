@@ -338,6 +338,9 @@ def test_kill_9_and_restart_resumes_from_the_latched_instruction(ros_nodes, tmp_
         stream_until(tracking, "the first process's first mask with the target")
         first.send_signal(signal.SIGKILL)
         assert first.wait(timeout=20) == -signal.SIGKILL
+        drained = time.monotonic() + 1.0  # take what the killed process had sent before clearing
+        while time.monotonic() < drained:
+            executor.spin_once(timeout_sec=0.05)
         statuses.clear()
         reports.clear()
         restarted_at = time.monotonic()

@@ -57,7 +57,8 @@ def test_vrs_launch_declares_its_arguments(tmp_path):
     assert defaults == {"namespace": "vrs", "image": "/camera/image_raw", "image_reliability": "best_effort",
                         "image_transport": "raw",
                         "lifecycle": "false", "autostart": "true", "model_profile": "tiny-random",
-                        "device": "auto", "instruction": "", "vrshq_checkpoint": "", "params_file": str(CONFIG)}
+                        "device": "auto", "instruction": "", "vrshq_checkpoint": "", "reasoner": "local",
+                        "params_file": str(CONFIG)}
     assert [n.executable for n in result.nodes] == ["vrs_node"], "the plain node unless lifecycle:=true"
     cmd = result.node("vrs_node")
     assert cmd.argv[:6] == ["vrs_node", "--ros-args",
@@ -71,7 +72,7 @@ def test_vrs_launch_declares_its_arguments(tmp_path):
     written = yaml.safe_load(open(cmd.argv[cmd.argv.index("--params-file", 13) + 1]))
     assert written == {"/vrs/vrs_node": {"ros__parameters": {
         "model_profile": "tiny-random", "device": "auto", "image_transport": "raw", "instruction": "",
-        "vrshq_checkpoint": ""}}}
+        "vrshq_checkpoint": "", "reasoner": "local"}}}
 
 
 def test_vrs_launch_lifecycle_variant(ros_nodes, tmp_path):

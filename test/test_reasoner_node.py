@@ -1,6 +1,7 @@
 """In-process ROS 2 test of ``vrs-reasoner``: frames on ``image``, requests on ``~/requests``, answers
 on ``~/responses`` equal to a local ``reason_many``; a foreign version refused; each client keeps
-only its own answers; waiting requests batched up to ``max_batch``."""
+only its own answers; waiting requests batched up to ``max_batch``; the counters on ``/diagnostics``
+in every lifecycle state."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from test_reasoner_service import assert_equal, local_reasoning
 from vrs_node.core.reasoner_protocol import PROTOCOL_VERSION, Answer, Request, Response
 from vrs_node.io.image import stamp_to_ns
 from vrs_node.models.profiles import get_profile, load_models
-from vrs_node.ros.reasoner import PROTOCOL_QOS, ReasonerNode
+from vrs_node.ros.qos import PROTOCOL_QOS
+from vrs_node.ros.reasoner import ReasonerNode, reasoner_health
 
 
 class ReasonerHarness:
@@ -170,3 +172,88 @@ def test_the_lifecycle_reasoner_answers_only_while_active(ros_nodes, frames):
     assert len(node.service.window) == 0
     assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
     assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+
+
+def diagnostics_of(reports, node_name="vrs_reasoner"):
+    """The reasoner's statuses among ``/diagnostics`` messages, as (level, message, values)."""
+    return [(s.level, s.message, {kv.key: kv.value for kv in s.values})
+            for r in reports for s in r.status if s.name == f"{node_name}: reasoner"]
+
+
+def test_diagnostics_carry_the_counters_and_warn_for_a_period_with_failures(reasoner, frames):
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+
+    h = reasoner()
+    reports = []
+    h.peer.create_subscription(DiagnosticArray, "/diagnostics", reports.append, PROTOCOL_QOS)
+    h.spin_until(lambda: diagnostics_of(reports))
+    level, message, values = diagnostics_of(reports)[-1]
+    assert level == DiagnosticStatus.OK and message == "answering requests (0 frames held)"
+    assert values["requests"] == "0" and values["window_frames"] == "0/16"
+    assert reports[-1].status[0].hardware_id == h.node.get_parameter("device").value
+    stamps = h.send_frames(frames[:2])
+    h.ask(Request("robot-a", 1, ["the swan"], stamps))
+    h.ask(Request("robot-a", 2, ["the swan"], [1, 2]))  # no frame held: a failure
+    h.spin_until(lambda: len(h.responses) == 2)
+    h.spin_until(lambda: any(v["failures"] == "1" for _, _, v in diagnostics_of(reports)))
+    level, message, values = next(d for d in diagnostics_of(reports) if d[2]["failures"] == "1")
+    assert level == DiagnosticStatus.WARN and message.startswith("1 instruction(s) failed in the last period")
+    assert "none of the 2 stamps given" in message and "none of the 2 stamps given" in values["last_error"]
+    assert (values["requests"], values["answered"], values["refused"]) == ("2", "2", "0")
+    assert (values["instructions_answered"], values["window_frames"], values["pending"]) == ("1", "2/16", "0")
+    assert values["batches"] in ("1", "2") and values["largest_batch"] in ("1", "2")
+    count = len(diagnostics_of(reports))
+    h.spin_until(lambda: len(diagnostics_of(reports)) > count)
+    assert diagnostics_of(reports)[-1][:2] == (DiagnosticStatus.OK, "answering requests (2 frames held)")
+
+
+def test_the_lifecycle_reasoner_reports_diagnostics_in_every_state(ros_nodes):
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+
+    from vrs_node.ros.reasoner import ReasonerLifecycleNode
+
+    node = ReasonerLifecycleNode(parameter_overrides=[Parameter("image_size", value=128)])
+    peer = rclpy.create_node("vrs_reasoner_test_peer")
+    ros_nodes += [node, peer]
+    reports = []
+    peer.create_subscription(DiagnosticArray, "/diagnostics", reports.append, PROTOCOL_QOS)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    executor.add_node(peer)
+
+    def next_status():
+        count = len(diagnostics_of(reports))
+        spin_until(executor, lambda: len(diagnostics_of(reports)) > count, 60)
+        return diagnostics_of(reports)[-1]
+
+    try:
+        assert next_status()[:2] == (DiagnosticStatus.OK, "unconfigured: the models are not loaded, no request "
+                                                          "is answered")
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert next_status()[:2] == (DiagnosticStatus.OK, "inactive: the models are loaded, no request is "
+                                                          "answered until activated")
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        assert next_status()[:2] == (DiagnosticStatus.OK, "answering requests (0 frames held)")
+    finally:
+        executor.shutdown()
+
+
+def test_reasoner_health_levels():
+    from vrs_node.core.reasoner_service import MAX_PENDING, ReasonerStats
+    from vrs_node.ros.diagnostics import ERROR, OK, WARN
+
+    quiet = ReasonerStats(requests=3, answered=2, refused=1, failures=1, last_error="request refused: busy")
+    assert reasoner_health(quiet, quiet, 4, 16).level == OK
+    assert reasoner_health(quiet, quiet, 4, 16, model_error="the models did not load").level == ERROR
+    assert reasoner_health(quiet, ReasonerStats(), 0, 16, inactive="inactive").message == "inactive"
+    refused = reasoner_health(quiet, ReasonerStats(requests=2, answered=2, failures=1), 4, 16)
+    assert refused.level == WARN and refused.message == ("1 request(s) refused in the last period (the last "
+                                                         "error: request refused: busy)")
+    busy = ReasonerStats(requests=MAX_PENDING // 2, pending=MAX_PENDING // 2)
+    assert reasoner_health(busy, busy, 4, 16).level == WARN and f"{MAX_PENDING // 2} requests waiting" in \
+        reasoner_health(busy, busy, 4, 16).message
+    assert reasoner_health(ReasonerStats(pending=MAX_PENDING // 2 - 1), ReasonerStats(), 4, 16).level == OK
+    assert reasoner_health(quiet, quiet, 4, 16).values == {
+        "window_frames": "4/16", "requests": "3", "answered": "2", "refused": "1", "instructions_answered": "0",
+        "failures": "1", "batches": "0", "largest_batch": "0", "mean_batch": "0.00", "pending": "0",
+        "last_error": "request refused: busy"}

@@ -1,5 +1,7 @@
 """The reasoner server's logic without ROS: answers equal a local ``reason_many``, batching up to
-``max_batch``, stamps the reasoner does not hold, refusals, per-frame inputs computed once."""
+``max_batch`` with one ``reason_many`` per batch whatever frames its requests name (each answer as
+its request's alone), stamps the reasoner does not hold, refusals, per-frame inputs computed once,
+the service's counters."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from conftest import davis_sequence
 from vrs_node.core.frames import CLIP_KEY, MLLM_KEY, SAM2_KEY, FrameWindow
 from vrs_node.core.pipeline import build_pipeline
 from vrs_node.core.reasoner_protocol import PROTOCOL_VERSION, Answer, Failure, Request, Response
-from vrs_node.core.reasoner_service import MAX_PENDING, ReasonerService, build_reasoner_grounder
+from vrs_node.core.reasoner_service import MAX_PENDING, MAX_PENDING_PER_CLIENT, ReasonerService, build_reasoner_grounder
 from vrs_node.models.profiles import get_profile, load_models
 from vrs_node.models.prompt import clean_instruction
 
@@ -96,6 +98,51 @@ def test_a_request_is_answered_over_the_frames_it_names_only(models, frames):
     (bad,) = s.answer([Request("c", 3, ["", "the swan"], named)])
     assert isinstance(bad.results[0], Failure) and "instruction refused" in bad.results[0].error
     assert isinstance(bad.results[1], Answer)
+    stats = s.stats
+    assert (stats.batches, stats.answered, stats.instructions_answered, stats.failures) == (3, 3, 2, 3)
+    assert (stats.batch_instructions, stats.largest_batch, stats.mean_batch) == (5, 2, 5 / 3)
+    assert stats.last_error.startswith("instruction refused")
+
+
+def test_a_batch_over_different_frames_is_one_reason_many_each_answer_as_its_request_alone(models, frames, monkeypatch):
+    s, _ = service(models, frames)
+    all_stamps = stamps(len(frames))
+    requests = [Request("a", 1, ["the black swan"], all_stamps[0:3]),
+                Request("b", 1, ["the water", "x"], all_stamps[1:5]),
+                Request("c", 2, ["the bird"], all_stamps[2:5] + [7]),
+                Request("d", 3, ["the swan"], [7])]
+    calls, original = [], s.grounder.reason_many
+    monkeypatch.setattr(s.grounder, "reason_many", lambda window, instructions, **options: calls.append(
+        [[f.stamp_ns for f in fs] for fs in options["frames"]]) or original(window, instructions, **options))
+    embedded, tokenized = [], []
+    mllm, scorer = s.grounder.mllm, s.grounder.anchor_scorer
+    embed_image, frame_tokens = scorer.embed_image, mllm.frame_tokens
+    monkeypatch.setattr(scorer, "embed_image", lambda image: embedded.append(image.ctypes.data) or embed_image(image))
+    monkeypatch.setattr(mllm, "frame_tokens", lambda images: tokenized.extend(i.ctypes.data for i in images)
+                        or frame_tokens(images))
+    responses = s.answer(requests)
+    monkeypatch.undo()
+    assert calls == [[all_stamps[0:3], all_stamps[1:5], all_stamps[1:5], all_stamps[2:5]]]
+    # every frame named is embedded once for the whole batch, the MLLM's frame tokens at most once
+    assert sorted(embedded) == sorted(f.image.ctypes.data for f in s.window.snapshot())
+    assert len(tokenized) == len(set(tokenized)) > 0
+    assert all(isinstance(r, Failure) and "none of the 1 stamps given" in r.error for r in responses[3].results)
+    for request, response in zip(requests[:3], responses):
+        alone, _ = service(models, frames)
+        (want,) = alone.answer([request])
+        assert (response.client_id, response.request_id) == (request.client_id, request.request_id)
+        for got, expected in zip(response.results, want.results, strict=True):
+            assert (got.instruction, got.anchor_ns, got.dense_ns, got.sparse_ns) == \
+                (expected.instruction, expected.anchor_ns, expected.dense_ns, expected.sparse_ns)
+            assert set(got.dense_ns) <= set(request.stamps_ns)
+            for a, b in [(got.seg, expected.seg), (got.tak, expected.tak), (got.tak_prime, expected.tak_prime),
+                         (got.tda_weights, expected.tda_weights)]:
+                np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    local = local_reasoning(models, frames[1:5], ["the water"], all_stamps[1:5])[0]
+    assert_equal(responses[1].results[0], local, all_stamps[1:5])
+    stats = s.stats
+    assert (stats.batches, stats.batch_instructions, stats.largest_batch) == (1, 5, 5)
+    assert (stats.answered, stats.instructions_answered, stats.failures) == (4, 4, 1)
 
 
 def test_waiting_requests_are_batched_up_to_max_batch(models, frames):
@@ -114,12 +161,17 @@ def test_waiting_requests_are_batched_up_to_max_batch(models, frames):
         assert done.wait(120)
     finally:
         s.stop()
-    # [1 + 2], [1 + 1 (one call) | 1 over other frames (its own call)]
-    assert calls == [3, 2, 1]
+    # [1 + 2], [1 + 1 + 1 over other frames]: one call per batch
+    assert calls == [3, 3]
     responses = [Response.from_json(t) for t in sent]
     assert [(r.client_id, r.request_id) for r in responses] == [("client-0", 0), ("client-1", 1), ("client-0", 2),
                                                                 ("client-1", 3), ("client-1", 9)]
     assert [len(r.results) for r in responses] == [1, 2, 1, 1, 1]
+    assert all(isinstance(a, Answer) for r in responses for a in r.results)
+    stats = s.stats
+    assert (stats.requests, stats.refused, stats.answered, stats.pending) == (5, 0, 5, 0)
+    assert (stats.batches, stats.batch_instructions, stats.largest_batch) == (2, 6, 3)
+    assert (stats.instructions_answered, stats.failures, stats.last_error) == (6, 0, "")
 
 
 def test_refused_requests_are_answered_when_the_client_is_known_and_logged(models, frames):
@@ -136,6 +188,18 @@ def test_refused_requests_are_answered_when_the_client_is_known_and_logged(model
     assert f"protocol version {PROTOCOL_VERSION + 1}, this side speaks {PROTOCOL_VERSION}" in answers[0].error
     assert "at most 2 (parameter max_batch)" in answers[1].error
     sent.clear()
-    for i in range(MAX_PENDING + 1):
-        s.submit(Request("c", i, ["a"], [1]).to_json())
-    assert "busy" in Response.from_json(sent[-1]).error and Response.from_json(sent[-1]).request_id == MAX_PENDING
+    for i in range(MAX_PENDING_PER_CLIENT + 1):  # one client floods: its own surplus is refused
+        s.submit(Request("flood", i, ["a"], [1]).to_json())
+    responses = lambda: [Response.from_json(t) for t in sent if not t.startswith("request refused")]  # noqa: E731
+    (refused,) = responses()
+    assert refused.request_id == MAX_PENDING_PER_CLIENT and "8 requests of this client" in refused.error
+    s.submit(Request("calm", 0, ["a"], [1]).to_json())  # the others still get in
+    others = MAX_PENDING - MAX_PENDING_PER_CLIENT - 1
+    for i in range(others):
+        s.submit(Request(f"c{i // MAX_PENDING_PER_CLIENT}", i, ["a"], [1]).to_json())
+    assert len(responses()) == 1
+    s.submit(Request("calm", 1, ["a"], [1]).to_json())
+    assert f"busy: {MAX_PENDING} requests are waiting" in responses()[-1].error
+    stats = s.stats
+    assert (stats.requests, stats.refused, stats.pending, stats.batches) == (4 + 9 + 1 + others + 1, 6, MAX_PENDING, 0)
+    assert "busy" in stats.last_error

@@ -12,12 +12,14 @@ window of recent frames, in two parts:
 3. the MLLM prefill -> per-dense-frame SEG tokens and the TAK token;
 4. TDA fuses SEG into TAK'.
 
-*Keyframe selection* (:meth:`Grounder.select`): TKS decodes TAK' on every dense frame's cached
-SAM-2 features and picks the keyframe; its decoded mask is the result.
+*Keyframe selection* (:meth:`Grounder.select`, :func:`~vrs_node.core.grounding.select_keyframes`,
+which a remote reasoner's client runs too): TKS decodes TAK' on every dense frame's cached SAM-2
+features and picks the keyframe; its decoded mask is the result.
 
-Several instructions are reasoned about together (:meth:`Grounder.ground_many`): every per-frame
-input is read or computed once for the whole batch, each instruction gets its own text
-embedding, anchor and lattice, and one batched prefill runs all their prompts
+Several instructions are reasoned about together (:meth:`Grounder.ground_many`; or
+:meth:`Grounder.reason_many` with each instruction over its own frames, as the reasoner server
+batches its clients): every per-frame input is read or computed once for the whole batch, each
+instruction gets its own text embedding, anchor and lattice, and one batched prefill runs all their prompts
 (:meth:`~vrs_node.models.mllm.VrshqMLLM.prefill`: at most two LLM calls; prompts over the same
 frames run their common prefix, the frames' tokens, once); TDA then runs per instruction, and TKS
 decodes each dense frame once for the batch (:meth:`Grounder.select_many`: one mask-decoder call
@@ -37,18 +39,17 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from vrs_node.core.frames import CLIP_KEY, MLLM_KEY, SAM2_KEY, Frame, FrameWindow
+from vrs_node.core.grounding import Grounding, Reasoning, elapsed_s, select_keyframes
 from vrs_node.core.sampling import VRSHQ_MAX_DENSE_FRAMES, anchor_lattice, sparse_sample
-from vrs_node.core.tracker import FrameFeatures, StreamingTracker, TrackResult
-from vrs_node.core.vrshq import TDA_ALPHA, Keyframe, choose_keyframe, temporal_dynamic_aggregation
+from vrs_node.core.tracker import StreamingTracker
+from vrs_node.core.vrshq import TDA_ALPHA, temporal_dynamic_aggregation
 from vrs_node.models.clip_anchor import ClipAnchorScorer
-from vrs_node.models.mllm import (GroundingTokens, PrefillInput, SpecialTokenIds, VrshqMLLM,
-                                  special_token_ids)
+from vrs_node.models.mllm import PrefillInput, SpecialTokenIds, VrshqMLLM, special_token_ids
 from vrs_node.models.prompt import Instruction, build_prompt, tokenize_prompt
 
 TEXT_CACHE_SIZE = 256
@@ -72,77 +73,6 @@ class GrounderConfig:
             raise ValueError(f"sparse_frames must be >= 0, got {self.sparse_frames}")
 
 
-@dataclass(frozen=True)
-class Grounding:
-    """A query's answer. Frame numbers are window sequence numbers.
-
-    ``dense_frames[i]`` is the frame of SEG token i (the explicit SEG -> frame mapping);
-    ``keyframe_features`` lets the tracker condition on the keyframe even after the window has
-    evicted it; ``token`` is TAK' (the prompt the keyframe was decoded with), ``keyframe_result``
-    that decode (on the device, at SAM-2's low resolution; :attr:`mask` and :attr:`object_score`
-    read it). ``input_ids``, ``tokens`` (the MLLM's SEG/TAK tokens and the hidden rows
-    read), ``tks_object_scores``, ``tks_scores`` and ``tda_weights`` are the intermediate results,
-    for inspection and parity checks.
-
-    ``timings_s``: seconds per stage: ``clip_anchor`` (when CLIP chose the anchor: the window's
-    image embeddings, the text embedding(s) and the argmax), ``mllm_frame_tokens``,
-    ``mllm_prefill`` (prompt building, DPC-KNN merge and the LLM calls) and ``tks`` (TDA and TKS).
-    From :meth:`Grounder.ground_many` the first three are the durations of the batch's shared
-    stages (the same in every Grounding of the batch: they ran once for all its instructions),
-    ``tks`` is this instruction's TDA and keyframe choice plus its share of the batch's TKS
-    decodes (their time split in proportion to the instruction's candidates).
-    """
-
-    instruction: Instruction
-    keyframe: int
-    keyframe_stamp_ns: int
-    keyframe_features: FrameFeatures
-    token: torch.Tensor
-    keyframe_result: TrackResult
-    anchor: int
-    dense_frames: list[int]
-    sparse_frames: list[int]
-    input_ids: list[int]
-    tokens: GroundingTokens
-    tks_object_scores: list[float]
-    tks_scores: list[float]
-    tda_weights: list[float]
-    timings_s: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def mask(self) -> np.ndarray:
-        """The keyframe's mask at camera resolution (``keyframe_result.mask()``, computed on each read)."""
-        return self.keyframe_result.mask()
-
-    @property
-    def object_score(self) -> float:
-        """The keyframe decode's object-score logit."""
-        return self.keyframe_result.object_score
-
-
-@dataclass(frozen=True)
-class Reasoning:
-    """The reasoning half of one instruction's query (anchor, lattice, MLLM, TDA: no SAM-2 model
-    ran), what :meth:`Grounder.select_many` needs to pick the keyframe.
-
-    ``anchor`` and ``sparse_frames`` are window frame numbers; ``dense[i]`` is the frame of SEG
-    token i and ``candidates[i]`` its SAM-2 features, taken when the query began (the window may
-    evict the frame meanwhile); ``token`` is TAK' and ``tda_weights`` TDA's weights (one per
-    dense frame); ``timings_s`` as :attr:`Grounding.timings_s`, with ``tda`` in place of ``tks``.
-    """
-
-    instruction: Instruction
-    anchor: int
-    dense: list[Frame]
-    candidates: list[FrameFeatures]
-    sparse_frames: list[int]
-    input_ids: list[int]
-    tokens: GroundingTokens
-    token: torch.Tensor
-    tda_weights: torch.Tensor
-    timings_s: dict[str, float]
-
-
 class Grounder:
     """Runs grounding queries over a :class:`FrameWindow` with the MLLM, CLIP anchor and tracker.
 
@@ -151,12 +81,22 @@ class Grounder:
     (``GroundingModels.special_ids``, ``VrshqCheckpoint.special_ids``); None looks them up here."""
 
     def __init__(self, mllm: VrshqMLLM, tokenizer, anchor_scorer: ClipAnchorScorer | None,
-                 tracker: StreamingTracker, config: GrounderConfig = GrounderConfig(),
-                 special_ids: SpecialTokenIds | None = None):
+                 tracker: StreamingTracker | None, config: GrounderConfig = GrounderConfig(),
+                 special_ids: SpecialTokenIds | None = None, device: str | torch.device | None = None):
+        """``tracker`` None makes a reasoning-only grounder (no SAM-2): :meth:`reason_many` with
+        ``with_candidates=False`` only; :meth:`select`, :meth:`select_many`, :meth:`ground`,
+        :meth:`ground_many` and ``reason_many(..., with_candidates=True)`` raise ValueError.
+        ``device``: where the models run, which the stage timings synchronise (default: the
+        tracker's; required without a tracker, ValueError otherwise)."""
+        if device is None:
+            if tracker is None:
+                raise ValueError("a grounder without a tracker needs its device")
+            device = tracker.device
         self.mllm = mllm
         self.tokenizer = tokenizer
         self.anchor_scorer = anchor_scorer
         self.tracker = tracker
+        self.device = torch.device(device)
         self.config = config
         self.seg_id, self.tak_id = special_ids or special_token_ids(tokenizer)
         self._text_lock = threading.Lock()
@@ -174,6 +114,11 @@ class Grounder:
                     self._texts.popitem(last=False)
             return self._texts[instruction.text]
 
+    def prepare(self, instruction: Instruction) -> None:
+        """Ready ``instruction`` for queries: its text embedding (so a bad text model fails here,
+        when the instruction is given, not in its first query)."""
+        self.text_embedding(instruction)
+
     def ground(self, window: FrameWindow, instruction: Instruction, anchor_frame: int | None = None) -> Grounding:
         """Run one query on the frames the window holds now (those with SAM-2 features).
 
@@ -188,50 +133,56 @@ class Grounder:
         return self.select_many(self.reason_many(window, instructions))
 
     def reason_many(self, window: FrameWindow, instructions: Sequence[Instruction],
-                    anchor_frames: Sequence[int | None] | None = None, *,
-                    with_candidates: bool = True) -> list[Reasoning]:
-        """The reasoning part for each instruction, over the frames the window holds now (those
-        with SAM-2 features), with one batched prefill for all of them (module docstring).
+                    anchor_frames: Sequence[int | None] | None = None, *, with_candidates: bool = True,
+                    frames: Sequence[Sequence[Frame]] | None = None) -> list[Reasoning]:
+        """The reasoning part for each instruction, with one batched prefill for all of them (module docstring).
 
-        ``anchor_frames[i]`` (a window frame number, or None for the CLIP scorer's) fixes
-        instruction i's anchor. ``with_candidates=False`` (a reasoner without SAM-2): every frame
-        the window holds, no SAM-2 feature read, ``Reasoning.candidates`` empty (no :meth:`select`).
-        No instructions: [] (the window is not read).
+        Instruction i is reasoned about over ``frames[i]`` (frames of ``window.snapshot()``, oldest
+        first), or, when ``frames`` is None, over every frame the window holds now; of those, only
+        the frames with SAM-2 features unless ``with_candidates=False``. Its anchor, lattice and
+        sparse sample are positions in its own frames, so result i is what ``reason_many`` gives
+        instruction i alone on a window holding only those frames (with the same cached inputs),
+        within the batched prefill's float rounding. Each per-frame input is read or computed once
+        for the whole call, whichever instructions' frames hold the frame.
+
+        ``anchor_frames[i]`` (a window frame number among instruction i's frames, or None for the
+        CLIP scorer's) fixes instruction i's anchor. ``with_candidates=False`` (a reasoner without
+        SAM-2): no SAM-2 feature read, every frame kept, ``Reasoning.candidates`` empty (no
+        :meth:`select`). ValueError when an instruction is left without a frame, or ``frames`` is
+        not one list per instruction. No instructions: [] (the window is not read).
         """
+        self._check_tracker(with_candidates, "read SAM-2 candidates (use with_candidates=False)")
         if not instructions:
             return []
-        # The SAM-2 features are taken now: the window may evict these frames during the query.
-        held = window.snapshot()
-        encoded = {f.index: window.get_feature(f.index, SAM2_KEY) for f in held} if with_candidates else {}
-        frames = [f for f in held if encoded[f.index] is not None] if with_candidates else held
-        if not frames:
-            raise ValueError("no encoded frame in the window yet: grounding needs at least one")
+        lists, encoded = self._frame_lists(window, len(instructions), frames, with_candidates)
         timings: dict[str, float] = {}
-        anchors = self._anchors(window, frames, instructions, anchor_frames, timings)
-        dense = [anchor_lattice(len(frames), anchor, self.config.max_dense_frames) for anchor in anchors]
-        sparse = sparse_sample(len(frames), self.config.sparse_frames) if self.config.sparse_frames else []
-        needed = sorted(set(sparse).union(*dense))
+        anchors = self._anchors(window, lists, instructions, anchor_frames, timings)
+        dense = [anchor_lattice(len(fs), anchor, self.config.max_dense_frames) for fs, anchor in zip(lists, anchors)]
+        sparse = [sparse_sample(len(fs), self.config.sparse_frames) if self.config.sparse_frames else []
+                  for fs in lists]
+        needed = self._distinct([[fs[p] for p in (*d, *s)] for fs, d, s in zip(lists, dense, sparse)])
         start = time.perf_counter()
-        tokens = dict(zip(needed, self._cached(window, [frames[p] for p in needed], MLLM_KEY,
-                                               lambda fs: self.mllm.frame_tokens([f.image for f in fs]))))
+        tokens = dict(zip((f.index for f in needed), self._cached(
+            window, needed, MLLM_KEY, lambda fs: self.mllm.frame_tokens([f.image for f in fs]))))
         timings["mllm_frame_tokens"] = self._elapsed(start)
 
         start = time.perf_counter()
         ids = [tokenize_prompt(build_prompt(instruction, len(d)), self.tokenizer) for instruction, d in
                zip(instructions, dense)]
-        outs = self.mllm.prefill([PrefillInput(i, [tokens[p] for p in d], [tokens[p] for p in sparse])
-                                  for i, d in zip(ids, dense)], self.seg_id, self.tak_id)
+        outs = self.mllm.prefill([PrefillInput(i, [tokens[fs[p].index] for p in d], [tokens[fs[p].index] for p in s])
+                                  for i, fs, d, s in zip(ids, lists, dense, sparse)], self.seg_id, self.tak_id)
         timings["mllm_prefill"] = self._elapsed(start)
 
         reasoning = []
-        for instruction, anchor, d, input_ids, out in zip(instructions, anchors, dense, ids, outs):
+        for instruction, fs, anchor, d, s, input_ids, out in zip(instructions, lists, anchors, dense, sparse, ids,
+                                                                 outs):
             start = time.perf_counter()
             tak, weights = temporal_dynamic_aggregation(out.seg, out.tak, self.config.tda_alpha)
             reasoning.append(Reasoning(
-                instruction=instruction, anchor=frames[anchor].index, dense=[frames[p] for p in d],
-                candidates=[encoded[frames[p].index] for p in d] if with_candidates else [], sparse_frames=[frames[p].index for p in sparse],
-                input_ids=input_ids, tokens=out, token=tak, tda_weights=weights,
-                timings_s={**timings, "tda": self._elapsed(start)}))
+                instruction=instruction, anchor=fs[anchor].index, dense=[fs[p] for p in d],
+                candidates=[encoded[fs[p].index] for p in d] if with_candidates else [],
+                sparse_frames=[fs[p].index for p in s], input_ids=input_ids, tokens=out, token=tak,
+                tda_weights=weights, timings_s={**timings, "tda": self._elapsed(start)}))
         return reasoning
 
     def select(self, reasoning: Reasoning) -> Grounding:
@@ -239,83 +190,71 @@ class Grounder:
         return self.select_many([reasoning])[0]
 
     def select_many(self, reasonings: Sequence[Reasoning]) -> list[Grounding]:
-        """The keyframe selection part: TKS of each reasoning's TAK' on its candidates' SAM-2
-        features -> its keyframe, that frame's decode, and the query's answer.
+        """The keyframe selection part: :func:`select_keyframes` with this grounder's tracker
+        (ValueError without one)."""
+        self._check_tracker(True, "select keyframes")
+        return select_keyframes(self.tracker, reasonings)
 
-        The decodes are batched over the reasonings: one ``decode_tokens`` call (one mask-decoder
-        call) per distinct candidate features (a dense frame, whatever lattices hold it) with the
-        TAK' of every reasoning that has it as a candidate; then TKS chooses per reasoning. Result
-        i equals ``select_many([reasonings[i]])`` within ``decode_tokens``'s float rounding; one
-        reasoning decodes exactly as ``decode_token`` does.
-        """
-        start = time.perf_counter()
-        decoded = self._decode_candidates(reasonings)
-        share = self._elapsed(start) / max(1, sum(len(r.candidates) for r in reasonings))
-        groundings = []
-        for reasoning, decodes in zip(reasonings, decoded):
-            start = time.perf_counter()
-            key = choose_keyframe(decodes, reasoning.tda_weights)
-            timings = dict(reasoning.timings_s)
-            timings["tks"] = timings.pop("tda") + share * len(decodes) + self._elapsed(start)
-            groundings.append(self._grounding(reasoning, key, timings))
-        return groundings
+    def _frame_lists(self, window: FrameWindow, count: int, frames: Sequence[Sequence[Frame]] | None,
+                     with_candidates: bool) -> tuple[list[list[Frame]], dict]:
+        """(each instruction's frames, their SAM-2 features by frame number) for :meth:`reason_many`:
+        ``frames`` or the window's, only the encoded ones ``with_candidates`` (the features taken
+        now: the window may evict these frames during the query); ValueError for a list left empty."""
+        if frames is not None and len(frames) != count:
+            raise ValueError(f"{len(frames)} frame lists for {count} instructions")
+        lists = [window.snapshot()] * count if frames is None else [list(fs) for fs in frames]
+        encoded = {}
+        if with_candidates:
+            encoded = {f.index: window.get_feature(f.index, SAM2_KEY) for f in self._distinct(lists)}
+            lists = [[f for f in fs if encoded[f.index] is not None] for fs in lists]
+        empty = next((i for i, fs in enumerate(lists) if not fs), None)
+        if empty is not None:
+            where = "the window" if frames is None else f"instruction {empty}'s {len(frames[empty])} frames"
+            raise ValueError(f"no encoded frame in {where} yet: grounding needs at least one")
+        return lists, encoded
 
-    def _decode_candidates(self, reasonings: Sequence[Reasoning]) -> list[list[TrackResult]]:
-        """``[i][j]``: reasoning i's TAK' decoded on its candidate j, with one ``decode_tokens``
-        call per distinct candidate features (the same object) for all the reasonings holding it."""
-        frames: dict[int, tuple[FrameFeatures, list[tuple[int, int]]]] = {}
-        for i, reasoning in enumerate(reasonings):
-            for j, feats in enumerate(reasoning.candidates):
-                frames.setdefault(id(feats), (feats, []))[1].append((i, j))
-        decoded: list[list[TrackResult | None]] = [[None] * len(r.candidates) for r in reasonings]
-        for feats, slots in frames.values():
-            results = self.tracker.decode_tokens(feats, [reasonings[i].token for i, _ in slots])
-            for (i, j), result in zip(slots, results):
-                decoded[i][j] = result
-        return decoded
-
-    @staticmethod
-    def _grounding(reasoning: Reasoning, key: Keyframe, timings: dict[str, float]) -> Grounding:
-        """The query's answer from its reasoning and its TKS keyframe."""
-        keyframe = reasoning.dense[key.position]
-        return Grounding(
-            instruction=reasoning.instruction, keyframe=keyframe.index, keyframe_stamp_ns=keyframe.stamp_ns,
-            keyframe_features=reasoning.candidates[key.position], token=reasoning.token,
-            keyframe_result=key.result, anchor=reasoning.anchor, dense_frames=[f.index for f in reasoning.dense],
-            sparse_frames=reasoning.sparse_frames, input_ids=reasoning.input_ids, tokens=reasoning.tokens,
-            tks_object_scores=key.object_scores.tolist(), tks_scores=key.scores.tolist(),
-            tda_weights=reasoning.tda_weights.tolist(), timings_s=timings)
-
-    def _anchors(self, window: FrameWindow, frames: list[Frame], instructions: Sequence[Instruction],
+    def _anchors(self, window: FrameWindow, frames: list[list[Frame]], instructions: Sequence[Instruction],
                  anchor_frames: Sequence[int | None] | None, timings: dict[str, float]) -> list[int]:
-        """Each instruction's anchor as a position in ``frames``: the given frame, else CLIP's
-        (the window's image embeddings read or computed once for all; ``timings["clip_anchor"]``)."""
+        """Each instruction's anchor as a position in its frames ``frames[i]``: the given frame, else
+        CLIP's over those frames (the image embeddings of every frame that a CLIP-anchored
+        instruction has read or computed once for all; ``timings["clip_anchor"]``)."""
         given = list(anchor_frames) if anchor_frames is not None else [None] * len(instructions)
         if len(given) != len(instructions):
             raise ValueError(f"{len(given)} anchor frames for {len(instructions)} instructions")
-        positions = {f.index: p for p, f in enumerate(frames)}
-        for frame in given:
-            if frame is not None and frame not in positions:
-                raise ValueError(f"anchor frame {frame} is not an encoded frame of the window")
+        positions = [{f.index: p for p, f in enumerate(fs)} for fs in frames]
+        for i, (frame, held) in enumerate(zip(given, positions)):
+            if frame is not None and frame not in held:
+                raise ValueError(f"anchor frame {frame} is not an encoded frame of the window "
+                                 f"(among instruction {i}'s frames)")
         if all(frame is not None for frame in given):
-            return [positions[frame] for frame in given]
+            return [held[frame] for frame, held in zip(given, positions)]
         if self.anchor_scorer is None:
             raise ValueError("this grounder has no CLIP anchor scorer: give the anchor frame")
         start = time.perf_counter()
-        images = torch.stack(self._cached(window, frames, CLIP_KEY,
-                                          lambda fs: [self.anchor_scorer.embed_image(f.image) for f in fs]))
-        anchors = [positions[frame] if frame is not None else
-                   ClipAnchorScorer.anchor(images, self.text_embedding(instruction).to(images))
-                   for instruction, frame in zip(instructions, given)]
+        scored = self._distinct([fs for fs, frame in zip(frames, given) if frame is None])
+        embeddings = dict(zip((f.index for f in scored), self._cached(
+            window, scored, CLIP_KEY, lambda fs: [self.anchor_scorer.embed_image(f.image) for f in fs])))
+        stacked: dict[tuple[int, ...], torch.Tensor] = {}  # per distinct frame list
+        anchors = []
+        for instruction, fs, frame, held in zip(instructions, frames, given, positions):
+            if frame is not None:
+                anchors.append(held[frame])
+                continue
+            key = tuple(f.index for f in fs)
+            if key not in stacked:
+                stacked[key] = torch.stack([embeddings[k] for k in key])
+            images = stacked[key]
+            anchors.append(ClipAnchorScorer.anchor(images, self.text_embedding(instruction).to(images)))
         timings["clip_anchor"] = self._elapsed(start)
         return anchors
 
     def _elapsed(self, start: float) -> float:
-        """Seconds since ``start`` (``time.perf_counter``) once the stage's work is done: on CUDA
-        the device is synchronised first, since kernels run asynchronously to the host."""
-        if self.tracker.device.type == "cuda":
-            torch.cuda.synchronize(self.tracker.device)
-        return time.perf_counter() - start
+        return elapsed_s(self.device, start)
+
+    def _check_tracker(self, needed: bool, action: str) -> None:
+        """ValueError when the tracker is ``needed`` (to ``action``) and this grounder has none."""
+        if needed and self.tracker is None:
+            raise ValueError(f"this grounder reasons only (it has no tracker, no SAM-2): it cannot {action}")
 
     @staticmethod
     def _cached(window: FrameWindow, frames: list[Frame], key: str, compute) -> list:
@@ -331,3 +270,8 @@ class Grounder:
                 except KeyError:  # the frame left the window meanwhile: nothing to cache
                     pass
         return [values[f.index] for f in frames]
+
+    @staticmethod
+    def _distinct(lists: Sequence[Sequence[Frame]]) -> list[Frame]:
+        """The frames of all the lists, each once (by window frame number), oldest first."""
+        return sorted({f.index: f for fs in lists for f in fs}.values(), key=lambda f: f.index)

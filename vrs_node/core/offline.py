@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from vrs_node.core.frames import SAM2_KEY, FrameWindow
-from vrs_node.core.grounder import Grounder, Grounding
+from vrs_node.core.grounder import Grounder
+from vrs_node.core.grounding import Grounding
 from vrs_node.core.prompts import Prompt, TokenPrompt
 from vrs_node.core.propagation import propagation_steps
 from vrs_node.core.tracker import FrameFeatures, StreamingTracker, TrackResult

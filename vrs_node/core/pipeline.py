@@ -12,6 +12,7 @@ from vrs_node.core.config import PipelineConfig
 from vrs_node.core.engine import StreamingEngine
 from vrs_node.core.grounder import Grounder, GrounderConfig
 from vrs_node.core.queries import QueryReport
+from vrs_node.core.remote_reasoner import RemoteGrounder
 from vrs_node.core.results import FrameResult
 from vrs_node.core.tracker import StreamingTracker
 from vrs_node.models.profiles import LoadedModels
@@ -19,16 +20,21 @@ from vrs_node.models.profiles import LoadedModels
 
 def build_pipeline(models: LoadedModels, config: PipelineConfig = PipelineConfig(),
                    on_result: Callable[[FrameResult], None] | None = None,
-                   on_query: Callable[[QueryReport], None] | None = None) -> StreamingEngine:
+                   on_query: Callable[[QueryReport], None] | None = None,
+                   remote_grounder: Callable[[StreamingTracker], RemoteGrounder] | None = None) -> StreamingEngine:
     """A :class:`StreamingEngine` over ``models``: a :class:`StreamingTracker` keeping
-    ``config.max_cond_frames`` conditioning frames (in the models' precision), a :class:`Grounder`
-    with ``config.sparse_frames`` when the models have language models (None otherwise), and the
-    engine with ``config``, ``on_result`` and ``on_query``. The engine's ``tracker`` and
-    ``grounder`` are the ones built here."""
+    ``config.max_cond_frames`` conditioning frames (in the models' precision), a grounder, and the
+    engine with ``config``, ``on_result`` and ``on_query``. The grounder is
+    ``remote_grounder(tracker)`` when that is given (a reasoner elsewhere:
+    :mod:`vrs_node.core.remote_reasoner`), else a :class:`Grounder` with ``config.sparse_frames``
+    when the models have language models, else None. The engine's ``tracker`` and ``grounder``
+    are the ones built here."""
     tracker = StreamingTracker(models.sam2, models.transform, max_cond_frames=config.max_cond_frames,
                                **models.tracker_options)
     grounder = None
-    if models.grounding is not None:
+    if remote_grounder is not None:
+        grounder = remote_grounder(tracker)
+    elif models.grounding is not None:
         g = models.grounding
         grounder = Grounder(g.mllm, g.tokenizer, g.anchor_scorer, tracker,
                             GrounderConfig(sparse_frames=config.sparse_frames), g.special_ids)

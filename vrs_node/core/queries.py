@@ -11,10 +11,12 @@ the grounding thread (sync mode) the due queries run inside :meth:`QuerySchedule
 that frame is tracked (reproducible); after :meth:`QueryScheduler.start` (live mode) they run on
 their own thread and the tracking thread never waits for them (a query waits for the first
 encoded frame). A target's triggers that fire while its query runs are dropped, except an
-instruction change, which runs next; the answer of a query for a superseded instruction is
-discarded. A failed query (any exception of the grounder, ``torch.OutOfMemoryError`` included:
-every target of its batch fails) is reported (``on_query``, ``stats.query_errors``, and in
-:meth:`QueryScheduler.waiting_reason`) and retried at the next trigger: the next periodic one, or,
+instruction change, which runs next; the answer of a query for a superseded instruction (or a
+removed target) is discarded and counted (``stats.superseded``). A failed query (any exception of
+the grounder, ``torch.OutOfMemoryError`` included: every target of its batch fails; or one
+target's failure returned in its slot, as a remote reasoner's per-instruction failure) is
+reported (``on_query``, ``stats.query_errors``, and in :meth:`QueryScheduler.waiting_reason`) and
+retried at the next trigger: the next periodic one, or,
 while the target is not tracked, after ``lost_after_frames`` more frames (frames still waiting for a
 grounding after a failed query count as frames without the target). Tracking goes on meanwhile.
 
@@ -32,7 +34,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from vrs_node.core.frames import Frame, FrameWindow
-from vrs_node.core.grounder import Grounder, Grounding
+from vrs_node.core.grounder import Grounder
+from vrs_node.core.grounding import Grounding
 from vrs_node.models.prompt import Instruction, clean_instruction
 
 if TYPE_CHECKING:
@@ -132,7 +135,7 @@ class QueryScheduler:
             raise RuntimeError("this engine has no grounder (MLLM): it cannot follow instructions; "
                                "use a model profile with language grounding")
         instruction = clean_instruction(text)
-        self._grounder.text_embedding(instruction)  # fail here, not later, on a bad text model
+        self._grounder.prepare(instruction)
         return instruction
 
     def follow(self, target_id: int, instruction: Instruction) -> None:
@@ -254,24 +257,26 @@ class QueryScheduler:
                     self._running = set()
 
     def _run(self, jobs: list[_Job]) -> None:
-        """Run one batched query (:meth:`Grounder.ground_many`); each current answer goes to
+        """Run one batched query (``ground_many``: a Grounding per job, or the exception of a job
+        that failed alone; an exception raised fails them all); each current answer goes to
         ``apply``; report each."""
         started = time.perf_counter()
         latest = self._window.latest
         with self._cond:
             self._started = started
-        groundings, error = [None] * len(jobs), None
         try:
-            groundings = self._grounder.ground_many(self._window, [job.instruction for job in jobs])
+            answers = self._grounder.ground_many(self._window, [job.instruction for job in jobs])
         except Exception as exc:  # report, keep tracking, retry on the next trigger
-            error = f"{type(exc).__name__}: {exc}"
-            log.warning("grounding %s failed: %s", ", ".join(repr(j.instruction.text) for j in jobs), error)
+            answers = [exc] * len(jobs)
         latency_s = time.perf_counter() - started
         reports = []
         with self._cond:
             self._started = None
-            for job, grounding in zip(jobs, groundings):
-                reports.append(self._finish(job, grounding, error, latest, latency_s))
+            for job, answer in zip(jobs, answers):
+                error = f"{type(answer).__name__}: {answer}" if isinstance(answer, Exception) else None
+                if error is not None:
+                    log.warning("grounding %r failed: %s", job.instruction.text, error)
+                reports.append(self._finish(job, None if error else answer, error, latest, latency_s))
         for report in reports if self._on_query is not None else ():
             try:
                 self._on_query(report)
@@ -287,6 +292,8 @@ class QueryScheduler:
         self._stats.queries += 1
         if error is not None:
             self._stats.query_errors += 1
+        if grounding is not None and not current:
+            self._stats.superseded += 1
         if current:
             followed.last_stamp_ns = latest.stamp_ns if latest is not None else None
             followed.last_error = error

@@ -7,16 +7,25 @@ wire text (:mod:`vrs_node.core.reasoner_protocol`) on any thread and answers the
 worker thread, so the caller (a ROS callback) never waits on a model.
 
 Batching: the worker takes the waiting requests in arrival order while their instructions add up
-to at most ``max_batch`` (always at least one request); the requests of a batch that name the
-same held frames are answered by one :meth:`Grounder.reason_many` call (one batched prefill);
-requests naming different frames get one call per distinct set of frames. A request is answered
-over the held frames whose stamps it names; one that names none gets a failure per instruction
-saying which stamps the reasoner holds. Each response carries its request's client id and request
-id; every response goes to the one ``publish`` callable, and clients keep their own.
+to at most ``max_batch`` (always at least one request), and answers all the instructions of a
+batch with one :meth:`Grounder.reason_many` call (one batched prefill), whatever frames each
+request names: each instruction is reasoned about over the held frames whose stamps its request
+names (``reason_many``'s ``frames``), as it would be alone, and the per-frame inputs of a frame
+several requests name are computed once. A request that names no held frame gets a failure per
+instruction saying which stamps the reasoner holds; a reasoning error fails every instruction of
+the batch that was being reasoned about, with the reason. Each response carries its request's
+client id and request id; every response goes to the one ``publish`` callable, and clients keep
+their own.
 
-A refused request (malformed, another protocol version, more than ``max_batch`` instructions, or
-:data:`MAX_PENDING` requests already waiting) is answered at once with an error response when
-its client id can be read, and logged either way.
+Counters (:attr:`ReasonerService.stats`, a :class:`ReasonerStats`): requests received, refused
+and answered, instructions answered and failed, batches run and their sizes, requests waiting,
+and the last error.
+
+A refused request (malformed, another protocol version, more than ``max_batch`` instructions,
+:data:`MAX_PENDING` requests already waiting, or :data:`MAX_PENDING_PER_CLIENT` of its own client's)
+is answered at once with an error response when its client id can be read, and logged either way.
+A slow client cannot hold the others up: responses are published, never awaited, and one client's
+requests never fill the queue.
 """
 
 from __future__ import annotations
@@ -24,23 +33,23 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-from vrs_node.core.frames import CLIP_KEY, MLLM_KEY, Frame, FrameWindow, check_frame
+from vrs_node.core.frames import Frame, FrameWindow, check_frame
 from vrs_node.core.grounder import Grounder, GrounderConfig, Reasoning
 from vrs_node.core.reasoner_protocol import Answer, Failure, ProtocolError, Request, Response, request_from_json
-from vrs_node.core.tracker import StreamingTracker
 from vrs_node.models.config import check_settings, setting
 from vrs_node.models.profiles import LoadedModels
 from vrs_node.models.prompt import Instruction, clean_instruction
 
 MAX_PENDING = 64
 """Most requests waiting for the worker; more are refused ("busy"), so a flood cannot grow memory."""
-REASONER_INPUT_KEYS = (CLIP_KEY, MLLM_KEY)
-"""The per-frame inputs the reasoner caches (computed by :meth:`Grounder.reason_many`)."""
+MAX_PENDING_PER_CLIENT = 8
+"""Most requests of one client waiting; more of its own are refused ("busy"), so one flooding or
+looping client cannot fill the queue and keep the others out."""
 
 
 @dataclass(frozen=True)
@@ -58,14 +67,44 @@ class ReasonerConfig:
 
 
 def build_reasoner_grounder(models: LoadedModels, sparse_frames: int = 0) -> Grounder:
-    """A :class:`Grounder` over ``models``' grounding models (ValueError for a profile without
-    them); its tracker only gives the device (``reason_many`` runs no SAM-2 model)."""
+    """A reasoning-only :class:`Grounder` (no tracker: ``reason_many(..., with_candidates=False)``)
+    over ``models``' grounding models, on the MLLM's device (ValueError for models without them).
+    ``models`` need no SAM-2 (``load_models(..., parts="reasoner")``); any they hold is unused."""
     if models.grounding is None:
         raise ValueError("this model profile has no reasoner (MLLM); choose a profile with language models")
     g = models.grounding
-    tracker = StreamingTracker(models.sam2, models.transform, **models.tracker_options)
-    return Grounder(g.mllm, g.tokenizer, g.anchor_scorer, tracker, GrounderConfig(sparse_frames=sparse_frames),
-                    g.special_ids)
+    return Grounder(g.mllm, g.tokenizer, g.anchor_scorer, None, GrounderConfig(sparse_frames=sparse_frames),
+                    g.special_ids, device=g.mllm.device)
+
+
+@dataclass
+class ReasonerStats:
+    """The service's counters since it was made (a snapshot from :attr:`ReasonerService.stats`).
+
+    ``requests``: received (every :meth:`~ReasonerService.submit`); ``refused``: answered at once
+    with an error response (or only logged); ``answered``: answered with one result per
+    instruction; ``instructions_answered`` / ``failures``: those results that are answers /
+    failures, plus, in ``failures``, the instructions of a batch whose worker step raised;
+    ``batches``: worker steps (:meth:`~ReasonerService.answer` calls), ``batch_instructions`` the
+    instructions they held in all and ``largest_batch`` the most in one; ``pending``: requests
+    waiting now; ``last_error``: the last refusal, failure or batch error ("" when none yet).
+    """
+
+    requests: int = 0
+    refused: int = 0
+    answered: int = 0
+    instructions_answered: int = 0
+    failures: int = 0
+    batches: int = 0
+    batch_instructions: int = 0
+    largest_batch: int = 0
+    pending: int = 0
+    last_error: str = ""
+
+    @property
+    def mean_batch(self) -> float:
+        """Instructions per batch, on average (0 before the first batch)."""
+        return self.batch_instructions / self.batches if self.batches else 0.0
 
 
 class ReasonerService:
@@ -88,6 +127,13 @@ class ReasonerService:
         self._wake = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._stats = ReasonerStats()  # updated under self._wake
+
+    @property
+    def stats(self) -> ReasonerStats:
+        """A snapshot of the counters (:class:`ReasonerStats`), ``pending`` as of now."""
+        with self._wake:
+            return replace(self._stats, pending=len(self._pending))
 
     def add_frame(self, image: np.ndarray, stamp_ns: int, frame_id: str = "",
                   camera_hw: tuple[int, int] | None = None) -> Frame | None:
@@ -100,6 +146,8 @@ class ReasonerService:
 
     def submit(self, text: str) -> None:
         """Queue one request (wire text) for the worker; a refused one is answered and logged at once."""
+        with self._wake:
+            self._stats.requests += 1
         try:
             request = request_from_json(text)
             if len(request.instructions) > self.max_batch:
@@ -110,6 +158,9 @@ class ReasonerService:
                 if len(self._pending) >= MAX_PENDING:
                     raise ProtocolError(f"the reasoner is busy: {MAX_PENDING} requests are waiting; retry later",
                                         request.client_id, request.request_id)
+                if sum(r.client_id == request.client_id for r in self._pending) >= MAX_PENDING_PER_CLIENT:
+                    raise ProtocolError(f"the reasoner is busy: {MAX_PENDING_PER_CLIENT} requests of this client "
+                                        f"are waiting already; retry later", request.client_id, request.request_id)
                 self._pending.append(request)
                 self._wake.notify()
         except ProtocolError as exc:
@@ -131,60 +182,64 @@ class ReasonerService:
             self._thread.join(timeout_s)
 
     def answer(self, requests: Sequence[Request]) -> list[Response]:
-        """One response per request, in order: the requests naming the same held frames share one
-        ``reason_many`` call; an instruction that cannot be reasoned about gets its
-        :class:`Failure` (the others are answered)."""
+        """One response per request, in order, with one ``reason_many`` call for all their
+        instructions (each over the held frames its request names); an instruction that cannot be
+        reasoned about gets its :class:`Failure` (the others are answered), and a reasoning error
+        gives every reasoned instruction that error's failure. Counted in :attr:`stats`."""
         held = self.window.snapshot()
         results: list[list[Answer | Failure | None]] = [[None] * len(r.instructions) for r in requests]
-        groups: dict[tuple[int, ...], list[tuple[int, int, Instruction]]] = {}
+        slots: list[tuple[int, int]] = []
+        instructions: list[Instruction] = []
+        frames: list[list[Frame]] = []
         for i, request in enumerate(requests):
             wanted = set(request.stamps_ns)
-            frames = tuple(f.index for f in held if f.stamp_ns in wanted)
+            named = [f for f in held if f.stamp_ns in wanted]
             for j, text in enumerate(request.instructions):
-                if not frames:
+                if not named:
                     results[i][j] = Failure(_none_held(request, held))
                     continue
                 try:
-                    groups.setdefault(frames, []).append((i, j, clean_instruction(text)))
+                    instructions.append(clean_instruction(text))
                 except ValueError as exc:
                     results[i][j] = Failure(f"instruction refused: {exc}")
-        by_index = {f.index: f for f in held}
-        for frames, slots in groups.items():
-            for (i, j, _), result in zip(slots, self._reason([by_index[k] for k in frames], [s[2] for s in slots])):
-                results[i][j] = result
+                    continue
+                slots.append((i, j))
+                frames.append(named)
+        for (i, j), result in zip(slots, self._reason(instructions, frames, {f.index: f.stamp_ns for f in held})):
+            results[i][j] = result
+        self._count(results)
         return [Response(r.client_id, r.request_id, results=results[i]) for i, r in enumerate(requests)]
 
-    def _reason(self, frames: list[Frame], instructions: list[Instruction]) -> list[Answer | Failure]:
-        """``reason_many`` over ``frames`` (a view of the window holding only them, its cached
-        reasoner inputs shared both ways) → one answer per instruction, or the failure for all."""
-        view, copies = FrameWindow(len(frames)), []
-        for frame in frames:
-            copies.append(view.append(frame.image, frame.stamp_ns, frame.frame_id, frame.camera_hw))
-            self._share(self.window, frame.index, view, copies[-1].index)
+    def _reason(self, instructions: list[Instruction], frames: list[list[Frame]],
+                stamps: dict[int, int]) -> list[Answer | Failure]:
+        """One ``reason_many`` over the service's window, instruction i over ``frames[i]`` → one
+        answer per instruction (``stamps``: window frame number → stamp), or the failure for all."""
         try:
-            reasonings = self.grounder.reason_many(view, instructions, with_candidates=False)
+            reasonings = self.grounder.reason_many(self.window, instructions, with_candidates=False, frames=frames)
         except (ValueError, RuntimeError) as exc:
             return [Failure(f"reasoning failed: {exc}")] * len(instructions)
-        finally:
-            for frame, copy in zip(frames, copies):
-                self._share(view, copy.index, self.window, frame.index)
-        stamps = {copy.index: copy.stamp_ns for copy in copies}
         return [_answer(r, stamps) for r in reasonings]
 
-    @staticmethod
-    def _share(source: FrameWindow, source_index: int, target: FrameWindow, target_index: int) -> None:
-        """Copy the reasoner inputs ``source`` caches for a frame that ``target`` lacks (nothing
-        when the target frame has left its window)."""
-        for key in REASONER_INPUT_KEYS:
-            value = source.get_feature(source_index, key)
-            if value is not None and not target.has_feature(target_index, key):
-                try:
-                    target.set_feature(target_index, key, value)
-                except KeyError:
-                    return
+    def _count(self, results: list[list[Answer | Failure]]) -> None:
+        """Count one answered batch (its requests' results) in the stats."""
+        flat = [r for request in results for r in request]
+        failed = [r for r in flat if isinstance(r, Failure)]
+        with self._wake:
+            s = self._stats
+            s.batches += 1
+            s.batch_instructions += len(flat)
+            s.largest_batch = max(s.largest_batch, len(flat))
+            s.answered += len(results)
+            s.instructions_answered += len(flat) - len(failed)
+            s.failures += len(failed)
+            if failed:
+                s.last_error = failed[-1].error
 
     def _refuse(self, exc: ProtocolError) -> None:
         """Log a refused request and answer it with an error response when its client id is known."""
+        with self._wake:
+            self._stats.refused += 1
+            self._stats.last_error = f"request refused: {exc}"
         self._log(f"request refused (client {exc.client_id!r}, request {exc.request_id!r}): {exc}")
         if exc.client_id is not None:
             self._publish(Response(exc.client_id, exc.request_id, error=str(exc)).to_json())
@@ -209,6 +264,9 @@ class ReasonerService:
                 responses = self.answer(batch)
             except Exception as exc:  # noqa: BLE001 -- the worker must outlive any one batch
                 self._log(f"batch of {len(batch)} requests failed: {exc!r}")
+                with self._wake:
+                    self._stats.failures += sum(len(r.instructions) for r in batch)
+                    self._stats.last_error = f"reasoner error: {exc}"
                 responses = [Response(r.client_id, r.request_id, error=f"reasoner error: {exc}") for r in batch]
             for response in responses:
                 self._publish(response.to_json())

@@ -66,5 +66,6 @@ class EngineStats:
     catchup_frames: int = 0
     queries: int = 0
     query_errors: int = 0
+    superseded: int = 0
     time_jumps: int = 0
     resolution_changes: int = 0

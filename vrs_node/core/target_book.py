@@ -26,7 +26,7 @@ import numpy as np
 
 from vrs_node.core.frame_report import TargetState
 from vrs_node.core.frames import Frame, FrameWindow
-from vrs_node.core.grounder import Grounding
+from vrs_node.core.grounding import Grounding
 from vrs_node.core.prompt_json import fit_to_image
 from vrs_node.core.prompts import MaskPrompt, PointsPrompt, Prompt, TokenPrompt
 from vrs_node.core.queries import QueryScheduler

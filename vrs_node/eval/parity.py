@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vrs_node.core.grounder import Grounder, Grounding
+from vrs_node.core.grounder import Grounder
+from vrs_node.core.grounding import Grounding
 from vrs_node.core.offline import segment_offline
 from vrs_node.core.tracker import StreamingTracker
 from vrs_node.eval.datasets import image_files, read_rgb

@@ -163,16 +163,17 @@ def build_grounding_models(profile: ModelProfile, device: str | torch.device = "
 
 @dataclass(frozen=True)
 class LoadedModels:
-    """Everything a node or tool runs: SAM-2, its image transform, the grounding models (None for
-    a profile without language), the ``StreamingTracker`` options -- those of its SAM-2's reference
-    predictor (:meth:`Sam2Spec.tracker_options`) and of the precision
-    (:func:`tracker_precision_options`) -- and ``precision``, the resolved :data:`PRECISIONS`
-    name (``"fp32"`` or ``"bf16"``) the models run in, ``reasoner_quantization`` the MLLM's
-    (:data:`~vrs_node.models.quantize.QUANTIZATION_MODES`) and ``compiled`` whether SAM-2's parts
-    are compiled."""
+    """Everything a node or tool runs: SAM-2 and its image transform (both None when only the
+    reasoner's part was loaded, ``parts="reasoner"``), the grounding models (None for a profile
+    without language, or ``parts="tracker"``), the ``StreamingTracker`` options -- those of its
+    SAM-2's reference predictor (:meth:`Sam2Spec.tracker_options`) and of the precision
+    (:func:`tracker_precision_options`); ``{}`` without SAM-2 -- and ``precision``, the resolved
+    :data:`PRECISIONS` name (``"fp32"`` or ``"bf16"``) the models run in, ``reasoner_quantization``
+    the MLLM's (:data:`~vrs_node.models.quantize.QUANTIZATION_MODES`) and ``compiled`` whether
+    SAM-2's parts are compiled."""
 
-    sam2: torch.nn.Module
-    transform: SamImageTransform
+    sam2: torch.nn.Module | None
+    transform: SamImageTransform | None
     grounding: GroundingModels | None
     tracker_options: dict
     precision: str
@@ -182,8 +183,10 @@ class LoadedModels:
     def to(self, device: str | torch.device) -> None:
         """Move every model's weights to ``device`` in place (dtypes kept), e.g. to host memory
         while a lifecycle node is inactive and back when it is activated again; a quantized MLLM
-        moves with its quantization statistics (:func:`~vrs_node.models.quantize.move_reasoner`)."""
-        self.sam2.to(device)
+        moves with its quantization statistics (:func:`~vrs_node.models.quantize.move_reasoner`).
+        The models not loaded (None) are skipped."""
+        if self.sam2 is not None:
+            self.sam2.to(device)
         if self.grounding is not None:
             move_reasoner(self.grounding.mllm, device)
             self.grounding.anchor_scorer.model.to(device)
@@ -197,66 +200,123 @@ def release_accelerator_memory(device: str | torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+MODEL_PARTS = ("all", "tracker", "reasoner")
+"""What :func:`load_models` loads (its ``parts``): every model of the profile; SAM-2 only (a tracker
+whose reasoner runs elsewhere); or the grounding models only (MLLM, tokenizer, CLIP anchor scorer:
+the ``vrs-reasoner`` node)."""
+
+
 def load_models(profile: ModelProfile, device: str | torch.device = "cpu", image_size: int | None = None,
                 sam2_checkpoint: str | None = None, vrshq_checkpoint: str | None = None,
                 clip_anchor: str = "openai", seed: int = 0, precision: str = "auto", compile: bool = False,
-                reasoner_quantization: str = "none") -> LoadedModels:
-    """Build or load every model of ``profile`` on ``device`` in ``precision`` (``"fp32"``,
-    ``"bf16"`` or ``"auto"``: :mod:`vrs_node.models.precision` says what each model does in it).
+                reasoner_quantization: str = "none", parts: str = "all") -> LoadedModels:
+    """Build or load the models of ``profile`` that ``parts`` names (:data:`MODEL_PARTS`) on
+    ``device`` in ``precision`` (``"fp32"``, ``"bf16"`` or ``"auto"``: :mod:`vrs_node.models.precision`
+    says what each model does in it).
+
+    ``parts``: ``"all"`` (every model of the profile); ``"tracker"``: SAM-2 only, no grounding
+    model is built or loaded (``grounding`` None, even for a profile with language; ``clip_anchor``
+    unused); ``"reasoner"``: the grounding models only (``sam2``, ``transform`` None,
+    ``tracker_options`` ``{}``), refused for a profile without language; SAM-2's settings
+    (``image_size``, ``sam2_checkpoint``, ``compile``) are then ignored (``compiled`` False). A
+    given random seed builds the same weights for a model whatever ``parts`` is. Anything else
+    than :data:`MODEL_PARTS` is a ValueError.
 
     ``vrshq_checkpoint`` (a directory in the released VRS-HQ layout) is required by, and only
     accepted for, ``language="vrshq-checkpoint"`` profiles; it provides SAM-2, the MLLM and the
     tokenizer. ``clip_anchor`` is open_clip's ``pretrained`` for the CLIP-336 anchor scorer there.
+    :func:`~vrs_node.models.vrshq_checkpoint.load_vrshq_checkpoint` always loads both models, so
+    one part is loaded with the other and dropped: ``parts="tracker"`` loads the checkpoint in host
+    memory with the MLLM in bfloat16 (as released: mapped from the files, not copied) and moves
+    only SAM-2 to ``device``; ``parts="reasoner"`` loads SAM-2 (0.22B parameters for the 7B
+    release) on ``device`` beside the MLLM, drops it and returns the freed memory to the driver.
 
     ``compile``: SAM-2's parts are compiled in place (:func:`~vrs_node.models.sam2_compile.compile_sam2`:
     sam2's ``max-autotune`` on CUDA, inductor's default mode elsewhere); the first frames of each
     new shape then take the compile time. ``reasoner_quantization`` (``"none"``, ``"int8"``,
     ``"nf4"``: :mod:`vrs_node.models.quantize`): the MLLM is built or loaded in host memory and
     its LLaMA quantized onto ``device`` layer by layer, so the unquantized LLM never occupies the
-    device; refused (before anything is built) for a profile without an MLLM or a device it
-    cannot run on.
+    device; refused (before anything is built) for a profile without an MLLM, for
+    ``parts="tracker"`` (no MLLM is loaded) or a device it cannot run on.
     """
     device = torch.device(device)
     name = resolve_precision_name(precision, device)
     check_supported(reasoner_quantization, device)
-    if reasoner_quantization != "none" and not profile.language:
-        raise ValueError(f"profile {profile.name!r} has no reasoner (MLLM) to quantize "
-                         f"(reasoner_quantization={reasoner_quantization!r})")
+    _check_parts(profile, parts, reasoner_quantization)
     build_on = device if reasoner_quantization == "none" else torch.device("cpu")
-    precision_options = tracker_precision_options(name, device)
     if profile.language != "vrshq-checkpoint":
         if vrshq_checkpoint:
             raise ValueError(f"profile {profile.name!r} does not load a VRS-HQ checkpoint; use profile 'vrshq-7b'")
-        sam2, transform = build_sam2_for_profile(profile, device, image_size, sam2_checkpoint, seed)
-        grounding = build_grounding_models(profile, build_on, seed, name) if profile.language else None
-        tracker_options = {**profile.sam2.tracker_options(), **precision_options}
+        sam2, transform = (build_sam2_for_profile(profile, device, image_size, sam2_checkpoint, seed)
+                           if parts != "reasoner" else (None, None))
+        grounding = (build_grounding_models(profile, build_on, seed, name)
+                     if profile.language and parts != "tracker" else None)
+        spec = profile.sam2
     else:
-        if not vrshq_checkpoint:
-            raise ValueError(f"profile {profile.name!r} needs vrshq_checkpoint: the directory of the released "
-                             f"VRS-HQ weights (Hugging Face {HF_REPO})")
-        ckpt = load_vrshq_checkpoint(vrshq_checkpoint, device=build_on, dtype=PRECISIONS[name],
-                                     sam2_image_size=image_size)
-        spec = ckpt.sam2_spec  # recognised from the weights
-        sam2, transform = ckpt.sam2_model.to(device), SamImageTransform(spec.image_size, spec.resize)
-        anchor = ClipAnchorScorer.from_pretrained(VRSHQ_ANCHOR_MODEL, clip_anchor, device=build_on, precision=name)
-        grounding = GroundingModels(ckpt.mllm, ckpt.tokenizer, anchor, ckpt.special_ids)
-        tracker_options = {**spec.tracker_options(), **precision_options}
+        sam2, transform, grounding, spec = _load_checkpoint_parts(profile, vrshq_checkpoint, parts, device, build_on,
+                                                                  name, image_size, clip_anchor)
+        if parts == "reasoner":
+            release_accelerator_memory(device)  # the checkpoint's SAM-2, loaded and dropped
+    tracker_options = {**spec.tracker_options(), **tracker_precision_options(name, device)} if sam2 is not None else {}
     if reasoner_quantization != "none":
         quantize_reasoner(grounding.mllm, reasoner_quantization, device)
         grounding.anchor_scorer.model.to(device)
-    if compile:
+    compiled = compile and sam2 is not None
+    if compiled:
         compile_sam2(sam2, mode=DEFAULT_COMPILE_MODE if device.type == "cuda" else "default")
-    return LoadedModels(sam2, transform, grounding, tracker_options, name, reasoner_quantization, compile)
+    return LoadedModels(sam2, transform, grounding, tracker_options, name, reasoner_quantization, compiled)
 
 
-def load_configured_models(config: ModelConfig) -> tuple[ModelProfile, torch.device, LoadedModels]:
+def _check_parts(profile: ModelProfile, parts: str, reasoner_quantization: str) -> None:
+    """ValueError, before anything is built, for ``parts`` not in :data:`MODEL_PARTS`, the reasoner's
+    part of a profile without one, or a reasoner quantization with no reasoner loaded."""
+    if reasoner_quantization != "none" and not profile.language:
+        raise ValueError(f"profile {profile.name!r} has no reasoner (MLLM) to quantize "
+                         f"(reasoner_quantization={reasoner_quantization!r})")
+    if parts not in MODEL_PARTS:
+        raise ValueError(f"unknown model parts {parts!r}; choose one of {', '.join(MODEL_PARTS)}")
+    if parts == "reasoner" and not profile.language:
+        raise ValueError(f"profile {profile.name!r} has no reasoner (MLLM): parts='reasoner' needs a profile with "
+                         f"language models ({', '.join(n for n, p in PROFILES.items() if p.language)})")
+    if parts == "tracker" and reasoner_quantization != "none":
+        raise ValueError(f"parts='tracker' loads no reasoner (MLLM) to quantize "
+                         f"(reasoner_quantization={reasoner_quantization!r}); use 'none'")
+
+
+def _load_checkpoint_parts(profile: ModelProfile, vrshq_checkpoint: str | None, parts: str, device: torch.device,
+                           build_on: torch.device, precision: str, image_size: int | None,
+                           clip_anchor: str) -> tuple[torch.nn.Module | None, SamImageTransform | None,
+                                                      GroundingModels | None, Sam2Spec]:
+    """(SAM-2, its transform, grounding models, SAM-2's spec) of a ``vrshq-checkpoint`` profile's
+    ``parts``, the part not asked for loaded and dropped (:func:`load_models`); the spec is the one
+    recognised from the weights."""
+    if not vrshq_checkpoint:
+        raise ValueError(f"profile {profile.name!r} needs vrshq_checkpoint: the directory of the released "
+                         f"VRS-HQ weights (Hugging Face {HF_REPO})")
+    if parts == "tracker":  # the MLLM stays mapped from the files (bfloat16 on CPU: no copy) until dropped
+        ckpt = load_vrshq_checkpoint(vrshq_checkpoint, device="cpu", dtype=torch.bfloat16, sam2_image_size=image_size)
+    else:
+        ckpt = load_vrshq_checkpoint(vrshq_checkpoint, device=build_on, dtype=PRECISIONS[precision],
+                                     sam2_image_size=image_size)
+    spec = ckpt.sam2_spec
+    sam2, transform, grounding = None, None, None
+    if parts != "reasoner":
+        sam2, transform = ckpt.sam2_model.to(device), SamImageTransform(spec.image_size, spec.resize)
+    if parts != "tracker":
+        anchor = ClipAnchorScorer.from_pretrained(VRSHQ_ANCHOR_MODEL, clip_anchor, device=build_on, precision=precision)
+        grounding = GroundingModels(ckpt.mllm, ckpt.tokenizer, anchor, ckpt.special_ids)
+    return sam2, transform, grounding, spec
+
+
+def load_configured_models(config: ModelConfig, parts: str = "all") -> tuple[ModelProfile, torch.device, LoadedModels]:
     """(profile, device, models) of ``config`` (:func:`load_models` with its settings; ``""`` and 0
-    mean "not given"): what the node and ``vrs-replay`` load."""
+    mean "not given") and ``parts`` (:data:`MODEL_PARTS`, chosen by the caller, not a setting):
+    what the nodes and ``vrs-replay`` load."""
     profile = get_profile(config.model_profile)
     device = resolve_device(config.device)
     models = load_models(profile, device, image_size=config.image_size or None,
                          sam2_checkpoint=config.sam2_checkpoint or None,
                          vrshq_checkpoint=config.vrshq_checkpoint or None, clip_anchor=config.clip_anchor,
                          precision=config.precision, compile=config.compile,
-                         reasoner_quantization=config.reasoner_quantization)
+                         reasoner_quantization=config.reasoner_quantization, parts=parts)
     return profile, device, models

@@ -15,13 +15,18 @@ reporting period, turns them into one status: a level, a message and key/value p
 - ``time_to_first_target_s``: from the monitor's creation (the node's start) to its first result
   with status ``tracking`` ("" before it);
 - ``model_profile``, ``device``, ``instruction``, ``target_present`` (the last result's mask);
-- ``targets``: the number of targets followed now (instructions and prompts).
+- ``targets``: the number of targets followed now (instructions and prompts);
+- ``reasoner``: ``local`` or ``remote:<namespace>``; with a remote one also ``reasoner_connected``,
+  ``reasoner_requests``, ``reasoner_timeouts``, ``reasoner_refused`` (responses refused),
+  ``reasoner_late``, ``reasoner_failures`` (instructions it failed), ``reasoner_last_fault``.
 
 Level and message, the first that applies: ERROR when the model failed to load; OK with the reason
 when the node is not processing by design (an inactive lifecycle node); WARN when no frame arrived
 during the period (with the number of camera publishers), when frames failed during the period
-(their number and the last reason), or when the last grounding query failed (its error: tracking
-goes on, the query is retried at the next trigger); OK with the last frame's status otherwise.
+(their number and the last reason), when a remote reasoner failed its last request (no reasoner
+listening, a timeout, a refused response: tracking goes on, it is retried with backoff), or when the
+last grounding query failed (its error: tracking goes on, the query is retried at the next
+trigger); OK with the last frame's status otherwise.
 """
 
 from __future__ import annotations
@@ -76,12 +81,13 @@ class HealthMonitor:
 
     def report(self, stats: EngineStats | None, instruction: str | None, model_error: str | None,
                inactive: str | None = None, image_publishers: int | None = None,
-               query_running_s: float | None = None, targets: int = 0) -> Health:
+               query_running_s: float | None = None, targets: int = 0, reasoner: dict | None = None) -> Health:
         """The status of the period since the previous call (see the module docstring);
         ``inactive`` is why the node is not processing by design (a lifecycle state), if it is not;
         ``image_publishers`` the publishers on the camera topic (None: not subscribed);
         ``query_running_s`` how long the grounding query in progress has run (None: none runs);
-        ``targets`` the number of targets followed."""
+        ``targets`` the number of targets followed; ``reasoner``: the ``status`` message's
+        (:func:`~vrs_node.ros.status.reasoner_status`), None for a local reasoner."""
         now = time.monotonic()
         with self._lock:
             latencies, self._latencies = self._latencies, []
@@ -112,6 +118,7 @@ class HealthMonitor:
             "time_to_first_target_s": f"{first_target:.2f}" if first_target is not None else "",
             "target_present": str(bool(last is not None and last.mask.any())).lower(),
             "targets": str(targets),
+            **_reasoner_values(reasoner),
         }
         if model_error:
             return Health(ERROR, model_error, values)
@@ -123,7 +130,21 @@ class HealthMonitor:
         if errors:  # (in live mode the failed frame's result may still be on its way: no reason yet)
             reason = f"; the last: {last_error}" if last_error is not None else ""
             return Health(WARN, f"{int(errors)} frame(s) failed in the last period{reason}", values)
+        if reasoner and reasoner.get("consecutive_failures"):
+            return Health(WARN, f"reasoner {reasoner['namespace']}: {reasoner.get('last_fault')}; tracking goes on, "
+                          "requests are retried with backoff", values)
         if query_error is not None:
             return Health(WARN, f"grounding query ({query.trigger}) failed: {query_error}; tracking goes on, "
                           "the query is retried at the next trigger", values)
         return Health(OK, last.status if last is not None else "receiving images", values)
+
+
+def _reasoner_values(reasoner: dict | None) -> dict[str, str]:
+    """The ``reasoner*`` values (module docstring) of a remote reasoner's status, or of a local one (None)."""
+    if not reasoner:
+        return {"reasoner": "local"}
+    values = {"reasoner": f"remote:{reasoner['namespace']}", "reasoner_connected": str(reasoner["connected"]).lower()}
+    for key in ("requests", "timeouts", "refused", "late", "failures"):
+        values[f"reasoner_{key}"] = str(reasoner.get(key, 0))
+    values["reasoner_last_fault"] = reasoner.get("last_fault") or ""
+    return values

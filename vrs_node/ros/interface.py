@@ -28,6 +28,7 @@ from vrs_node.core.engine import StreamingEngine
 from vrs_node.core.pipeline import build_pipeline
 from vrs_node.core.prompt_json import PromptRefused, prompt_from_json, short
 from vrs_node.core.queries import QueryReport
+from vrs_node.core.remote_reasoner import RemoteGrounder
 from vrs_node.core.results import FrameResult
 from vrs_node.core.target_commands import handle_instructions, handle_target_message, refusal
 from vrs_node.io.image import (ImageConversionError, compressed_msg_to_rgb, image_msg_to_rgb, instance_map_to_msg,
@@ -41,6 +42,7 @@ from vrs_node.ros.logs import RosLogHandler, forward_core_logs, stop_forwarding
 from vrs_node.ros.params import (RUNTIME_ENGINE_PARAMETERS, check_choices, declare_parameters,
                                  empty_lists_as_string_arrays, read_config)
 from vrs_node.ros.qos import LATCHED, RELIABLE_5, qos_fix
+from vrs_node.ros.remote import RemoteReasonerLink, reasoner_namespace
 
 DIAGNOSTICS_PERIOD_S = 1.0
 
@@ -66,7 +68,9 @@ class VrsInterface:
         self._log_handler = RosLogHandler(self.get_logger())
         # Checked once what destroy_node needs exists (rclpy destroys a refused node at shutdown) and
         # before anything outlives the node (the core logger's handler).
+        self._link: RemoteReasonerLink | None = None
         check_choices(self._param)
+        self.reasoner_namespace = reasoner_namespace(self._param("reasoner"))
         forward_core_logs(self._log_handler)
         self.health = HealthMonitor(self.profile_name, self.device)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE_5)
@@ -100,10 +104,12 @@ class VrsInterface:
         self._outputs.clear()
 
     def _load_models(self) -> bool:
-        """Load the profile's models on the device; on failure keep the reason in ``model_error``."""
+        """Load the profile's models on the device (SAM-2 only with a remote reasoner); on failure
+        keep the reason in ``model_error``."""
         try:
             config = read_config(ModelConfig, self._param)
-            profile, device, self.models = load_configured_models(config)
+            parts = "all" if self.reasoner_namespace is None else "tracker"
+            profile, device, self.models = load_configured_models(config, parts=parts)
         except Exception as exc:  # noqa: BLE001 -- any load failure is reported, the node stays up
             self.model_error = f"model could not be loaded: {type(exc).__name__}: {exc}"
             self.get_logger().error(self.model_error)
@@ -113,6 +119,8 @@ class VrsInterface:
         weights = "RANDOM weights: masks prove plumbing only, not segmentation quality" if profile.random_weights \
             else f"checkpoint {self._param('vrshq_checkpoint') or self._param('sam2_checkpoint')}"
         language = "follows instructions" if self.models.grounding is not None else "prompts only (no language model)"
+        if self.reasoner_namespace is not None:
+            language = f"follows instructions with the reasoner at {self.reasoner_namespace}"
         self.get_logger().info(
             f"model profile {profile.name!r} ({profile.description}) on {self.device}, "
             f"{self.models.transform.image_size} px, {self.models.precision}"
@@ -126,8 +134,11 @@ class VrsInterface:
         the ``instructions`` parameter (when not empty: it replaces the first), open the inputs."""
         if self.models is not None:
             config = read_config(PipelineConfig, self._param)
+            if self.reasoner_namespace is not None:
+                self._link = RemoteReasonerLink(self, self.reasoner_namespace, self._param("reasoner_timeout_s"))
             self.engine = build_pipeline(self.models, config, on_result=self._publish_result,
-                                         on_query=self._publish_query)
+                                         on_query=self._publish_query,
+                                         remote_grounder=self._link.grounder if self._link is not None else None)
             self._apply_instruction(self._param("instruction"))
             if self._param("instructions"):
                 self._apply_instructions(self._param("instructions"))
@@ -149,6 +160,9 @@ class VrsInterface:
             self.engine.close()
             self.engine = None
             release_accelerator_memory(self.device)
+        if self._link is not None:
+            self._link.close()
+            self._link = None
 
     def destroy_node(self) -> None:
         """Stop the tracking thread and the log forwarding before the node goes away."""
@@ -343,9 +357,16 @@ class VrsInterface:
                                     self._inactive_reason(),
                                     image_publishers=camera.get_publisher_count() if camera is not None else None,
                                     query_running_s=engine.query_elapsed_s if engine is not None else None,
-                                    targets=len(engine.target_labels()) if engine is not None else 0)
+                                    targets=len(engine.target_labels()) if engine is not None else 0,
+                                    reasoner=self._reasoner_status() if self.reasoner_namespace is not None else None)
         self.diagnostics_pub.publish(status.diagnostic_array(health, f"{self.get_name()}: segmentation", self.device,
                                                              self.get_clock().now().to_msg()))
+
+    def _reasoner_status(self) -> dict:
+        """Where the reasoner runs and, for a remote one, its link's counters (:func:`status.reasoner_status`)."""
+        engine = self.engine
+        remote = engine.grounder if engine is not None and isinstance(engine.grounder, RemoteGrounder) else None
+        return status.reasoner_status(self.reasoner_namespace, remote.stats if remote is not None else None)
 
     def _inactive_reason(self) -> str | None:
         """Why the node does not process images by design (None: it should be processing)."""
@@ -364,7 +385,8 @@ class VrsInterface:
         message = {**status.context(self.profile_name, self.device,
                                     self.models.precision if self.models is not None else None,
                                     engine.stats if engine is not None else None,
-                                    instruction.text if instruction is not None else None), **fields}
+                                    instruction.text if instruction is not None else None,
+                                    self._reasoner_status()), **fields}
         with self._status_lock:
             if self._outputs:
                 self.status_pub.publish(String(data=json.dumps(message)))

@@ -28,6 +28,13 @@ Interface (all names relative, so they can be remapped):
 - parameter ``instructions`` (string array, runtime-settable): one instruction target each, in
   place of every target (``[]``: none); a refusal fails the parameter set with the reason;
   ``max_targets`` (read-only) bounds the targets followed at once;
+- parameter ``reasoner`` (read-only): ``local`` (the MLLM runs in this node) or
+  ``remote:<namespace>``: a ``vrs-reasoner`` in that namespace answers the grounding queries over
+  the reasoner protocol (pub ``<namespace>/vrs_reasoner/requests``, sub ``.../responses``;
+  :mod:`vrs_node.ros.remote`), this node loads SAM-2 only and runs TKS on its own features; a
+  request waits ``reasoner_timeout_s``; a reasoner that is down, slow or answering badly is
+  reported on ``status`` (``reasoner``) and ``/diagnostics`` while tracking goes on
+  (:mod:`vrs_node.core.remote_reasoner`);
 - srv ``reset`` (std_srvs/Trigger): forget every target and instruction;
 - pub ``mask`` (sensor_msgs/Image mono8 0/255, the union of the targets, the input frame's header);
 - pub ``instance_mask`` (sensor_msgs/Image mono8, pixel = target id, 0 = background; where
@@ -35,14 +42,15 @@ Interface (all names relative, so they can be remapped):
 - pub ``overlay`` (sensor_msgs/Image rgb8, the input frame with each target blended in its own
   colour and labelled, its header): computed only while someone subscribes;
 - pub ``status`` (std_msgs/String, JSON): status, reason, object score, latency, counters,
-  instruction, model profile, device and precision, per processed frame (with the ``targets``
+  instruction, model profile, device, precision and reasoner, per processed frame (with the ``targets``
   list: id, label, present, object score, box, area, last grounding stamp, status and reason of
   each, and ``notice`` when the stream jumped back in time or changed resolution), per grounding
   query (``"event": "query"`` with its trigger, keyframe and stage timings), per targets command
   and on every error;
 - pub ``/diagnostics`` (diagnostic_msgs/DiagnosticArray, every second): rates, drops, latencies,
   failed frames and queries, the query in progress, camera publishers, time to the first target,
-  profile, device, target present, number of targets (:mod:`vrs_node.ros.diagnostics`).
+  profile, device, target present, number of targets, the remote reasoner's link
+  (:mod:`vrs_node.ros.diagnostics`).
 
 Lifecycle (:class:`VrsLifecycleNode`): ``configure`` loads the models (a failure is logged and the
 transition fails); ``activate`` builds the engine and subscribes; ``deactivate`` unsubscribes, drops

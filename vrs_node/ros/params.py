@@ -25,6 +25,7 @@ from vrs_node.core.config import PipelineConfig
 from vrs_node.core.prompt_json import DEFAULT_MAX_PROMPT_POINTS
 from vrs_node.io.image import DEFAULT_MAX_IMAGE_PIXELS
 from vrs_node.models.config import ModelConfig, Setting, settings
+from vrs_node.ros.remote import reasoner_namespace
 
 IMAGE_TRANSPORTS = ("raw", "compressed")
 NODE_DEFAULTS = {"mode": "live"}
@@ -42,8 +43,14 @@ NODE_SETTINGS = (
             help="images with more pixels (width x height) are refused; compressed ones before decoding"),
     Setting(name="max_prompt_points", default=DEFAULT_MAX_PROMPT_POINTS, choices=None, range=(1, 1000),
             runtime=False, help="prompts with more points are refused"),
+    Setting(name="reasoner", default="local", choices=None, range=None, runtime=False,
+            help="local: the reasoner (MLLM) runs in this node; remote:<namespace>: a vrs-reasoner in that "
+                 "namespace answers (topics <namespace>/vrs_reasoner/requests and /responses) and this node "
+                 "loads SAM-2 only"),
+    Setting(name="reasoner_timeout_s", default=10.0, choices=None, range=(0.1, 600.0), runtime=False,
+            help="with a remote reasoner: seconds a grounding request waits for its response"),
 )
-"""The node's settings that are no library's: its input, its instruction(s), its input limits."""
+"""The node's settings that are no library's: its input, its instruction(s), its input limits, its reasoner."""
 AUTOSTART = Setting(name="autostart", default=True, choices=None, range=None, runtime=False,
                     help="vrs-lifecycle-node's main configures and activates the node itself")
 """The lifecycle node's one more parameter."""
@@ -113,11 +120,13 @@ def read_config(cls, value_of: Callable[[str], Any]):
 
 def check_choices(value_of: Callable[[str], Any]) -> None:
     """ValueError ``parameter NAME must be one of A, B; got 'X'`` for the first parameter off its
-    choices among those that decide how the node runs (the engine's and the node's own). The model
-    settings are left to the model load, whose failure the node reports and survives."""
+    choices among those that decide how the node runs (the engine's and the node's own), or for a
+    ``reasoner`` that is neither ``local`` nor ``remote:<namespace>``. The model settings are left
+    to the model load, whose failure the node reports and survives."""
     for s in (*settings(PipelineConfig), *NODE_SETTINGS):
         if s.choices is not None and value_of(s.name) not in s.choices:
             raise ValueError(f"parameter {s.name} must be one of {', '.join(s.choices)}; got {value_of(s.name)!r}")
+    reasoner_namespace(value_of("reasoner"))
 
 
 def parameter_help(lifecycle: bool = False) -> list[str]:

@@ -1,4 +1,4 @@
-"""QoS profiles shared by vrs_node's ROS 2 nodes (the node, vrs-camera, vrs-view, vrs-demo), and the
+"""QoS profiles shared by vrs_node's ROS 2 nodes (the node, vrs-reasoner, vrs-camera, vrs-view, vrs-demo), and the
 fix the node names for an incompatible-QoS match (:func:`qos_fix`)."""
 
 from rclpy.qos import DurabilityPolicy, QoSPolicyKind, QoSProfile, ReliabilityPolicy, qos_policy_name_from_kind
@@ -7,6 +7,9 @@ RELIABLE_5 = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 """Reliable, depth 5: the node's prompt, outputs and ``/diagnostics``; the camera and viewer's
 images when not best-effort. Shared: pass it with no ``qos_overriding_options`` (rclpy applies
 overrides to the profile object in place)."""
+PROTOCOL_QOS = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+"""QoS of the reasoner protocol's topics (``vrs_reasoner/requests``, ``vrs_reasoner/responses``):
+reliable, room for a burst from several clients."""
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 """QoS of the ``instruction`` topic: the last instruction reaches subscribers that start later."""
 

@@ -1,6 +1,6 @@
 """``vrs-reasoner`` (``ros2 run vrs_node vrs_reasoner``): the reasoner (CLIP anchor, MLLM, TDA) as its
-own ROS 2 node, answering grounding requests from trackers elsewhere (the first part of issue 15;
-the tracker side, a ``reasoner: remote:<namespace>`` parameter of ``vrs-node``, does not exist yet).
+own ROS 2 node, answering grounding requests from trackers elsewhere (``vrs-node`` with
+``reasoner:=remote:<namespace>``: :mod:`vrs_node.ros.remote`). It loads no SAM-2.
 
 Interface (relative names, remappable; the node's name is ``vrs_reasoner``):
 
@@ -10,7 +10,9 @@ Interface (relative names, remappable; the node's name is ``vrs_reasoner``):
   stamp, with their reasoner inputs (CLIP anchor embedding, MLLM frame tokens) computed once each;
 - sub ``~/requests`` (std_msgs/String, JSON, reliable): grounding requests;
 - pub ``~/responses`` (std_msgs/String, JSON, reliable): one response per request, carrying the
-  request's client id and request id; every client sees every response and keeps its own.
+  request's client id and request id; every client sees every response and keeps its own;
+- pub ``/diagnostics`` (diagnostic_msgs/DiagnosticArray, every second, in every lifecycle state):
+  one status ``<node name>: reasoner`` (:func:`reasoner_health`) with the service's counters.
 
 The wire format is :mod:`vrs_node.core.reasoner_protocol`'s (README "Reasoner as its own node");
 batching, refusals and the worker thread are :mod:`vrs_node.core.reasoner_service`'s. Requests
@@ -35,25 +37,60 @@ import sys
 import textwrap
 from pathlib import Path
 
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.utilities import remove_ros_args
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
-from vrs_node.core.reasoner_service import ReasonerConfig, ReasonerService, build_reasoner_grounder
+from vrs_node.core.reasoner_service import (MAX_PENDING, ReasonerConfig, ReasonerService, ReasonerStats,
+                                            build_reasoner_grounder)
 from vrs_node.io.image import compressed_msg_to_rgb, image_msg_to_rgb, stamp_to_ns
 from vrs_node.models.config import ModelConfig, settings
 from vrs_node.models.profiles import load_configured_models
+from vrs_node.ros.diagnostics import ERROR, OK, WARN, Health
 from vrs_node.ros.node_command import serve
 from vrs_node.ros.params import AUTOSTART, IMAGE_TRANSPORTS, NODE_SETTINGS, description, descriptor, read_config
+from vrs_node.ros.qos import PROTOCOL_QOS, RELIABLE_5
+from vrs_node.ros.status import diagnostic_array
 
-__all__ = ["ReasonerNode", "ReasonerLifecycleNode", "main", "lifecycle_main", "reasoner_parameters"]
+__all__ = ["ReasonerNode", "ReasonerLifecycleNode", "main", "lifecycle_main", "reasoner_parameters",
+           "reasoner_health"]
 
-PROTOCOL_QOS = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-"""QoS of ``~/requests`` and ``~/responses``: reliable, room for a burst from several clients."""
+DIAGNOSTICS_PERIOD_S = 1.0
+"""Seconds between two ``/diagnostics`` messages (the period :func:`reasoner_health` reports on)."""
+
+
+def reasoner_health(stats: ReasonerStats, previous: ReasonerStats, held: int, capacity: int,
+                    inactive: str | None = None, model_error: str | None = None) -> Health:
+    """The reasoner's ``/diagnostics`` status for the period since ``previous`` (the counters at
+    the period's start, of the same service; zeros for a new one): the counters, ``window_frames``
+    (``held``/``capacity``) and, the first that applies: ERROR with ``model_error`` (the models
+    did not load); OK with ``inactive`` (not answering by design: a lifecycle state); WARN when
+    requests were refused or instructions failed in the period (their number and the last error)
+    or when at least half of :data:`MAX_PENDING` requests are waiting; OK otherwise."""
+    values = {"window_frames": f"{held}/{capacity}", "requests": str(stats.requests),
+              "answered": str(stats.answered), "refused": str(stats.refused),
+              "instructions_answered": str(stats.instructions_answered), "failures": str(stats.failures),
+              "batches": str(stats.batches), "largest_batch": str(stats.largest_batch),
+              "mean_batch": f"{stats.mean_batch:.2f}", "pending": str(stats.pending), "last_error": stats.last_error}
+    if model_error:
+        return Health(ERROR, model_error, values)
+    if inactive:
+        return Health(OK, inactive, values)
+    refused, failed = stats.refused - previous.refused, stats.failures - previous.failures
+    problems = [f"{n} {what} in the last period" for n, what in ((refused, "request(s) refused"),
+                                                                  (failed, "instruction(s) failed")) if n]
+    if problems:
+        problems[-1] += f" (the last error: {stats.last_error})"
+    if stats.pending >= MAX_PENDING / 2:
+        problems.append(f"{stats.pending} requests waiting (with {MAX_PENDING} waiting, new ones are refused)")
+    if problems:
+        return Health(WARN, "; ".join(problems), values)
+    return Health(OK, f"answering requests ({held} frames held)", values)
 
 
 def reasoner_parameters() -> list:
@@ -74,15 +111,36 @@ class ReasonerInterface:
             raise ValueError(f"parameter image_transport must be one of {', '.join(IMAGE_TRANSPORTS)}; "
                              f"got {self._param('image_transport')!r}")
         self.service, self._inputs = None, []
+        self.grounder, self.model_error = None, None
+        self._period_start: tuple[ReasonerService | None, ReasonerStats] = (None, ReasonerStats())
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE_5)
+        self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
+
+    def _publish_diagnostics(self) -> None:
+        """Close a diagnostics period: one status on ``/diagnostics`` (:func:`reasoner_health`)."""
+        service = self.service
+        stats = service.stats if service is not None else ReasonerStats()
+        before, previous = self._period_start
+        self._period_start = (service, stats)
+        health = reasoner_health(stats, previous if before is service else ReasonerStats(),
+                                 len(service.window) if service is not None else 0,
+                                 self._param("window_frames"), self._inactive_reason(), self.model_error)
+        self.diagnostics_pub.publish(diagnostic_array(health, f"{self.get_name()}: reasoner", self._param("device"),
+                                                      self.get_clock().now().to_msg()))
+
+    def _inactive_reason(self) -> str | None:
+        """Why the node does not answer requests by design (None: it should be answering)."""
+        return None
 
     def _param(self, name: str):
         return self.get_parameter(name).value
 
     def _load(self) -> None:
-        """Load the models and build the grounder; ValueError saying why they did not load."""
+        """Load the reasoner's models only (no SAM-2: ``parts="reasoner"``) and build the grounder;
+        ValueError saying why they did not load."""
         self.config = read_config(ReasonerConfig, self._param)
         try:
-            profile, device, models = load_configured_models(read_config(ModelConfig, self._param))
+            profile, device, models = load_configured_models(read_config(ModelConfig, self._param), parts="reasoner")
             self.grounder = build_reasoner_grounder(models, self.config.sparse_frames)
         except (OSError, RuntimeError) as exc:
             raise ValueError(f"the models did not load: {exc}") from exc
@@ -158,8 +216,10 @@ class ReasonerLifecycleNode(ReasonerInterface, LifecycleNode):
         try:
             self._load()
         except ValueError as exc:
-            self.get_logger().error(str(exc))
+            self.model_error = str(exc)
+            self.get_logger().error(self.model_error)
             return TransitionCallbackReturn.FAILURE
+        self.model_error = None
         self.responses = self.create_lifecycle_publisher(String, "~/responses", PROTOCOL_QOS)
         return TransitionCallbackReturn.SUCCESS
 
@@ -179,6 +239,14 @@ class ReasonerLifecycleNode(ReasonerInterface, LifecycleNode):
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop()
         return TransitionCallbackReturn.SUCCESS
+
+    def _inactive_reason(self) -> str | None:
+        """Not active (no service): "unconfigured" (models not loaded) or "inactive" (loaded)."""
+        if self.service is not None:
+            return None
+        if self.grounder is None:
+            return "unconfigured: the models are not loaded, no request is answered"
+        return "inactive: the models are loaded, no request is answered until activated"
 
 
 def _autostart(node: ReasonerLifecycleNode) -> None:

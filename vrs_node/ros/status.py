@@ -4,15 +4,19 @@ results; the node only publishes them.
 Every ``status`` message is one of :func:`frame_status`, :func:`query_status`,
 :func:`prompt_status`, :func:`error_status` or the reply to a ``targets`` command or to the
 ``instructions`` parameter (``"event": "targets"``, :mod:`vrs_node.core.target_commands`), with
-:func:`context` (model, device, precision, the engine's counters and instruction) added to it.
+:func:`context` (model, device, precision, the reasoner's place and link, the engine's counters
+and instruction) added to it.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from std_msgs.msg import Header
 
 from vrs_node.core.queries import QueryReport
+from vrs_node.core.remote_reasoner import RemoteStats
 from vrs_node.core.results import EngineStats, FrameResult
 from vrs_node.ros.diagnostics import Health
 
@@ -37,7 +41,8 @@ def frame_status(result: FrameResult) -> dict:
 
 def query_status(report: QueryReport) -> dict:
     """A finished grounding query (``"event": "query"``): the target's id, trigger, instruction,
-    applied, latency and either ``status`` ``grounded`` with the keyframe and stage timings, or
+    applied, latency and either ``status`` ``grounded`` with the keyframe and stage timings (and,
+    when not applied, a ``reason``: the answer of a superseded instruction is discarded), or
     ``error`` with the reason."""
     fields = {"event": "query", "target_id": report.target_id, "trigger": report.trigger,
               "instruction": report.instruction.text, "applied": report.applied, "latency_ms": _ms(report.latency_s)}
@@ -48,6 +53,9 @@ def query_status(report: QueryReport) -> dict:
         g = report.grounding
         fields.update(status="grounded", keyframe_stamp_ns=g.keyframe_stamp_ns, keyframe_object_score=g.object_score,
                       timings_ms={k: _ms(v) for k, v in g.timings_s.items()})
+        if not report.applied:
+            fields["reason"] = ("answer discarded: the target's instruction changed, or the target was removed, "
+                                "while the query ran")
     return fields
 
 
@@ -70,15 +78,30 @@ def error_status(reason: str, stamp_ns: int | None = None, frame_id: str | None 
 
 
 def context(profile: str, device: str, precision: str | None, stats: EngineStats | None,
-            instruction: str | None) -> dict:
+            instruction: str | None, reasoner: dict | None = None) -> dict:
     """The fields every ``status`` message carries: ``model_profile``, ``device``, ``precision``
-    (None before the models load) and, while an engine runs (``stats`` not None), its counters and
-    ``instruction`` (None when none is followed)."""
+    (None before the models load), ``reasoner`` (:func:`reasoner_status`, when given) and, while an
+    engine runs (``stats`` not None), its counters and ``instruction`` (None when none is followed)."""
     fields = {"model_profile": profile, "device": device, "precision": precision}
+    if reasoner is not None:
+        fields["reasoner"] = reasoner
     if stats is not None:
         fields.update(pushed=stats.pushed, processed=stats.processed, dropped=stats.dropped, errors=stats.errors,
-                      queries=stats.queries, query_errors=stats.query_errors, time_jumps=stats.time_jumps,
-                      resolution_changes=stats.resolution_changes, instruction=instruction)
+                      queries=stats.queries, query_errors=stats.query_errors, superseded=stats.superseded,
+                      time_jumps=stats.time_jumps, resolution_changes=stats.resolution_changes,
+                      instruction=instruction)
+    return fields
+
+
+def reasoner_status(namespace: str | None, stats: RemoteStats | None) -> dict:
+    """Where the reasoner runs: ``{"mode": "local"}`` (``namespace`` None), or ``{"mode": "remote",
+    "namespace": ..., "connected": ...}`` with the remote link's counters (``stats``:
+    :class:`~vrs_node.core.remote_reasoner.RemoteStats`, None before the engine runs)."""
+    if namespace is None:
+        return {"mode": "local"}
+    fields = {"mode": "remote", "namespace": namespace, "connected": bool(stats is not None and stats.connected)}
+    if stats is not None:
+        fields.update(dataclasses.asdict(stats))
     return fields
 
 
