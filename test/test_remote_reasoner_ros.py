@@ -25,6 +25,7 @@ import rclpy
 from conftest import davis_sequence
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import SingleThreadedExecutor
+from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from ros_harness import frame_msg
@@ -34,10 +35,11 @@ from test_multiprocess import logs_on_failure, spawn  # noqa: F401 -- spawn is a
 
 from vrs_node.core.frames import SAM2_KEY, FrameWindow
 from vrs_node.core.pipeline import build_pipeline
+from vrs_node.core.remote_reasoner import RemoteGrounder
 from vrs_node.io.image import stamp_to_ns
 from vrs_node.models.profiles import get_profile, load_models
 from vrs_node.models.prompt import clean_instruction
-from vrs_node.ros.node import VrsNode
+from vrs_node.ros.node import VrsLifecycleNode, VrsNode
 from vrs_node.ros.remote import reasoner_namespace
 
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
@@ -127,6 +129,22 @@ def test_without_a_reasoner_frames_keep_coming_and_the_fault_is_reported(ros, fr
     assert warned(), [d.status[0].message for d in diagnostics]
     values = {kv.key: kv.value for kv in diagnostics[-1].status[0].values}
     assert values["reasoner"] == "remote:/nobody" and values["reasoner_connected"] == "false"
+
+
+def test_a_lifecycle_tracker_opens_its_link_on_activate_and_closes_it_on_deactivate(ros_nodes):
+    node = VrsLifecycleNode(parameter_overrides=[Parameter("reasoner", value="remote:/lc"),
+                                                 Parameter("image_size", value=64)])
+    ros_nodes.append(node)
+    assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert node.models.grounding is None and node._link is None
+    for _ in range(2):  # activate, deactivate, and again
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        link = node._link
+        assert isinstance(node.engine.grounder, RemoteGrounder) and link.requests_topic == "/lc/vrs_reasoner/requests"
+        assert node.count_subscribers("/lc/vrs_reasoner/responses") == 1
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        assert node._link is None and not link._thread.is_alive()
+        assert node.count_subscribers("/lc/vrs_reasoner/responses") == 0
 
 
 def camera_folder(path, count=40):
