@@ -376,5 +376,11 @@ def test_diagnostics_count_errors_per_period_across_an_engine_restart():
     monitor.on_query(QueryReport(clean_instruction("the swan"), TRIGGER_PERIOD, None, "RuntimeError: boom", 0.1, False))
     health = monitor.report(EngineStats(pushed=6, processed=6, query_errors=1), "the swan", None)
     assert health.level == WARN and "RuntimeError: boom" in health.message
-    health = monitor.report(EngineStats(pushed=9, processed=9, query_errors=1), "the water", None)
+    health = monitor.report(EngineStats(pushed=9, processed=9, query_errors=1, superseded=2), "the water", None)
     assert health.level == OK and health.values["last_query_error"] == "" and health.values["query_errors"] == "1"
+    assert health.values["superseded"] == "2" and health.values["reasoner"] == "local"
+    remote = {"namespace": "/gpu", "connected": False, "consecutive_failures": 2, "timeouts": 2,
+              "last_fault": "no response within reasoner_timeout_s = 5 s"}
+    health = monitor.report(EngineStats(pushed=12, processed=12), "the water", None, reasoner=remote)
+    assert health.level == WARN and health.message.startswith("reasoner /gpu: no response within")
+    assert (health.values["reasoner"], health.values["reasoner_timeouts"]) == ("remote:/gpu", "2")

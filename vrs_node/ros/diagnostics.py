@@ -10,6 +10,8 @@ reporting period, turns them into one status: a level, a message and key/value p
 - ``frame_errors``: frames of the period that failed; ``last_frame_error``: stamp and reason of the
   latest failed frame since the start ("" when none);
 - ``query_latency_ms`` of the last grounding query, ``queries`` and ``query_errors`` in all,
+  ``superseded`` (answers discarded: their target's instruction changed, or it was removed, while
+  the query ran),
   ``last_query_error`` (the error of the last query of the current instruction, "" when it
   succeeded) and ``query_running_s`` (how long the query in progress has run, "" when none runs);
 - ``time_to_first_target_s``: from the monitor's creation (the node's start) to its first result
@@ -113,6 +115,7 @@ class HealthMonitor:
             "query_latency_ms": f"{query.latency_s * 1e3:.1f}" if query is not None else "",
             "queries": str(stats.queries if stats is not None else 0),
             "query_errors": str(stats.query_errors if stats is not None else 0),
+            "superseded": str(stats.superseded if stats is not None else 0),
             "last_query_error": query_error or "",
             "query_running_s": f"{query_running_s:.1f}" if query_running_s is not None else "",
             "time_to_first_target_s": f"{first_target:.2f}" if first_target is not None else "",
