@@ -1,4 +1,4 @@
-"""Launch vrs-reasoner, the reasoner as its own node (README "Reasoner as its own node").
+"""Launch vrs-reasoner, the reasoner as its own node (README "Reasoner on another machine").
 
 ros2 launch vrs_node reasoner.launch.py image:=/camera/image_raw model_profile:=vrshq-7b \
     vrshq_checkpoint:=/models/VRS-HQ device:=cuda max_batch:=4

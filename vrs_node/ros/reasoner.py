@@ -14,7 +14,7 @@ Interface (relative names, remappable; the node's name is ``vrs_reasoner``):
 - pub ``/diagnostics`` (diagnostic_msgs/DiagnosticArray, every second, in every lifecycle state):
   one status ``<node name>: reasoner`` (:func:`reasoner_health`) with the service's counters.
 
-The wire format is :mod:`vrs_node.core.reasoner_protocol`'s (README "Reasoner as its own node");
+The wire format is :mod:`vrs_node.core.reasoner_protocol`'s (README "Reasoner on another machine");
 batching, refusals and the worker thread are :mod:`vrs_node.core.reasoner_service`'s. Requests
 are answered on that worker thread, so the callbacks never wait on a model. A bad image is
 logged and dropped. A model that fails to load stops the node at start (exit code 1).
