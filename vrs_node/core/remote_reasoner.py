@@ -32,8 +32,10 @@ Faults; each is counted in :attr:`RemoteGrounder.stats`, and a failed query rais
 - an instruction the reasoner could not reason about (its FAILURE): that target's query fails with
   the reasoner's reason (:class:`ReasonerFault` in that slot of the list; the others are answered);
 - the answer names frames that have left the tracker's window meanwhile (the query took longer
-  than the window lasts): said in the log and counted (``reasks``), and the request is sent again
-  over the frames held now, at most ``max_reasks`` times.
+  than the window lasts): said in the log and counted (``left_window``), and the answer is used:
+  as the local query does, the request keeps the SAM-2 features of the frames it names until its
+  answer comes, so TKS runs on them and the engine catches up from the keyframe's features
+  (asking again would only cost another round trip, and could miss again).
 
 An answer for an instruction the target no longer follows is discarded by the scheduler, as a
 local one is (``EngineStats.superseded``).
@@ -80,7 +82,8 @@ class RemoteStats:
     (responses accepted), ``timeouts``, ``unreachable`` (queries failed because no reasoner
     listened), ``backoff_refusals`` (queries failed at once during a pause), ``refused``
     (responses refused), ``late`` (responses to a request no longer waiting), ``failures``
-    (instructions the reasoner failed), ``reasks``, ``consecutive_failures`` (of the reasoner, now),
+    (instructions the reasoner failed), ``left_window`` (answers whose lattice frames had left the
+    window when they came), ``consecutive_failures`` (of the reasoner, now),
     ``last_fault`` (text, None before any) and ``last_latency_s`` (of the last answered request)."""
 
     requests: int = 0
@@ -91,7 +94,7 @@ class RemoteStats:
     refused: int = 0
     late: int = 0
     failures: int = 0
-    reasks: int = 0
+    left_window: int = 0
     consecutive_failures: int = 0
     last_fault: str | None = None
     last_latency_s: float | None = None
@@ -120,7 +123,7 @@ class RemoteGrounder:
     def __init__(self, tracker: StreamingTracker, client_id: str, send: Callable[[str], None],
                  timeout_s: float, reachable: Callable[[], bool] = lambda: True,
                  backoff_s: float = DEFAULT_BACKOFF_S, max_backoff_s: float = DEFAULT_MAX_BACKOFF_S,
-                 max_reasks: int = 2, clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic):
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
         request_from_json(Request(client_id, 0, ["x"], [0]).to_json())  # a client id the reasoner would refuse
@@ -129,7 +132,7 @@ class RemoteGrounder:
         self.timeout_s = float(timeout_s)
         self.stats = RemoteStats()
         self._send, self._reachable, self._clock = send, reachable, clock
-        self._backoff_s, self._max_backoff_s, self._max_reasks = backoff_s, max_backoff_s, max_reasks
+        self._backoff_s, self._max_backoff_s = backoff_s, max_backoff_s
         self._ids = itertools.count(int(time.time_ns()) % 2**62)
         self._lock = threading.Lock()
         self._waiting: dict[int, _Waiting] = {}
@@ -148,28 +151,23 @@ class RemoteGrounder:
             return []
         if len(instructions) > MAX_INSTRUCTIONS:
             raise ValueError(f"{len(instructions)} instructions in one query; the protocol takes {MAX_INSTRUCTIONS}")
-        for attempt in range(self._max_reasks + 1):
-            held = list(_encoded(window))[-MAX_STAMPS:]
-            if not held:
-                raise ValueError("no encoded frame in the window yet: grounding needs at least one")
-            started = time.perf_counter()
-            response = self._ask([i.text for i in instructions], held)
-            roundtrip = time.perf_counter() - started
-            current = _encoded(window)
-            results = [self._result(instruction, answer, current, roundtrip)
-                       for instruction, answer in zip(instructions, response.results)]
-            gone = [r for r in results if isinstance(r, _Gone)]
-            if not gone:
-                return self._select(results)
-            if attempt == self._max_reasks:
-                break
-            self.stats.reasks += 1
-            log.warning("the reasoner's keyframe candidates %s left the window during the query (%.2f s); "
-                        "asking again over the frames held now (%d of %d)", gone[0].stamps, roundtrip,
-                        attempt + 1, self._max_reasks)
-        raise ReasonerFault(f"the frames the reasoner chose left the window before its answer came, "
-                            f"{self._max_reasks + 1} times: the window is too short for the reasoner's latency "
-                            f"(last {roundtrip:.2f} s); raise window_frames")
+        # The features are taken now, as the local query does: the window may evict these frames meanwhile.
+        held = dict(list(_encoded(window).items())[-MAX_STAMPS:])
+        if not held:
+            raise ValueError("no encoded frame in the window yet: grounding needs at least one")
+        started = time.perf_counter()
+        response = self._ask([i.text for i in instructions], list(held))
+        roundtrip = time.perf_counter() - started
+        results = [self._result(instruction, answer, held, roundtrip)
+                   for instruction, answer in zip(instructions, response.results)]
+        current = {f.stamp_ns for f in window.snapshot()}
+        gone = {f.stamp_ns for r in results if isinstance(r, Reasoning) for f in r.dense} - current
+        if gone:
+            self.stats.left_window += 1
+            log.warning("%d of the reasoner's keyframe candidates left the window during the query (%.2f s); "
+                        "their features were kept, the answer is used (a longer window_frames avoids this)",
+                        len(gone), roundtrip)
+        return self._select(results)
 
     def on_response(self, text: str) -> None:
         """Take one response (wire text, from any thread): hand it to the request waiting for it,
@@ -258,15 +256,12 @@ class RemoteGrounder:
     # -- the answers ---------------------------------------------------------------------------
 
     def _result(self, instruction: Instruction, result: Answer | Failure,
-                held: dict[int, tuple[Frame, FrameFeatures]], roundtrip_s: float) -> Reasoning | ReasonerFault | _Gone:
+                held: dict[int, tuple[Frame, FrameFeatures]], roundtrip_s: float) -> Reasoning | ReasonerFault:
         """An answer as the :class:`Reasoning` TKS needs (its frames and SAM-2 features looked up
-        by stamp in the window now), the fault of a failure, or the stamps that left the window."""
+        by stamp in ``held``, the request's), or the fault of a failure."""
         if isinstance(result, Failure):
             self.stats.failures += 1
             return ReasonerFault(f"the reasoner could not answer {instruction.text!r}: {result.error}")
-        gone = [s for s in result.dense_ns if s not in held]
-        if gone:
-            return _Gone(gone)
         dense = [held[s][0] for s in result.dense_ns]
         device = self.tracker.device
         tokens = GroundingTokens(seg=torch.from_numpy(result.seg).to(device),
@@ -292,13 +287,6 @@ def _encoded(window: FrameWindow) -> dict[int, tuple[Frame, FrameFeatures]]:
         if feats is not None:
             held[frame.stamp_ns] = (frame, feats)
     return held
-
-
-@dataclass(frozen=True)
-class _Gone:
-    """Lattice stamps of an answer that are no longer encoded frames of the window."""
-
-    stamps: list[int]
 
 
 def _mismatch(request: Request, response: Response) -> str | None:
