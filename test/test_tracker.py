@@ -13,7 +13,7 @@ from conftest import box_of, make_tracker
 
 from vrs_node.core.hole_filling import HOLE_FILL_LOGIT, connected_components, fill_holes_in_mask_scores
 from vrs_node.core.prompts import MaskPrompt, PointsPrompt, TokenPrompt, point_input
-from vrs_node.core.tracker import StreamingTracker, TrackResult
+from vrs_node.core.tracker import CPU_MASK_TOLERANCE, StreamingTracker, TrackResult
 from vrs_node.models.sam2_build import (DEVICE_BACKEND_MAX_ABS, SAM2_CONFIGS, Sam2Spec, SamImageTransform,
                                         _resize_float)
 
@@ -318,15 +318,20 @@ def test_transform_options_are_checked():
 
 
 @pytest.mark.parametrize("resize", ["squash", "pad"])
-def test_mask_is_the_camera_logits_above_zero(resize):
-    """TrackResult.mask() (thresholded by numpy on the CPU) is exactly camera_logits() > 0, an
-    H x W bool array, also for logits at exactly 0."""
-    low = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(5))
+@pytest.mark.parametrize("size, camera_hw", [(64, (45, 70)), (256, (1080, 1920)), (1024, (480, 640)),
+                                             (1024, (1080, 1920)), (1024, (200, 150))])
+def test_mask_is_the_camera_logits_above_zero(resize, size, camera_hw):
+    """TrackResult.mask() on the CPU (OpenCV's bilinear) is camera_logits() > 0 (torch's), an H x W
+    bool array, except at pixels whose logit is within CPU_MASK_TOLERANCE of 0; logits at exactly 0
+    stay background; up- and downsampling, both geometries."""
+    low = torch.randn(1, 1, size // 4, size // 4, generator=torch.Generator().manual_seed(5)) * 8
     low[0, 0, 4:8, 4:8] = 0.0
-    result = TrackResult(low, 1.0, (45, 70), SamImageTransform(64, resize))
-    mask = result.mask()
-    assert isinstance(mask, np.ndarray) and mask.dtype == bool and mask.shape == (45, 70)
-    assert np.array_equal(mask, (result.camera_logits() > 0).numpy()) and 0 < mask.mean() < 1
+    result = TrackResult(low, 1.0, camera_hw, SamImageTransform(size, resize))
+    mask, logits = result.mask(), result.camera_logits().numpy()
+    assert isinstance(mask, np.ndarray) and mask.dtype == bool and mask.shape == camera_hw
+    differ = mask != (logits > 0)
+    assert np.all(np.abs(logits[differ]) < CPU_MASK_TOLERANCE) and differ.sum() <= 1e-5 * mask.size
+    assert 0.3 < mask.mean() < 0.7 and not mask[logits == 0].any()
 
 
 def test_encode_with_the_camera_size_maps_prompts_in_camera_pixels(blackswan):
