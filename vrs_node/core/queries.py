@@ -15,7 +15,7 @@ instruction change, which runs next; the answer of a query for a superseded inst
 removed target) is discarded and counted (``stats.superseded``). A failed query (any exception of
 the grounder, ``torch.OutOfMemoryError`` included: every target of its batch fails; or one
 target's failure returned in its slot, as a remote reasoner's per-instruction failure) is
-reported (``on_query``, ``stats.query_errors``, and in :meth:`QueryScheduler.waiting_reason`) and
+reported (``on_query``, ``stats.query_errors``, and in :meth:`QueryScheduler.waiting_reasons`) and
 retried at the next trigger: the next periodic one, or,
 while the target is not tracked, after ``lost_after_frames`` more frames (frames still waiting for a
 grounding after a failed query count as frames without the target). Tracking goes on meanwhile.
@@ -161,12 +161,6 @@ class QueryScheduler:
         with self._cond:
             return {i: self._followed[i].instruction for i in sorted(self._followed)}
 
-    def grounded(self, target_id: int) -> bool:
-        """True once an answer for target ``target_id``'s current instruction has been applied."""
-        with self._cond:
-            followed = self._followed.get(target_id)
-            return followed is not None and followed.grounded
-
     @property
     def running(self) -> bool:
         """True while a query is due or running."""
@@ -180,14 +174,14 @@ class QueryScheduler:
             started = self._started
         return None if started is None else time.perf_counter() - started
 
-    def waiting_reason(self, target_id: int) -> str | None:
-        """Why target ``target_id`` waits for a grounding (None when it follows no instruction)."""
+    def waiting_reasons(self) -> dict[int, str]:
+        """Why each target that follows an instruction but has no applied answer for it yet waits
+        (``grounding 'text'``, with the last query's error when it failed), by target id; one
+        lock acquisition for all targets (read once per processed frame)."""
         with self._cond:
-            followed = self._followed.get(target_id)
-        if followed is None:
-            return None
-        error = followed.last_error
-        return f"grounding {followed.instruction.text!r}" + (f" (last query failed: {error})" if error else "")
+            waiting = [(i, f.instruction.text, f.last_error) for i, f in self._followed.items() if not f.grounded]
+        return {i: f"grounding {text!r}" + (f" (last query failed: {error})" if error else "")
+                for i, text, error in waiting}
 
     def restart_period(self, stamp_ns: int) -> None:
         """A new timeline starts at ``stamp_ns``: the periodic schedules count from it."""

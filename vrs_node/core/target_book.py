@@ -162,8 +162,8 @@ class TargetBook:
                 target = self._targets.get(target_id)
                 if target is not None and target.instruction is None and target_id not in tracked:
                     del self._targets[target_id]
-        return {i: TargetState(t.label, None if self._queries.grounded(i) else self._queries.waiting_reason(i),
-                               t.grounded_stamp_ns, errors.get(i))
+        waiting = self._queries.waiting_reasons()
+        return {i: TargetState(t.label, waiting.get(i), t.grounded_stamp_ns, errors.get(i))
                 for i, t in sorted(targets.items())}
 
     def checked_prompt(self, prompt: Prompt, stamp_ns: int | None) -> tuple[Prompt, str]:
