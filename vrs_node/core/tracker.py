@@ -91,25 +91,21 @@ class TrackResult:
         """
         def bilinear(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
             return F.interpolate(logits[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
-
         return self._to_camera(self.low_res_logits.float()[0, 0], bilinear)
 
     def mask(self) -> np.ndarray:
-        """Binary mask at camera resolution (H x W bool numpy): the logits brought to camera size
-        as :meth:`camera_logits` does, > 0. Off the CPU that is ``camera_logits() > 0`` on the
-        logits' device, so only the bool mask comes back to the host. On the CPU the bilinear
-        steps are OpenCV's (``cv2.resize``, ``INTER_LINEAR``: the same half-pixel-centre sampling
-        as torch's ``align_corners=False``, 2-3x faster at 1080p), which rounds differently: the
-        mask equals ``camera_logits() > 0`` except at pixels whose logit is within
-        :data:`CPU_MASK_TOLERANCE` of 0 (measured max |difference| of the logits: 9e-4 at S = 1024
-        and 1080p, logits of magnitude up to 25; a handful of pixels in 2 M flip)."""
+        """Binary mask at camera resolution (H x W bool numpy): the logits brought to camera size as
+        :meth:`camera_logits` does, > 0; off the CPU thresholded on the device (only the bool mask
+        comes back). On the CPU the bilinear steps are OpenCV's ``INTER_LINEAR`` (torch's
+        half-pixel-centre sampling, 2-3x faster at 1080p), rounding differently: the mask equals
+        ``camera_logits() > 0`` except where the logit is within :data:`CPU_MASK_TOLERANCE` of 0
+        (max |difference| of the logits measured: 9e-4 at S = 1024 and 1080p)."""
         logits = self.low_res_logits
         if logits.device.type != "cpu":
             return (self.camera_logits() > 0).cpu().numpy()
 
         def bilinear(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
             return cv2.resize(values, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
-
         return self._to_camera(logits.float()[0, 0].numpy(), bilinear) > 0
 
     def _to_camera(self, logits, bilinear):
