@@ -40,7 +40,7 @@ from vrs_node.io.image import stamp_to_ns
 from vrs_node.models.profiles import get_profile, load_models
 from vrs_node.models.prompt import clean_instruction
 from vrs_node.ros.node import VrsLifecycleNode, VrsNode
-from vrs_node.ros.remote import reasoner_namespace
+from vrs_node.ros.params import reasoner_namespace
 
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 

@@ -40,9 +40,9 @@ from vrs_node.ros import status
 from vrs_node.ros.diagnostics import HealthMonitor
 from vrs_node.ros.logs import RosLogHandler, forward_core_logs, stop_forwarding
 from vrs_node.ros.params import (RUNTIME_ENGINE_PARAMETERS, check_choices, declare_parameters,
-                                 empty_lists_as_string_arrays, read_config)
+                                 empty_lists_as_string_arrays, read_config, reasoner_namespace)
 from vrs_node.ros.qos import LATCHED, RELIABLE_5, qos_fix
-from vrs_node.ros.remote import RemoteReasonerLink, reasoner_namespace
+from vrs_node.ros.remote import RemoteReasonerLink
 
 DIAGNOSTICS_PERIOD_S = 1.0
 

@@ -25,7 +25,6 @@ from vrs_node.core.config import PipelineConfig
 from vrs_node.core.prompt_json import DEFAULT_MAX_PROMPT_POINTS
 from vrs_node.io.image import DEFAULT_MAX_IMAGE_PIXELS
 from vrs_node.models.config import ModelConfig, Setting, settings
-from vrs_node.ros.remote import reasoner_namespace
 
 IMAGE_TRANSPORTS = ("raw", "compressed")
 NODE_DEFAULTS = {"mode": "live"}
@@ -108,6 +107,8 @@ def empty_lists_as_string_arrays(params: list[Parameter]) -> list[Parameter]:
             and len(p.value) == 0 else p for p in params]
 
 
+_NAMESPACE_SEGMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+"""One segment of a ROS namespace: a letter or ``_``, then letters, digits or ``_``."""
 _ARRAYS = (Parameter.Type.BOOL_ARRAY, Parameter.Type.INTEGER_ARRAY, Parameter.Type.DOUBLE_ARRAY,
            Parameter.Type.BYTE_ARRAY)
 
@@ -116,6 +117,21 @@ def read_config(cls, value_of: Callable[[str], Any]):
     """A ``cls`` (:class:`ModelConfig` or :class:`PipelineConfig`) from the parameter values
     ``value_of(name)``; ValueError naming the setting for a value off its choices or range."""
     return cls(**{s.name: value_of(s.name) for s in settings(cls)})
+
+
+def reasoner_namespace(value: str) -> str | None:
+    """The ``reasoner`` parameter: None for ``local``; the reasoner's absolute namespace for
+    ``remote:<namespace>`` (``remote:/gpu``, ``remote:gpu`` and ``remote:/`` or ``remote:`` for
+    the root). ValueError naming the forms for anything else (a namespace segment is a letter or
+    ``_`` and then letters, digits or ``_``)."""
+    if value == "local":
+        return None
+    if isinstance(value, str) and value.startswith("remote:"):
+        segments = [s for s in value[len("remote:"):].strip("/").split("/") if s]
+        if all(_NAMESPACE_SEGMENT.fullmatch(s) for s in segments) and "//" not in value[len("remote:"):].strip("/"):
+            return "/" + "/".join(segments)
+    raise ValueError(f"parameter reasoner must be 'local' or 'remote:<namespace>' (the vrs-reasoner's namespace, "
+                     f"e.g. remote:/gpu); got {value!r}")
 
 
 def check_choices(value_of: Callable[[str], Any]) -> None:

@@ -1,8 +1,9 @@
 """The tracker's link to a ``vrs-reasoner`` elsewhere (``vrs-node`` with ``reasoner:=remote:<namespace>``).
 
-:func:`reasoner_namespace` reads the ``reasoner`` parameter. :class:`RemoteReasonerLink` carries
-the protocol's messages for a :class:`~vrs_node.core.remote_reasoner.RemoteGrounder`: requests
-on ``<namespace>/vrs_reasoner/requests``, responses from ``<namespace>/vrs_reasoner/responses``
+(:func:`~vrs_node.ros.params.reasoner_namespace` reads the ``reasoner`` parameter.)
+:class:`RemoteReasonerLink` carries the protocol's messages for a
+:class:`~vrs_node.core.remote_reasoner.RemoteGrounder`: requests on
+``<namespace>/vrs_reasoner/requests``, responses from ``<namespace>/vrs_reasoner/responses``
 (absolute names; both :data:`~vrs_node.ros.qos.PROTOCOL_QOS`). It has its own small node
 (``<tracker node name>_reasoner_client``, in the tracker's namespace, without the process's
 global ROS arguments, so a ``__node:=`` rename of the tracker does not rename it too) spun by its
@@ -13,7 +14,6 @@ tracker node's executor is doing (in sync mode the query waits inside the image 
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import threading
 
@@ -28,22 +28,6 @@ from vrs_node.ros.qos import PROTOCOL_QOS
 
 REASONER_NODE_NAME = "vrs_reasoner"
 """The reasoner's node name, under which its protocol topics live (``~/requests``, ``~/responses``)."""
-_SEGMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def reasoner_namespace(value: str) -> str | None:
-    """The ``reasoner`` parameter: None for ``local``; the reasoner's absolute namespace for
-    ``remote:<namespace>`` (``remote:/gpu``, ``remote:gpu`` and ``remote:/`` or ``remote:`` for
-    the root). ValueError naming the forms for anything else (a namespace segment is a letter or
-    ``_`` and then letters, digits or ``_``)."""
-    if value == "local":
-        return None
-    if isinstance(value, str) and value.startswith("remote:"):
-        segments = [s for s in value[len("remote:"):].strip("/").split("/") if s]
-        if all(_SEGMENT.fullmatch(s) for s in segments) and "//" not in value[len("remote:"):].strip("/"):
-            return "/" + "/".join(segments)
-    raise ValueError(f"parameter reasoner must be 'local' or 'remote:<namespace>' (the vrs-reasoner's namespace, "
-                     f"e.g. remote:/gpu); got {value!r}")
 
 
 def protocol_topics(namespace: str) -> tuple[str, str]:
