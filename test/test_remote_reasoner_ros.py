@@ -143,7 +143,7 @@ def test_a_lifecycle_tracker_opens_its_link_on_activate_and_closes_it_on_deactiv
         assert isinstance(node.engine.grounder, RemoteGrounder) and link.requests_topic == "/lc/vrs_reasoner/requests"
         assert node.count_subscribers("/lc/vrs_reasoner/responses") == 1
         assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
-        assert node._link is None and not link._thread.is_alive()
+        assert node._link is None and not link._spinner.thread.is_alive()
         assert node.count_subscribers("/lc/vrs_reasoner/responses") == 0
 
 

@@ -1,5 +1,6 @@
 """What the ROS console commands (``vrs-node``, ``vrs-lifecycle-node``, ``vrs-camera``, ``vrs-view``,
-``vrs-demo``) share: a clean stop, exit code 0, on SIGINT and SIGTERM.
+``vrs-demo``) share: a clean stop, exit code 0, on SIGINT and SIGTERM; and :class:`SpinThread`, an
+executor spun on a thread of its own that stops cleanly.
 
 rclpy's own signal handlers shut the ROS context down the moment a signal arrives, whatever the
 process is doing: a frame being tracked on another thread then fails to publish, and what ends the
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import threading
 from collections.abc import Iterator
 
 import rclpy
@@ -65,6 +67,39 @@ class StopSignal:
                     executor.spin_once(timeout_sec=POLL_S)
         finally:
             executor.shutdown()
+
+
+class SpinThread:
+    """``executor`` spun on a daemon thread (``name``) until :meth:`stop`, which ends the loop
+    between two callbacks (so shutting the executor down never races a ``spin_once``), joins the
+    thread and then shuts the executor down. The loop also ends when the executor's ROS context
+    is shut down (an error of ``spin_once`` while stopping or shut down ends it quietly). A
+    callback's exception ends the loop unless ``on_error`` is given: then it is called with the
+    exception and the loop goes on."""
+
+    def __init__(self, executor, name: str, on_error=None):
+        self.executor = executor
+        self._on_error = on_error
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._spin, name=name, daemon=True)
+        self.thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        self.thread.join(timeout_s)
+        self.executor.shutdown()
+
+    def _spin(self) -> None:
+        context = self.executor.context
+        while not self._stop.is_set() and rclpy.ok(context=context):
+            try:
+                self.executor.spin_once(timeout_sec=POLL_S)
+            except Exception as exc:  # noqa: BLE001 -- on_error decides; shutdown ends the loop
+                if self._stop.is_set() or not rclpy.ok(context=context):
+                    return
+                if self._on_error is None:
+                    raise
+                self._on_error(exc)
 
 
 @contextlib.contextmanager

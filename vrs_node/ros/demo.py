@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from vrs_node.io.image import image_msg_to_rgb, ns_to_stamp, rgb_to_msg, stamp_to_ns
 from vrs_node.io.overlay import overlay_instances
-from vrs_node.ros.cli import ros_command
+from vrs_node.ros.cli import SpinThread, ros_command
 from vrs_node.ros.node import VrsNode
 from vrs_node.ros.qos import LATCHED
 
@@ -78,7 +78,7 @@ class Recorder:
 
     def __init__(self, node, out: Path, names_by_stamp: dict[int, str]):
         self.out, self.names = out, names_by_stamp
-        self.masks: dict[str, np.ndarray] = {}
+        self.masks: set[str] = set()  # names of the frames whose mask came (written as PNG)
         self.instance_maps: dict[str, np.ndarray] = {}
         self.targets: dict[str, list[dict]] = {}  # each frame's status "targets" list
         self.statuses: list[dict] = []
@@ -96,7 +96,7 @@ class Recorder:
         mask = image_msg_to_rgb(msg)[:, :, 0]
         cv2.imwrite(str(self.out / "masks" / f"{name}.png"), mask)
         with self.lock:
-            self.masks[name] = mask > 0
+            self.masks.add(name)
 
     def on_instance_mask(self, msg: Image) -> None:
         instance_map = image_msg_to_rgb(msg)[:, :, 0]
@@ -171,17 +171,7 @@ class Session:
         executor = MultiThreadedExecutor(num_threads=2)
         executor.add_node(self.node)
         executor.add_node(player)
-        stop = threading.Event()
-
-        def spin() -> None:  # stops between callbacks: shutdown never races a spin_once
-            while not stop.is_set():
-                executor.spin_once(timeout_sec=0.1)
-
-        spinner = threading.Thread(target=spin, daemon=True)
-        spinner.start()
-        cleanup.callback(executor.shutdown)  # last in, first out: after the spinner has stopped
-        cleanup.callback(spinner.join, 5)
-        cleanup.callback(stop.set)
+        cleanup.callback(SpinThread(executor, "vrs-demo-spin").stop)
         while not (self.image_pub.get_subscription_count() and self.prompt_pub.get_subscription_count()
                    and self.node.mask_pub.get_subscription_count()):
             time.sleep(0.05)

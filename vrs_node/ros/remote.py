@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import threading
 
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
@@ -24,6 +23,7 @@ from std_msgs.msg import String
 from vrs_node.core.reasoner_protocol import MAX_CLIENT_ID_CHARS
 from vrs_node.core.remote_reasoner import RemoteGrounder
 from vrs_node.core.tracker import StreamingTracker
+from vrs_node.ros.cli import SpinThread
 from vrs_node.ros.qos import PROTOCOL_QOS
 
 REASONER_NODE_NAME = "vrs_reasoner"
@@ -53,11 +53,10 @@ class RemoteReasonerLink:
         self._requests = self.node.create_publisher(String, self.requests_topic, PROTOCOL_QOS)
         self._grounder: RemoteGrounder | None = None
         self.node.create_subscription(String, self.responses_topic, self._on_response, PROTOCOL_QOS)
-        self._executor = SingleThreadedExecutor(context=host.context)
-        self._executor.add_node(self.node)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._spin, name="vrs-reasoner-link", daemon=True)
-        self._thread.start()
+        executor = SingleThreadedExecutor(context=host.context)
+        executor.add_node(self.node)
+        self._spinner = SpinThread(executor, "vrs-reasoner-link", on_error=lambda exc: self.node.get_logger().error(
+            f"reasoner response handling failed: {exc!r}", throttle_duration_sec=5.0))
 
     def grounder(self, tracker: StreamingTracker) -> RemoteGrounder:
         """The engine's grounder: queries go to the reasoner, TKS runs on ``tracker``."""
@@ -70,9 +69,7 @@ class RemoteReasonerLink:
 
     def close(self) -> None:
         """Stop the spin thread and destroy the link's node."""
-        self._stop.set()
-        self._thread.join(5.0)
-        self._executor.shutdown()
+        self._spinner.stop()
         self.node.destroy_node()
 
     def _send(self, text: str) -> None:
@@ -82,13 +79,3 @@ class RemoteReasonerLink:
         grounder = self._grounder
         if grounder is not None:
             grounder.on_response(msg.data)
-
-    def _spin(self) -> None:
-        """Take responses until :meth:`close` or ROS shuts down; a failing callback is logged."""
-        while not self._stop.is_set() and rclpy.ok(context=self.node.context):
-            try:
-                self._executor.spin_once(timeout_sec=0.1)
-            except Exception:  # noqa: BLE001 -- the link outlives any one message
-                if self._stop.is_set() or not rclpy.ok(context=self.node.context):
-                    return
-                self.node.get_logger().error("reasoner response handling failed", throttle_duration_sec=5.0)
