@@ -227,12 +227,15 @@ def request_from_json(text: str) -> Request:
         raise ProtocolError(str(exc), client_id, request_id) from None
 
 
-def response_from_json(text: str) -> Response:
+def response_from_json(text: str, for_client: str | None = None) -> Response | None:
     """A :class:`Response` from its wire text; :class:`ProtocolError` for anything but a response
     of this version exactly as the module docstring writes it (array shapes matching their data
-    and each other)."""
+    and each other). ``for_client``: a response with another valid ``client_id`` is None, its
+    results neither checked nor decoded (a client skips the others' answers cheaply)."""
     data = _message(text, "response", MAX_RESPONSE_BYTES)
     client_id, request_id = _identity(data, request_id_may_be_null=True)
+    if for_client is not None and client_id != for_client:
+        return None
     try:
         if "error" in data:
             _exact_fields(data, ("version", "client_id", "request_id", "error"), "response")
@@ -267,12 +270,18 @@ def _message(text: str, what: str, max_bytes: int) -> dict:
     return data
 
 
+def check_client_id(client_id) -> None:
+    """ProtocolError unless ``client_id`` is a client id as the wire format says."""
+    if _identity_or_none({"client_id": client_id})[0] is None:
+        raise ProtocolError(f"client_id must be a string of 1..{MAX_CLIENT_ID_CHARS} characters, "
+                            f"got {short(client_id)}")
+
+
 def _identity(data: dict, request_id_may_be_null: bool = False) -> tuple[str, int | None]:
     """(client_id, request_id) of a message; refused when they are not as the wire format says."""
     client_id, request_id = _identity_or_none(data)
     if client_id is None:
-        raise ProtocolError(f"client_id must be a string of 1..{MAX_CLIENT_ID_CHARS} characters, "
-                            f"got {short(data.get('client_id'))}")
+        check_client_id(data.get("client_id"))  # refused, saying why
     if request_id is None and not (request_id_may_be_null and data.get("request_id", 0) is None):
         raise ProtocolError(f"request_id must be an integer in [0, 2^63), got {short(data.get('request_id'))}",
                             client_id)

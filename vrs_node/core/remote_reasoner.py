@@ -55,7 +55,7 @@ import torch
 from vrs_node.core.frames import SAM2_KEY, Frame, FrameWindow
 from vrs_node.core.grounding import Grounding, Reasoning, select_keyframes
 from vrs_node.core.reasoner_protocol import (MAX_INSTRUCTIONS, MAX_STAMPS, Answer, Failure, ProtocolError, Request,
-                                             Response, request_from_json, response_from_json)
+                                             Response, check_client_id, response_from_json)
 from vrs_node.core.tracker import FrameFeatures, StreamingTracker
 from vrs_node.models.mllm import GroundingTokens
 from vrs_node.models.prompt import Instruction, clean_instruction
@@ -126,7 +126,7 @@ class RemoteGrounder:
                  clock: Callable[[], float] = time.monotonic):
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
-        request_from_json(Request(client_id, 0, ["x"], [0]).to_json())  # a client id the reasoner would refuse
+        check_client_id(client_id)
         self.tracker = tracker
         self.client_id = client_id
         self.timeout_s = float(timeout_s)
@@ -173,14 +173,14 @@ class RemoteGrounder:
         """Take one response (wire text, from any thread): hand it to the request waiting for it,
         or count and drop it (module docstring: faults)."""
         try:
-            response = response_from_json(text)
+            response = response_from_json(text, for_client=self.client_id)
         except ProtocolError as exc:
             if exc.client_id == self.client_id:
                 self._refuse(exc.request_id, f"response refused: {exc}")
             elif exc.client_id is None:
                 log.debug("unreadable response on the reasoner topic ignored: %s", exc)
             return
-        if response.client_id != self.client_id:
+        if response is None:  # another client's: not even its answers are decoded
             return
         with self._lock:
             waiting = self._waiting.get(response.request_id)
@@ -269,7 +269,7 @@ class RemoteGrounder:
         timings = {**result.timings_s, "reasoner_roundtrip": roundtrip_s}
         return Reasoning(instruction=instruction, anchor=held[result.anchor_ns][0].index, dense=dense,
                          candidates=[held[s][1] for s in result.dense_ns],
-                         sparse_frames=[held[s][0].index for s in result.sparse_ns if s in held], input_ids=[],
+                         sparse_frames=[held[s][0].index for s in result.sparse_ns], input_ids=[],
                          tokens=tokens, token=torch.from_numpy(result.tak_prime).to(device),
                          tda_weights=torch.from_numpy(result.tda_weights).to(device), timings_s=timings)
 
