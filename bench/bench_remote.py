@@ -6,7 +6,7 @@ Two parts, one invocation (profile ``tiny-random``, DAVIS-2016 ``blackswan`` fra
 
 * **Hot path with a concurrent query, local vs remote**: a live engine fed at ``--rate`` Hz for
   ``--frames`` frames; an instruction with ``period_s`` = one frame period, so a query is always
-  due. Cases (``torch.set_num_threads`` = the cores the process may use; every thread of the
+  due; the grounding thread at ``--grounding-nice`` (catch-ups are prepared on it). Cases (``torch.set_num_threads`` = the cores the process may use; every thread of the
   process is pinned, ``/proc/self/task``):
 
   - ``baseline_2cores``: a box prompt, no queries, the process on both cores;
@@ -17,7 +17,8 @@ Two parts, one invocation (profile ``tiny-random``, DAVIS-2016 ``blackswan`` fra
     on core 1 (``taskset -c 1``) over ROS 2 on this machine; each frame is published (reliable,
     its stamp in the header) on the reasoner's camera topic just before ``engine.push``.
 
-  Per case: frames processed and dropped, queries answered / failed, p50 / p99 of the per-frame
+  Per case: frames processed and dropped, queries answered / failed, catch-up frames (of which
+  prepared on the grounding thread), p50 / p99 of the per-frame
   latency (push -> result, the first ``--skip`` processed frames left out as warm-up), and the
   ratios local p99 / baseline_2cores p99 and remote p99 / baseline p99 (issue 15's goal: remote
   <= 1.5x).
@@ -90,7 +91,10 @@ REASONER_STAGES = ("clip_anchor", "mllm_frame_tokens", "mllm_prefill")
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rate", type=float, default=4.0, help="frames pushed per second (hot path)")
+    p.add_argument("--rate", type=float, default=2.0,
+                   help="frames pushed per second (hot path; the default leaves the tracker some idle time)")
+    p.add_argument("--grounding-nice", type=int, default=PipelineConfig().grounding_nice,
+                   help="the engine's grounding_nice (the grounding thread's niceness above the tracking thread's)")
     p.add_argument("--frames", type=int, default=120, help="frames pushed per hot-path case")
     p.add_argument("--skip", type=int, default=2, help="first processed frames of a case left out (warm-up)")
     p.add_argument("--stride", type=int, default=2, help="DAVIS frames downscaled by [::stride, ::stride]")
@@ -168,7 +172,8 @@ def hot_case(name, cores, models, frames, box, args, instruction=False, reasoner
     pin(cores)
     results, reports = [], []
     period = 1.0 / args.rate
-    engine = build_pipeline(models, PipelineConfig(mode="live", period_s=period if instruction else 0),
+    engine = build_pipeline(models, PipelineConfig(mode="live", period_s=period if instruction else 0,
+                                                   grounding_nice=args.grounding_nice),
                             on_result=results.append, on_query=reports.append,
                             remote_grounder=reasoner.link.grounder if reasoner is not None else None)
     if instruction:
@@ -194,12 +199,13 @@ def hot_case(name, cores, models, frames, box, args, instruction=False, reasoner
            "p50_s": float(np.percentile(latencies, 50)), "p99_s": float(np.percentile(latencies, 99)),
            "latencies_s": latencies, "query_latencies_s": [q.latency_s for q in reports],
            "query_errors": sorted({q.error for q in reports if q.error is not None})[:5],
-           "catchup_frames": engine.stats.catchup_frames, "superseded": engine.stats.superseded,
+           "catchup_frames": engine.stats.catchup_frames,
+           "prepared_catchup_frames": engine.stats.prepared_catchup_frames, "superseded": engine.stats.superseded,
            "query_stages_median_s": stage_medians([q.grounding for q in reports if q.grounding is not None])}
     if reasoner is not None:
         out["remote_stats"] = asdict(engine.grounder.stats)
     print(f"  {name}: processed {out['processed']}, dropped {out['dropped']}, queries {out['answered']}/"
-          f"{out['failed']}, catch-up frames {out['catchup_frames']}, p50 {ms(out['p50_s']):.0f} ms, "
+          f"{out['failed']}, catch-up frames {out['catchup_frames']} ({out['prepared_catchup_frames']} prepared), p50 {ms(out['p50_s']):.0f} ms, "
           f"p99 {ms(out['p99_s']):.0f} ms, query stages (median ms) "
           f"{ {k: round(ms(v)) for k, v in out['query_stages_median_s'].items()} }", flush=True)
     return out
@@ -301,14 +307,14 @@ def query_latency(models_all, models_tracker, frames, reasoner, args):
 def table(report) -> str:
     hot, q = report["hot_path"], report["query"]
     lines = ["| case | cores (tracker / reasoner) | processed / dropped | queries answered / failed | catch-up frames "
-             "| p50 ms | p99 ms | p99 ratio |", "|---|---|---|---|---|---|---|---|"]
+             "(prepared) | p50 ms | p99 ms | p99 ratio |", "|---|---|---|---|---|---|---|---|"]
     where = {"baseline_2cores": "0,1 / -", "local": "0,1 (shared)", "baseline": "0 / -", "remote": "0 / 1"}
     ratio = {"local": report["ratios"]["local_p99_over_baseline_2cores"],
              "remote": report["ratios"]["remote_p99_over_baseline"]}
     for name in ("baseline_2cores", "local", "baseline", "remote"):
         r = hot[name]
         lines.append(f"| {name} | {where[name]} | {r['processed']} / {r['dropped']} | {r['answered']} / {r['failed']} "
-                     f"| {r['catchup_frames']} | {ms(r['p50_s']):.0f} | {ms(r['p99_s']):.0f} | "
+                     f"| {r['catchup_frames']} ({r['prepared_catchup_frames']}) | {ms(r['p50_s']):.0f} | {ms(r['p99_s']):.0f} | "
                      + (f"{ratio[name]:.2f}×" if name in ratio else "1 (ref.)") + " |")
     for name in ("local", "remote"):
         stages = ", ".join(f"{k} {ms(v):.0f}" for k, v in hot[name]["query_stages_median_s"].items())

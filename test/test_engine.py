@@ -12,7 +12,8 @@ import torch
 from conftest import box_of, make_tracker
 
 from vrs_node.core.config import PipelineConfig
-from vrs_node.core.engine import StreamingEngine, catchup_schedule
+from vrs_node.core.catchup import catchup_schedule
+from vrs_node.core.engine import StreamingEngine
 from vrs_node.core.prompts import MaskPrompt, PointsPrompt
 from vrs_node.core.results import STATUS_ERROR, STATUS_NO_PROMPT, STATUS_TARGET_ABSENT, STATUS_TRACKING
 

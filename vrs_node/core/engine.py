@@ -20,10 +20,11 @@ window, scheduled as :mod:`vrs_node.core.queries` says: in sync mode a due query
 ``push`` before the frame is tracked, in live mode on its own thread; a failed one is retried, and
 its error is in the reason of the frames still waiting. A finished query becomes a token prompt on
 its keyframe (TAK' with its keyframe decode, kept on the device; a past frame: the target catches
-up). The first query of an instruction starts a new target (its memory starts empty); later ones
-add a conditioning frame, so the last ``max_cond_frames`` keyframes stay in memory. A frame whose
-processing raises (the image encoder, the tracker) gets an empty mask with status ``error`` and
-the exception as its reason; the next frame is processed as usual.
+up, prepared on the grounding thread as :mod:`vrs_node.core.catchup` says). The first query of an
+instruction starts a new target (its memory starts empty); later ones add a conditioning frame, so
+the last ``max_cond_frames`` keyframes stay in memory. A frame whose processing raises (the image
+encoder, the tracker) gets an empty mask with status ``error`` and the exception as its reason; the
+next frame is processed as usual.
 
 Several targets (:meth:`StreamingEngine.add_target`, ``remove_target``, ``set_targets``,
 ``clear_targets``; at most ``max_targets``, ids 1-255): each is an instruction or a geometric
@@ -69,6 +70,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from vrs_node.core.catchup import CatchUps
 from vrs_node.core.config import PipelineConfig
 from vrs_node.core.frame_report import frame_result
 from vrs_node.core.frames import SAM2_KEY, Frame, FrameWindow, check_frame
@@ -97,18 +99,6 @@ class _Slot:
     cond: threading.Condition = field(default_factory=threading.Condition)
 
 
-def catchup_schedule(num_buffered: int, max_frames: int) -> list[int]:
-    """Positions (0-based, in order) of buffered frames to track during a catch-up.
-
-    All of them when ``num_buffered <= max_frames``; otherwise every k-th one with
-    k = ceil(num_buffered / max_frames), always ending on the newest (position num_buffered-1).
-    """
-    if num_buffered <= max_frames:
-        return list(range(num_buffered))
-    stride = -(-num_buffered // max_frames)
-    return list(range(num_buffered - 1, -1, -stride))[::-1]
-
-
 class StreamingEngine:
     """Frames -> masks with a :class:`MultiTargetTracker`, a bounded :class:`FrameWindow` and prompts.
 
@@ -134,8 +124,10 @@ class StreamingEngine:
         self.stats = EngineStats()
         self._on_result = on_result
         self._slot = _Slot()
+        self._catch_ups = CatchUps(self.window, self.target_tracker, lambda: self.config, self.stats)
         self._queries = QueryScheduler(grounder, self.window, lambda: self.config, self.stats,
-                                       lambda *answer: self._book.apply_grounding(*answer), on_query)
+                                       lambda *answer: self._book.apply_grounding(*answer), on_query,
+                                       self._catch_ups.prepare)
         self._book = TargetBook(self.window, self._queries, config.max_targets)
         self._workers: list[threading.Thread] = []
         if config.mode == "live":
@@ -361,13 +353,7 @@ class StreamingEngine:
                              f"(held: {self.window.indices()})")
         if key > frame.index:
             raise ValueError(f"prompt frame {key} is in the future (current frame {frame.index})")
-        buffered = [i for i in self.window.indices() if key < i < frame.index
-                    and self.window.has_feature(i, SAM2_KEY)]
-        chosen = [buffered[p] for p in catchup_schedule(len(buffered), self.config.max_catchup_frames)]
-        if pending.new_target and target_id in tracker.ids:
-            tracker.remove(target_id)
-        tracker.catch_up(target_id, keyframe, prompt, [self.window.get_feature(i, SAM2_KEY) for i in chosen])
-        self.stats.catchup_frames += len(chosen)
+        self._catch_ups.apply(target_id, pending, prompt, keyframe, key, frame)
 
     def _track_targets(self, feats: FrameFeatures, errors: dict[int, str]):
         """Track every target into the frame; a queued prompt that does not fit it is dropped as

@@ -9,7 +9,7 @@ Per target (:class:`~vrs_node.core.target_specs.TargetReport`), in this order of
 - ``tracking``: otherwise. Its box and area are its pixels in the instance map.
 
 The frame: ``instance_map`` over the tracking targets (where masks overlap the higher object score
-wins, :meth:`~vrs_node.core.targets.TargetResults.instance_map`), ``mask`` = ``instance_map > 0``,
+wins, :meth:`~vrs_node.core.target_results.TargetResults.instance_map`), ``mask`` = ``instance_map > 0``,
 ``object_score`` the highest of the targets' (None when none has one). With one target the frame's
 status and reason are that target's (the single-target contract); with several, ``tracking`` if any
 is tracked, else the first of ``error``, ``grounding``, ``target_absent``, ``no_prompt`` that some
@@ -27,7 +27,7 @@ from vrs_node.core.frames import Frame
 from vrs_node.core.results import (STATUS_ERROR, STATUS_GROUNDING, STATUS_NO_PROMPT, STATUS_TARGET_ABSENT,
                                    STATUS_TRACKING, FrameResult)
 from vrs_node.core.target_specs import TargetReport, mask_box
-from vrs_node.core.targets import TargetResults
+from vrs_node.core.target_results import TargetResults
 from vrs_node.core.tracker import TrackResult
 
 NO_PROMPT_REASON = "no prompt yet: set an instruction, or a point, box or mask prompt"

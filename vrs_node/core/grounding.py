@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from vrs_node.core.frames import Frame
+from vrs_node.core.prompts import TokenPrompt
 from vrs_node.core.tracker import FrameFeatures, StreamingTracker, TrackResult
 from vrs_node.core.vrshq import Keyframe, choose_keyframe
 from vrs_node.models.mllm import GroundingTokens
@@ -59,6 +60,12 @@ class Grounding:
     tks_scores: list[float]
     tda_weights: list[float]
     timings_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def prompt(self) -> TokenPrompt:
+        """What the answer conditions its target with on the keyframe: TAK' with its keyframe
+        decode, which conditions the keyframe as it is, on the device (not decoded again)."""
+        return TokenPrompt(self.token, self.keyframe_result.low_res_logits)
 
     @property
     def mask(self) -> np.ndarray:

@@ -74,6 +74,13 @@ class TokenPrompt:
 Prompt = MaskPrompt | PointsPrompt | TokenPrompt
 
 
+def checked_prompt(prompt) -> Prompt:
+    """``prompt`` if it is a Prompt, else TypeError saying what it is."""
+    if not isinstance(prompt, (MaskPrompt, PointsPrompt, TokenPrompt)):
+        raise TypeError(f"a prompt is a PointsPrompt, MaskPrompt or TokenPrompt, not {type(prompt).__name__}")
+    return prompt
+
+
 def decoded_mask_input(low_res_logits: torch.Tensor, image_size: int) -> torch.Tensor:
     """1 x 1 x S x S {0, 1} float mask of a decode: its low-res logits upsampled bilinearly
     (align_corners=False) to S x S and thresholded at 0 -- VRS-HQ's ``out_mask_logits > 0``, where

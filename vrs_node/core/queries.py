@@ -20,18 +20,25 @@ retried at the next trigger: the next periodic one, or,
 while the target is not tracked, after ``lost_after_frames`` more frames (frames still waiting for a
 grounding after a failed query count as frames without the target). Tracking goes on meanwhile.
 
+Before an answer is applied, the optional ``prepare`` callback gets it on the thread that ran the
+query (the engine prepares the target's catch-up there, off the tracking thread); what it returns
+is handed to ``apply`` with the answer (None when it raised: logged, the answer applied as it is).
+
 Thread-safety: all state is guarded by one condition; ``apply`` is called while it is held (take
-no lock there that is held while calling into the scheduler), ``on_query`` after it is released.
+no lock there that is held while calling into the scheduler), ``prepare`` and ``on_query`` while
+it is released.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vrs_node.core.frames import Frame, FrameWindow
 from vrs_node.core.grounder import Grounder
@@ -88,22 +95,42 @@ class _Job:
     trigger: str
 
 
+def lower_thread_priority(nice: int) -> None:
+    """Add ``nice`` (0-19) to the calling thread's niceness, at most 19: on Linux each thread has
+    its own, and the threads it starts (torch's OpenMP workers) inherit it, so under CPU contention
+    the tracking thread gets the CPU first (CFS weight 1024 at nice 0 against 110 at nice 10).
+    Elsewhere, or when the system refuses, it logs why and changes nothing."""
+    if nice <= 0:
+        return
+    if not sys.platform.startswith("linux"):
+        log.info("grounding_nice ignored: threads have their own priority only on Linux")
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except OSError as exc:
+        log.warning("grounding_nice %d not applied: %s", nice, exc)
+
+
 class QueryScheduler:
     """The followed instructions (one per target id) and their query schedules (module docstring).
 
     ``config()`` gives the current ``period_s`` and ``lost_after_frames`` (read at each use: they
-    may change at run time); ``apply(target_id, grounding, new_target)`` receives each applied
-    answer; ``stats.queries`` and ``stats.query_errors`` count finished and failed queries (one per
-    target of a batch); ``on_query`` gets a :class:`QueryReport` for each."""
+    may change at run time); ``apply(target_id, grounding, new_target, prepared)`` receives each
+    applied answer, with what ``prepare(target_id, grounding, new_target)`` made of it first (None
+    without ``prepare``); ``stats.queries`` and ``stats.query_errors`` count finished and failed
+    queries (one per target of a batch); ``on_query`` gets a :class:`QueryReport` for each."""
 
     def __init__(self, grounder: Grounder | None, window: FrameWindow, config: Callable[[], PipelineConfig],
-                 stats: EngineStats, apply: Callable[[int, Grounding, bool], None],
-                 on_query: Callable[[QueryReport], None] | None = None):
+                 stats: EngineStats, apply: Callable[[int, Grounding, bool, Any], None],
+                 on_query: Callable[[QueryReport], None] | None = None,
+                 prepare: Callable[[int, Grounding, bool], Any] | None = None):
         self._grounder = grounder
         self._window = window
         self._config = config
         self._stats = stats
         self._apply = apply
+        self._prepare = prepare
         self._on_query = on_query
         self._cond = threading.Condition()
         self._followed: dict[int, _Followed] = {}
@@ -235,7 +262,9 @@ class QueryScheduler:
         return jobs
 
     def _run_thread(self) -> None:
-        """The grounding thread: run the due queries as one batch at a time, once a frame is in."""
+        """The grounding thread: run the due queries as one batch at a time, once a frame is in,
+        at ``grounding_nice`` below the process's CPU priority."""
+        lower_thread_priority(self._config().grounding_nice)
         while True:
             with self._cond:
                 while not self._closed and not (self._frames_seen and any(f.due for f in self._followed.values())):
@@ -263,6 +292,7 @@ class QueryScheduler:
         except Exception as exc:  # report, keep tracking, retry on the next trigger
             answers = [exc] * len(jobs)
         latency_s = time.perf_counter() - started
+        prepared = self._prepared(jobs, answers)
         reports = []
         with self._cond:
             self._started = None
@@ -270,15 +300,33 @@ class QueryScheduler:
                 error = f"{type(answer).__name__}: {answer}" if isinstance(answer, Exception) else None
                 if error is not None:
                     log.warning("grounding %r failed: %s", job.instruction.text, error)
-                reports.append(self._finish(job, None if error else answer, error, latest, latency_s))
+                reports.append(self._finish(job, None if error else answer, error, latest, latency_s,
+                                            prepared.get(job.target_id)))
         for report in reports if self._on_query is not None else ():
             try:
                 self._on_query(report)
             except Exception:
                 log.exception("on_query callback failed")
 
+    def _prepared(self, jobs: list[_Job], answers: list) -> dict[int, Any]:
+        """``prepare`` of each answer still current (a target's id -> what it returned), run with
+        the lock released; one that raises is logged and left out."""
+        if self._prepare is None:
+            return {}
+        with self._cond:
+            current = {job.target_id: not f.grounded for job in jobs
+                       if (f := self._followed.get(job.target_id)) is not None and f.generation == job.generation}
+        prepared = {}
+        for job, answer in zip(jobs, answers):
+            if job.target_id in current and not isinstance(answer, Exception):
+                try:
+                    prepared[job.target_id] = self._prepare(job.target_id, answer, current[job.target_id])
+                except Exception:  # the answer is applied without it
+                    log.exception("preparing the answer for %r failed", job.instruction.text)
+        return prepared
+
     def _finish(self, job: _Job, grounding: Grounding | None, error: str | None, latest: Frame | None,
-                latency_s: float) -> QueryReport:
+                latency_s: float, prepared: Any = None) -> QueryReport:
         """Count a finished query, apply a current answer, and its report; call with the lock held."""
         followed = self._followed.get(job.target_id)
         current = followed is not None and followed.generation == job.generation
@@ -292,6 +340,6 @@ class QueryScheduler:
             followed.last_stamp_ns = latest.stamp_ns if latest is not None else None
             followed.last_error = error
         if applied:
-            self._apply(job.target_id, grounding, not followed.grounded)
+            self._apply(job.target_id, grounding, not followed.grounded, prepared)
             followed.grounded = True
         return QueryReport(job.instruction, job.trigger, grounding, error, latency_s, applied, job.target_id)

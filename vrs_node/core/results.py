@@ -57,13 +57,15 @@ class FrameResult:
 
 @dataclass
 class EngineStats:
-    """Counters since the engine started."""
+    """Counters since the engine started. ``catchup_frames``: frames tracked by catch-ups, of which
+    ``prepared_catchup_frames`` on the grounding thread (:mod:`vrs_node.core.catchup`)."""
 
     pushed: int = 0
     processed: int = 0
     dropped: int = 0
     errors: int = 0
     catchup_frames: int = 0
+    prepared_catchup_frames: int = 0
     queries: int = 0
     query_errors: int = 0
     superseded: int = 0

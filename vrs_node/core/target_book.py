@@ -28,6 +28,7 @@ from vrs_node.core.frame_report import TargetState
 from vrs_node.core.frames import Frame, FrameWindow
 from vrs_node.core.grounding import Grounding
 from vrs_node.core.prompt_json import fit_to_image
+from vrs_node.core.cohorts import PreparedCatchUp
 from vrs_node.core.prompts import MaskPrompt, PointsPrompt, Prompt, TokenPrompt
 from vrs_node.core.queries import QueryScheduler
 from vrs_node.core.target_specs import MAX_TARGET_ID, TargetSpec
@@ -46,13 +47,16 @@ class PendingPrompt:
     """A prompt waiting for the next processed frame, on that frame or on a past one (its
     ``frame_index`` or ``stamp_ns``); ``keyframe`` carries a grounding's keyframe features (usable
     after the window evicted that frame); ``new_target`` starts the target's memory anew (else its
-    conditioning frames are kept)."""
+    conditioning frames are kept). ``prepared``: the grounding's catch-up, prepared on the grounding
+    thread through the window's frames up to index ``prepared_through``."""
 
     prompt: Prompt
     frame_index: int | None = None
     stamp_ns: int | None = None
     keyframe: FrameFeatures | None = None
     new_target: bool = True
+    prepared: PreparedCatchUp | None = None
+    prepared_through: int | None = None
 
 
 @dataclass
@@ -140,12 +144,13 @@ class TargetBook:
             ops, self._ops = self._ops, []
         return ops
 
-    def apply_grounding(self, target_id: int, grounding: Grounding, new_target: bool) -> None:
-        """The scheduler's answer becomes the target's pending prompt on its keyframe: TAK' with its
-        keyframe decode, which conditions the keyframe as it is, on the device (not decoded again)."""
-        prompt = TokenPrompt(grounding.token, grounding.keyframe_result.low_res_logits)
-        pending = PendingPrompt(prompt, grounding.keyframe, keyframe=grounding.keyframe_features,
-                                new_target=new_target)
+    def apply_grounding(self, target_id: int, grounding: Grounding, new_target: bool,
+                        prepared: tuple[PreparedCatchUp, int] | None) -> None:
+        """The scheduler's answer becomes the target's pending prompt on its keyframe
+        (:attr:`Grounding.prompt`), with its catch-up ``prepared`` through a frame index, if any."""
+        pending = PendingPrompt(grounding.prompt, grounding.keyframe, keyframe=grounding.keyframe_features,
+                                new_target=new_target, prepared=prepared[0] if prepared else None,
+                                prepared_through=prepared[1] if prepared else None)
         with self._lock:
             target = self._targets.get(target_id)
             if target is not None:

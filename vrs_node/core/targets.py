@@ -7,15 +7,15 @@ its own memory bank with :class:`~vrs_node.core.tracker.StreamingTracker`'s boun
 own result (:class:`~vrs_node.core.tracker.TrackResult`) per frame.
 
 Batching: targets whose banks hold frames at the same memory steps (the same *layout*) form a
-*cohort*; a cohort's bank stores each step's tensors batched along dim 0 (one row per target) and
-one ``SAM2Base.track_step`` call tracks the whole cohort, the frame's features expanded along the
-batch dimension as sam2's ``SAM2VideoPredictor._get_image_feature`` expands them. Targets
-conditioned together (same step, same earlier conditioning steps) join one cohort; a target added
-later, or re-conditioned alone, has a layout of its own and so its own cohort. Cohorts whose
-layouts become equal are joined (concatenated along dim 0); removing a target copies the other
-rows out of its cohort's tensors and leaves their values unchanged.
+*cohort* (:mod:`vrs_node.core.cohorts`: each step's tensors batched along dim 0, one row per
+target) and one ``SAM2Base.track_step`` call tracks the whole cohort, the frame's features
+expanded along the batch dimension as sam2's ``SAM2VideoPredictor._get_image_feature`` expands
+them. Targets conditioned together (same step, same earlier conditioning steps) join one cohort;
+a target added later, or re-conditioned alone, has a layout of its own and so its own cohort.
+Cohorts whose layouts become equal are joined; removing a target copies the other rows out of its
+cohort's tensors and leaves their values unchanged.
 
-Conditioning a target runs alone (batch 1, through the one-target tracker, exactly
+Conditioning a target runs alone (batch 1, through a one-target tracker, exactly
 :meth:`StreamingTracker.condition`): prompts differ in shape, and sam2's predictor conditions
 each object alone too (``add_new_mask``/``add_new_points_or_box`` on "the slice of a single
 object"). It never reads memory (``is_init_cond_frame``), so where it runs does not matter.
@@ -27,7 +27,8 @@ re-conditioned one continues from its cohort's step. SAM-2 reads memory by step 
 ``num_maskmem - 1`` steps at ``memory_temporal_stride_for_eval`` = 1, object pointers by
 ``frame_idx - t``) and stops at steps < 0, so a bank moved to later steps (to join a cohort whose
 relative layout is equal) reads the same memory. That lets one target catch up alone through
-buffered frames (:meth:`MultiTargetTracker.catch_up`) while the others are untouched.
+buffered frames (:meth:`MultiTargetTracker.catch_up`) while the others are untouched, prepared
+on another thread while tracking goes on (``prepare_catch_up``, then ``install``).
 
 Prompts are queued (:meth:`~MultiTargetTracker.add`, :meth:`~MultiTargetTracker.set_prompt`) and
 applied on the next frame given to ``track``; the other targets are tracked into that frame.
@@ -35,22 +36,19 @@ applied on the next frame given to ``track``; the other targets are tracked into
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import threading
+from functools import wraps
 
 import numpy as np
 import torch
 
+from vrs_node.core.cohorts import BATCHED_KEYS, KINDS, Cohort, PreparedCatchUp, join_equal_layouts, take_rows, with_pos_enc
 from vrs_node.core.frames import Frame
-from vrs_node.core.prompts import MaskPrompt, PointsPrompt, Prompt, TokenPrompt
+from vrs_node.core.prompts import Prompt, checked_prompt
+from vrs_node.core.target_results import TargetResults
 from vrs_node.core.target_specs import DEFAULT_MAX_TARGETS, MAX_TARGET_ID
 from vrs_node.core.tracker import FrameFeatures, StreamingTracker, TrackResult
 from vrs_node.models.sam2_build import SamImageTransform
-
-
-_BATCHED_KEYS = ("maskmem_features", "pred_masks", "obj_ptr", "object_score_logits")
-"""The per-target tensors of a stored step (batched along dim 0); ``maskmem_pos_enc`` is shared."""
-_KINDS = ("cond_frame_outputs", "non_cond_frame_outputs")
 
 
 class TargetPromptError(ValueError):
@@ -61,65 +59,13 @@ class TargetPromptError(ValueError):
         self.target_id = target_id
 
 
-@dataclass(frozen=True)
-class TargetResults(Mapping):
-    """One frame's results: a read-only mapping target id -> :class:`TrackResult` (ids ascending),
-    plus the camera size ``image_hw`` for the combined masks."""
-
-    by_id: dict[int, TrackResult]
-    image_hw: tuple[int, int]
-
-    def __getitem__(self, target_id: int) -> TrackResult:
-        return self.by_id[target_id]
-
-    def __iter__(self):
-        return iter(self.by_id)
-
-    def __len__(self) -> int:
-        return len(self.by_id)
-
-    def instance_map(self) -> np.ndarray:
-        """H x W uint8 at camera resolution: each pixel holds the id of the target whose mask
-        (``camera_logits() > 0``) covers it, 0 where none does. Where masks overlap the target with
-        the higher object score wins (equal scores: the lower id)."""
-        if not self.by_id:
-            return np.zeros(self.image_hw, np.uint8)
-        if len(self.by_id) == 1:  # the same pixels, without stacking
-            (target_id, result), = self.by_id.items()
-            return result.mask().view(np.uint8) * np.uint8(target_id)
-        ids = sorted(self.by_id)
-        logits = torch.stack([self.by_id[i].camera_logits() for i in ids])
-        scores = torch.tensor([self.by_id[i].object_score for i in ids], device=logits.device)
-        present = logits > 0
-        key = torch.where(present, scores[:, None, None], -torch.inf)
-        winner = torch.tensor(ids, dtype=torch.uint8, device=logits.device)[key.argmax(0)]
-        return torch.where(present.any(0), winner, 0).cpu().numpy()
-
-    def union_mask(self) -> np.ndarray:
-        """H x W bool: pixels any target's mask covers (``instance_map() > 0``)."""
-        return self.instance_map() > 0
-
-
-@dataclass
-class _Cohort:
-    """Targets tracked as one batch: ``ids[b]`` is row ``b`` of every tensor in ``bank`` (sam2's
-    ``output_dict`` form: ``cond_frame_outputs``/``non_cond_frame_outputs``, step -> entry);
-    ``step`` is the memory step its next frame gets (each cohort keeps its own memory time)."""
-
-    ids: list[int]
-    bank: dict
-    step: int
-
-    def layout(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """The stored frames' steps relative to ``step``: cohorts with equal layouts can be tracked
-        as one batch (module docstring)."""
-        return tuple(sorted(t - self.step for t in self.bank[_KINDS[0]])), \
-            tuple(sorted(t - self.step for t in self.bank[_KINDS[1]]))
-
-    def shifted(self, step: int) -> dict:
-        """The bank with every step moved by ``step - self.step`` (the same relative layout)."""
-        delta = step - self.step
-        return {kind: {t + delta: entry for t, entry in self.bank[kind].items()} for kind in _KINDS}
+def _locked(method):
+    """Run ``method`` holding the tracker's lock (:class:`MultiTargetTracker`: thread-safety)."""
+    @wraps(method)
+    def run(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return run
 
 
 class MultiTargetTracker:
@@ -131,14 +77,17 @@ class MultiTargetTracker:
     ``results.instance_map()`` the combined id map.
 
     ``max_targets`` bounds the number of targets (added, queued or tracked). ``single``, a
-    :class:`StreamingTracker`, encodes frames and conditions targets; its settings
-    (``max_cond_frames``, ``num_frames``, ``fill_hole_area``, ``memory_dtype``,
-    ``autocast_dtype``) mean the same per target, and its own memory is scratch (every
-    conditioning output is taken out of it, so it holds nothing between calls).
+    :class:`StreamingTracker`, encodes frames; its settings (``max_cond_frames``, ``num_frames``,
+    ``fill_hole_area``, ``memory_dtype``, ``autocast_dtype``) mean the same per target, and its
+    memory is never used.
 
     Refusals (ValueError, with the reason; nothing changes): an id that is not an int in 1..255, a
     duplicate id on :meth:`add`, more than ``max_targets`` targets, an unknown id on
     :meth:`set_prompt` or :meth:`remove`. A prompt that is not a Prompt: TypeError, nothing changes.
+
+    Thread-safety: every call that reads or changes the targets holds one lock, and each thread
+    conditions on a scratch tracker of its own, so a catch-up can be prepared on another thread
+    (:meth:`prepare_catch_up`: the heavy part runs without the lock) while :meth:`track` runs.
     """
 
     def __init__(self, single: StreamingTracker, max_targets: int = DEFAULT_MAX_TARGETS):
@@ -148,6 +97,10 @@ class MultiTargetTracker:
         self.model: torch.nn.Module = single.model
         self.transform: SamImageTransform = single.transform
         self.max_targets = max_targets
+        self._lock = threading.RLock()
+        self._scratch = threading.local()
+        self._pos_enc: list[torch.Tensor] | None = None
+        self._version = 0
         self.reset()
 
     @property
@@ -161,20 +114,24 @@ class MultiTargetTracker:
         return self._single.keep_non_cond
 
     @property
+    @_locked
     def ids(self) -> tuple[int, ...]:
         """Every target's id, ascending (tracked ones and those whose first prompt is queued)."""
         return tuple(sorted(self._ids))
 
     @property
+    @_locked
     def cohorts(self) -> list[tuple[int, ...]]:
         """The tracked targets' ids grouped as they are batched (one tuple per ``track_step`` call)."""
         return [tuple(c.ids) for c in self._cohorts]
 
+    @_locked
     def reset(self) -> None:
         """Forget every target, queued prompt and memory; memory time restarts at 0."""
         self._ids: set[int] = set()
         self._pending: dict[int, Prompt] = {}
-        self._cohorts: list[_Cohort] = []
+        self._cohorts: list[Cohort] = []
+        self._memory_versions: dict[int, int] = {}
 
     def encode(self, image: np.ndarray, camera_hw: tuple[int, int] | None = None) -> FrameFeatures:
         """:meth:`StreamingTracker.encode`: the image encoder, once per frame for all targets."""
@@ -184,13 +141,15 @@ class MultiTargetTracker:
         """:meth:`StreamingTracker.encode_frame` of a window frame."""
         return self._single.encode_frame(frame)
 
+    @_locked
     def add(self, target_id: int, prompt: Prompt) -> None:
         """A new target, conditioned with ``prompt`` on the next frame given to :meth:`track` (its
         memory starts there). Refused (class docstring): a bad or duplicate id, too many targets."""
         self._check_new(target_id)
-        self._pending[int(target_id)] = _checked_prompt(prompt)
+        self._pending[int(target_id)] = checked_prompt(prompt)
         self._ids.add(int(target_id))
 
+    @_locked
     def cancel(self, target_id: int) -> None:
         """Drop target ``target_id``'s queued prompt; a target with no memory yet is forgotten."""
         self._check_known(target_id)
@@ -198,7 +157,7 @@ class MultiTargetTracker:
         if not any(target_id in cohort.ids for cohort in self._cohorts):
             self._ids.discard(target_id)
 
-    @torch.inference_mode()
+    @_locked
     def catch_up(self, target_id: int, keyframe: FrameFeatures, prompt: Prompt,
                  following: list[FrameFeatures]) -> list[TrackResult]:
         """Condition one target on a past frame (``keyframe``) and track it alone through the
@@ -207,31 +166,66 @@ class MultiTargetTracker:
         added (refused as :meth:`add` refuses), a known one re-conditioned as :meth:`set_prompt`
         does (a queued prompt of it is dropped). The other targets are untouched; the next
         :meth:`track` tracks this one into the current frame with them. Returns the keyframe's and
-        the following frames' results."""
-        prompt = _checked_prompt(prompt)
-        if target_id in self._ids:
-            self._check_known(target_id)
-        else:
-            self._check_new(target_id)
+        the following frames' results. :meth:`prepare_catch_up` then :meth:`install`, at once."""
+        prompt = checked_prompt(prompt)
+        self._check_installable(target_id)
+        prepared = self.prepare_catch_up(target_id, keyframe, prompt, following)
+        self.install(prepared, [])
+        return prepared.results
+
+    @torch.inference_mode()
+    def prepare_catch_up(self, target_id: int, keyframe: FrameFeatures, prompt: Prompt,
+                         following: list[FrameFeatures], keep_memory: bool = True) -> PreparedCatchUp:
+        """:meth:`catch_up`'s conditioning and tracking, with nothing changed: the target's new
+        memory waits for :meth:`install`. ``keep_memory``: keep the conditioning frames the target
+        has now (False: a memory of this keyframe alone, as for a new target). Holds the lock only
+        while it copies those frames, so another thread may prepare while :meth:`track` runs."""
+        prompt = checked_prompt(prompt)
+        self._check_id(target_id)
+        with self._lock:
+            own = self._own_rows(target_id) if keep_memory else None
+            basis = self._memory_versions.get(target_id, 0) if keep_memory else None
         result, entry = self._condition(keyframe, prompt)
-        self._ids.add(int(target_id))
+        prepared = PreparedCatchUp(int(target_id), self._cohort_after(target_id, own, entry), [result], basis)
+        self.extend_catch_up(prepared, following)
+        return prepared
+
+    @torch.inference_mode()
+    def extend_catch_up(self, prepared: PreparedCatchUp, following: list[FrameFeatures]) -> None:
+        """Track a prepared catch-up further, through ``following`` (its results appended); on the
+        thread that prepared it, without the lock (nothing of the targets is read or changed)."""
+        prepared.results += [self._track_cohort(prepared.cohort, feats)[prepared.target_id] for feats in following]
+
+    @_locked
+    @torch.inference_mode()
+    def install(self, prepared: PreparedCatchUp, following: list[FrameFeatures]) -> list[TrackResult] | None:
+        """Track a prepared catch-up through ``following`` (the frames buffered since it was
+        prepared, not yet the current frame), then make it its target's memory, as :meth:`catch_up`
+        does; the results of ``following``. None, changing nothing, when the target's memory was
+        changed since it was prepared on it (its ``basis``); refused as :meth:`catch_up` is."""
+        target_id = prepared.target_id
+        if prepared.basis is not None and self._memory_versions.get(target_id, 0) != prepared.basis:
+            return None
+        self._check_installable(target_id)
+        results = [self._track_cohort(prepared.cohort, feats)[target_id] for feats in following]
+        self._detach(target_id)
+        self._bump(target_id)
+        self._ids.add(target_id)
         self._pending.pop(target_id, None)
-        cohort = self._conditioned_cohort(target_id, entry)
-        self._cohorts.append(cohort)
-        results = [result]
-        for feats in following:
-            results.append(self._track_cohort(cohort, feats)[target_id])
+        self._cohorts.append(prepared.cohort)
         self._join_equal_layouts()
         return results
 
+    @_locked
     def set_prompt(self, target_id: int, prompt: Prompt) -> None:
         """Re-condition a known target with ``prompt`` on the next frame given to :meth:`track`, as
         :meth:`StreamingTracker.condition` does (its tracked memory is dropped, its conditioning
         frames kept up to ``max_cond_frames``); the target leaves its cohort there. For a target
         whose first prompt is still queued, ``prompt`` replaces it."""
         self._check_known(target_id)
-        self._pending[int(target_id)] = _checked_prompt(prompt)
+        self._pending[int(target_id)] = checked_prompt(prompt)
 
+    @_locked
     def remove(self, target_id: int) -> None:
         """Forget a target, its queued prompt and its memory; the rows of the other targets of its
         cohort are copied out unchanged (bit for bit)."""
@@ -239,7 +233,9 @@ class MultiTargetTracker:
         self._detach(target_id)
         self._ids.discard(target_id)
         self._pending.pop(target_id, None)
+        self._memory_versions.pop(target_id, None)
 
+    @_locked
     @torch.inference_mode()
     def track(self, feats: FrameFeatures) -> TargetResults:
         """Process one new frame (one memory step): targets with a queued prompt are conditioned on
@@ -265,61 +261,93 @@ class MultiTargetTracker:
         self._join_equal_layouts()
         return TargetResults({i: results[i] for i in sorted(results)}, feats.image_hw)
 
+    @_locked
     def stored_frames(self, target_id: int) -> tuple[int, int]:
         """(conditioning frames, tracked outputs) in target ``target_id``'s memory ((0, 0) before
         its first prompt is applied); ValueError for an unknown id."""
         self._check_known(target_id)
         cohort = next((c for c in self._cohorts if target_id in c.ids), None)
-        return (0, 0) if cohort is None else (len(cohort.bank[_KINDS[0]]), len(cohort.bank[_KINDS[1]]))
+        return (0, 0) if cohort is None else (len(cohort.bank[KINDS[0]]), len(cohort.bank[KINDS[1]]))
 
+    @_locked
     def state_size(self) -> tuple[int, int]:
         """(stored frame outputs summed over targets, bytes of every tensor the memory banks hold,
         the one shared ``maskmem_pos_enc`` counted once). Per target the outputs are bounded by
         ``max_cond_frames + keep_non_cond``, as :meth:`StreamingTracker.state_size`'s."""
         entries = nbytes = 0
         for cohort in self._cohorts:
-            for kind in _KINDS:
+            for kind in KINDS:
                 for entry in cohort.bank[kind].values():
                     entries += len(cohort.ids)
-                    nbytes += sum(entry[k].numel() * entry[k].element_size() for k in _BATCHED_KEYS)
+                    nbytes += sum(entry[k].numel() * entry[k].element_size() for k in BATCHED_KEYS)
         if self._cohorts:
-            nbytes += sum(p.numel() * p.element_size() for p in self._single.maskmem_pos_enc)
+            nbytes += sum(p.numel() * p.element_size() for p in self._pos_enc)
         return entries, nbytes
 
+    def _scratch_tracker(self) -> StreamingTracker:
+        """This thread's one-target tracker (``single``'s model and settings) for conditioning
+        and storing memory: its own memory is scratch, emptied after each conditioning."""
+        scratch = getattr(self._scratch, "tracker", None)
+        if scratch is None:
+            s = self._single
+            scratch = self._scratch.tracker = StreamingTracker(
+                s.model, s.transform, s.max_cond_frames, s.num_frames, s.fill_hole_area, s.memory_dtype,
+                s.autocast_dtype)
+        return scratch
+
     def _condition(self, feats: FrameFeatures, prompt: Prompt) -> tuple[TrackResult, dict]:
-        """:meth:`StreamingTracker.condition` on the one-target tracker: the result and the stored
-        entry (taken out of its scratch memory, so it holds nothing between calls)."""
-        result = self._single.condition(feats, prompt)
-        entry = self._single.pop_newest_conditioning()
+        """:meth:`StreamingTracker.condition` on this thread's scratch tracker: the result and the
+        stored entry (taken out of its memory, so it holds nothing between calls)."""
+        scratch = self._scratch_tracker()
+        result = scratch.condition(feats, prompt)
+        entry = scratch.pop_newest_conditioning()
+        if self._pos_enc is None:
+            self._pos_enc = entry["maskmem_pos_enc"]
         return result, entry
 
-    def _conditioned_cohort(self, target_id: int, entry: dict) -> _Cohort:
-        """The target's cohort after a conditioning whose stored ``entry`` is given: the target
-        taken out of its old cohort, its conditioning frames kept (up to ``max_cond_frames``,
-        oldest dropped), the new one at its old cohort's next step (0 for a new target)."""
-        own = self._detach(target_id)
+    def _conditioned_cohort(self, target_id: int, entry: dict) -> Cohort:
+        """The target's cohort after a conditioning whose stored ``entry`` is given, the target
+        taken out of its old cohort (:meth:`_cohort_after`); its memory version is new."""
+        self._bump(target_id)
+        return self._cohort_after(target_id, self._detach(target_id), entry)
+
+    def _cohort_after(self, target_id: int, own: Cohort | None, entry: dict) -> Cohort:
+        """A one-target cohort: the conditioning frames of ``own`` (the target's rows; None for a
+        new memory) kept, up to ``max_cond_frames`` with the oldest dropped, and ``entry`` at
+        ``own``'s next step (0 for a new memory)."""
         t = own.step if own is not None else 0
-        cond = {**(own.bank[_KINDS[0]] if own is not None else {}), t: entry}
+        cond = {**(own.bank[KINDS[0]] if own is not None else {}), t: entry}
         while len(cond) > self.max_cond_frames:
             del cond[min(cond)]
-        return _Cohort([target_id], {_KINDS[0]: cond, _KINDS[1]: {}}, t + 1)
+        return Cohort([target_id], {KINDS[0]: cond, KINDS[1]: {}}, t + 1)
 
-    def _detach(self, target_id: int) -> _Cohort | None:
+    def _own_rows(self, target_id: int) -> Cohort | None:
+        """A copy of the target's conditioning frames' rows as a one-target cohort (its tracked
+        frames left out: a re-conditioning drops them), None for a target with no memory."""
+        c = next((c for c in self._cohorts if target_id in c.ids), None)
+        return None if c is None else take_rows(Cohort(c.ids, {**c.bank, KINDS[1]: {}}, c.step), [target_id], self._pos_enc)
+
+    def _bump(self, target_id: int) -> None:
+        """The target's memory changed: it gets a new version (never one used before)."""
+        self._version += 1
+        self._memory_versions[target_id] = self._version
+
+    def _detach(self, target_id: int) -> Cohort | None:
         """Take a target's rows out of its cohort (the others' rows copied into a smaller cohort, an
         emptied cohort dropped); returns the target's own one-row cohort, None for a target with
         no memory yet."""
         for i, cohort in enumerate(self._cohorts):
             if target_id in cohort.ids:
                 rest = [j for j in cohort.ids if j != target_id]
-                own = self._take(cohort, [target_id])
+                own = take_rows(cohort, [target_id], self._pos_enc)
                 if rest:
-                    self._cohorts[i] = self._take(cohort, rest)
+                    self._cohorts[i] = take_rows(cohort, rest, self._pos_enc)
                 else:
                     del self._cohorts[i]
                 return own
         return None
 
-    def _track_cohort(self, cohort: _Cohort, feats: FrameFeatures) -> dict[int, TrackResult]:
+    def _track_cohort(self, cohort: Cohort, feats: FrameFeatures) -> dict[int, TrackResult]:
         """One batched ``SAM2Base.track_step`` (memory encoded inside) for a cohort at its next
         step: the frame's features expanded to the cohort's size; holes filled in the outputs, the
         entry stored and the oldest tracked entries dropped as :meth:`StreamingTracker.track` does."""
@@ -333,45 +361,17 @@ class MultiTargetTracker:
                 feat_sizes=list(feats.feat_sizes), point_inputs=None, mask_inputs=None,
                 output_dict=cohort.bank, num_frames=self._single.num_frames, run_mem_encoder=True)
         out["pred_masks"] = self._single.fill_holes(out["pred_masks"])  # output only, as track()
-        non_cond = cohort.bank[_KINDS[1]]
-        non_cond[t] = self._with_pos_enc(self._single.compact(out))
+        non_cond = cohort.bank[KINDS[1]]
+        non_cond[t] = with_pos_enc(self._scratch_tracker().compact(out), self._pos_enc)
         for old in [k for k in non_cond if k <= t - self.keep_non_cond]:
             del non_cond[old]
         scores = out["object_score_logits"].reshape(-1).tolist()
         return {i: TrackResult(out["pred_masks"][b:b + 1], scores[b], feats.image_hw, self.transform)
                 for b, i in enumerate(cohort.ids)}
 
-    def _take(self, cohort: _Cohort, ids: list[int]) -> _Cohort:
-        """A cohort of some of ``cohort``'s targets: their rows copied out of every tensor."""
-        rows = torch.tensor([cohort.ids.index(i) for i in ids], device=self.model.device)
-        return _Cohort(list(ids), self._rebatch([cohort.bank], lambda ts: ts[0].index_select(0, rows)), cohort.step)
-
     def _join_equal_layouts(self) -> None:
-        """Join cohorts whose banks hold frames at the same relative steps into one (rows
-        concatenated in order, banks moved to the latest of their steps: never below 0)."""
-        groups: dict[tuple, list[_Cohort]] = {}
-        for cohort in self._cohorts:
-            groups.setdefault(cohort.layout(), []).append(cohort)
-        self._cohorts = [group[0] if len(group) == 1 else self._joined(group) for group in groups.values()]
-
-    def _joined(self, group: list[_Cohort]) -> _Cohort:
-        step = max(c.step for c in group)
-        banks = [c.shifted(step) for c in group]
-        return _Cohort([i for c in group for i in c.ids], self._rebatch(banks, torch.cat), step)
-
-    def _rebatch(self, banks: list[dict], combine) -> dict:
-        """A bank of the same layout as ``banks`` (all alike) whose every per-target tensor is
-        ``combine`` of theirs (a list, in order); ``maskmem_pos_enc`` re-expanded to the new size."""
-        return {kind: {t: self._with_pos_enc({k: combine([bank[kind][t][k] for bank in banks])
-                                              for k in _BATCHED_KEYS})
-                       for t in banks[0][kind]}
-                for kind in _KINDS}
-
-    def _with_pos_enc(self, entry: dict) -> dict:
-        """``entry`` with the shared ``maskmem_pos_enc`` expanded (a view, no copy) to its batch
-        size, as the predictor's ``_get_maskmem_pos_enc`` hands it to ``track_step``."""
-        batch = entry["obj_ptr"].shape[0]
-        return {**entry, "maskmem_pos_enc": [p.expand(batch, -1, -1, -1) for p in self._single.maskmem_pos_enc]}
+        """Join cohorts of equal layouts (:func:`~vrs_node.core.cohorts.join_equal_layouts`)."""
+        self._cohorts = join_equal_layouts(self._cohorts, self._pos_enc)
 
     def _check_id(self, target_id) -> None:
         if isinstance(target_id, bool) or not isinstance(target_id, (int, np.integer)):
@@ -386,14 +386,15 @@ class MultiTargetTracker:
         if len(self._ids) >= self.max_targets:
             raise ValueError(f"already {len(self._ids)} targets, the most this tracker takes (max_targets)")
 
+    def _check_installable(self, target_id) -> None:
+        """A known target, or a new one that :meth:`add` would take."""
+        if target_id in self._ids:
+            self._check_known(target_id)
+        else:
+            self._check_new(target_id)
+
     def _check_known(self, target_id) -> None:
         self._check_id(target_id)
         if target_id not in self._ids:
             raise ValueError(f"no target with id {target_id!r}; targets: {sorted(self._ids)}")
 
-
-def _checked_prompt(prompt) -> Prompt:
-    """``prompt`` if it is a Prompt, else TypeError (as :meth:`StreamingTracker.condition` says)."""
-    if not isinstance(prompt, (MaskPrompt, PointsPrompt, TokenPrompt)):
-        raise TypeError(f"a prompt is a PointsPrompt, MaskPrompt or TokenPrompt, not {type(prompt).__name__}")
-    return prompt

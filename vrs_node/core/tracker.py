@@ -40,8 +40,8 @@ import torch.nn.functional as F
 
 from vrs_node.core.frames import Frame, check_frame
 from vrs_node.core.hole_filling import fill_holes_in_mask_scores
-from vrs_node.core.prompts import (MaskPrompt, PointsPrompt, Prompt, TokenPrompt, decoded_mask_input, mask_input,
-                                   point_input)
+from vrs_node.core.prompts import (MaskPrompt, PointsPrompt, Prompt, TokenPrompt, checked_prompt, decoded_mask_input,
+                                   mask_input, point_input)
 from vrs_node.models.sam2_build import FILL_HOLE_AREA, SamImageTransform
 
 CPU_MASK_TOLERANCE = 1e-3
@@ -218,10 +218,8 @@ class StreamingTracker:
             mask_inputs = self._token_mask_input(feats, prompt)
         elif isinstance(prompt, MaskPrompt):
             mask_inputs = mask_input(prompt.mask, feats.image_hw, self.transform, self.device)
-        elif isinstance(prompt, PointsPrompt):
+        elif isinstance(checked_prompt(prompt), PointsPrompt):
             point_inputs = point_input(prompt, feats.image_hw, self.transform, self.device)
-        else:
-            raise TypeError(f"a prompt is a PointsPrompt, MaskPrompt or TokenPrompt, not {type(prompt).__name__}")
         t = self._next_step()
         self._bank["non_cond_frame_outputs"].clear()
         out = self._track_step(t, feats, True, point_inputs, mask_inputs)

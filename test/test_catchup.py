@@ -1,0 +1,242 @@
+"""Grounding work kept off the tracking thread: catch-ups prepared on the grounding thread
+(vrs_node.core.catchup: MultiTargetTracker's prepare_catch_up + install against catch_up at once,
+a stale preparation refused, preparing on another thread while tracking runs, the engine preparing
+a grounding's catch-up on its grounding thread) and that thread's lower CPU priority."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import FRAME_NS, davis_sequence, grounding_engine, make_grounder, make_tracker, push_all
+
+from vrs_node.core.catchup import CatchUps
+from vrs_node.core.config import PipelineConfig
+from vrs_node.core.engine import StreamingEngine
+from vrs_node.core.prompts import MaskPrompt, PointsPrompt
+from vrs_node.core.results import STATUS_TRACKING
+from vrs_node.core.targets import MultiTargetTracker
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return davis_sequence("blackswan", 12)
+
+
+@pytest.fixture(scope="module")
+def feats(clip):
+    tracker = make_tracker(128)
+    return [tracker.encode(f) for f in clip[0]]
+
+
+@pytest.fixture(scope="module")
+def prompts(clip):
+    return {1: MaskPrompt(clip[1][0]), 2: PointsPrompt(box=(10.0, 10.0, 300.0, 200.0)),
+            3: PointsPrompt(points=np.array([[700.0, 100.0]], np.float32), labels=np.array([1]))}
+
+
+def two_targets(feats, prompts, upto: int) -> MultiTargetTracker:
+    """Targets 1 and 2 prompted on frame 0 and tracked through frames 1..upto-1."""
+    tracker = MultiTargetTracker(make_tracker(128))
+    tracker.add(1, prompts[1])
+    tracker.add(2, prompts[2])
+    for f in feats[:upto]:
+        tracker.track(f)
+    return tracker
+
+
+TOL = 1e-5
+"""A target tracked in a batch of two rows and alone differ by float rounding (test_targets.TOL)."""
+
+
+def close(a, b, tol=TOL) -> bool:
+    """Low-res logits and object scores within ``tol``, result by result."""
+    return len(a) == len(b) and all((x.low_res_logits - y.low_res_logits).abs().max() <= tol
+                                    and abs(x.object_score - y.object_score) <= tol for x, y in zip(a, b))
+
+
+def same(a, b) -> bool:
+    """Bit-equal low-res logits and object scores, result by result."""
+    return len(a) == len(b) and all(torch.equal(x.low_res_logits, y.low_res_logits) and x.object_score == y.object_score
+                                    for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("target_id, keep_memory", [(3, False), (1, True)])
+def test_prepared_then_installed_later_equals_catching_up_when_prepared(feats, prompts, target_id, keep_memory):
+    """Prepared at frame 6 through frames 4-5 (keyframe 3), installed at frame 9 after frames 6-8:
+    bit-equal to catch_up at frame 6 with the target then tracked through frames 6-8 (a new target,
+    and a known one keeping its conditioning frames); the following frames equal too, within
+    batching's rounding (the other target was tracked in a batch of two meanwhile, alone there).
+    A new target's memory starts at step 0 either way, so it also equals catch_up at frame 9
+    through frames 4-8."""
+    key, prepared_at, installed_at = 3, 6, 9
+    prepared_tracker = two_targets(feats, prompts, prepared_at)
+    prepared = prepared_tracker.prepare_catch_up(target_id, feats[key], prompts[3], feats[key + 1:prepared_at],
+                                                 keep_memory=keep_memory)
+    assert prepared_tracker.ids == (1, 2) and len(prepared.results) == prepared_at - key
+    for f in feats[prepared_at:installed_at]:
+        prepared_tracker.track(f)
+    since = prepared_tracker.install(prepared, feats[prepared_at:installed_at])
+    at_once = two_targets(feats, prompts, prepared_at)
+    caught = at_once.catch_up(target_id, feats[key], prompts[3], feats[key + 1:prepared_at])
+    caught += [at_once.track(f)[target_id] for f in feats[prepared_at:installed_at]]
+    assert same(prepared.results + since, caught)
+    assert prepared_tracker.ids == at_once.ids and prepared_tracker.cohorts == at_once.cohorts
+    for f in feats[installed_at:]:
+        a, b = prepared_tracker.track(f), at_once.track(f)
+        assert list(a) == list(b) and close(list(a.values()), list(b.values()))
+    assert prepared_tracker.state_size() == at_once.state_size()
+    if not keep_memory:
+        late = two_targets(feats, prompts, installed_at)
+        assert same(prepared.results + since, late.catch_up(target_id, feats[key], prompts[3],
+                                                             feats[key + 1:installed_at]))
+
+
+def test_extending_a_preparation_equals_preparing_through_all_frames(feats, prompts):
+    tracker = two_targets(feats, prompts, 8)
+    whole = tracker.prepare_catch_up(3, feats[2], prompts[3], feats[3:8], keep_memory=False)
+    parts = tracker.prepare_catch_up(3, feats[2], prompts[3], feats[3:5], keep_memory=False)
+    tracker.extend_catch_up(parts, feats[5:8])
+    assert len(parts.results) == 6 and same(parts.results, whole.results)
+    assert parts.cohort.layout() == whole.cohort.layout() and parts.cohort.step == whole.cohort.step
+
+
+def test_a_preparation_whose_memory_changed_is_refused_and_changes_nothing(feats, prompts):
+    tracker = two_targets(feats, prompts, 4)
+    stale = tracker.prepare_catch_up(1, feats[2], prompts[3], feats[3:4], keep_memory=True)
+    fresh = tracker.prepare_catch_up(2, feats[2], prompts[3], feats[3:4], keep_memory=False)
+    tracker.set_prompt(1, prompts[2])
+    tracker.track(feats[4])  # target 1 re-conditioned: a new memory version
+    before = (tracker.ids, tracker.cohorts, tracker.state_size())
+    assert tracker.install(stale, [feats[4]]) is None
+    assert (tracker.ids, tracker.cohorts, tracker.state_size()) == before
+    assert len(tracker.install(fresh, [feats[4]])) == 1, "a new memory is built on nothing: never stale"
+    removed = two_targets(feats, prompts, 4)
+    stale = removed.prepare_catch_up(2, feats[2], prompts[3], [], keep_memory=True)
+    removed.remove(2)
+    removed.add(2, prompts[2])
+    removed.track(feats[4])
+    assert removed.install(stale, []) is None, "removed and added again: another memory"
+
+
+def test_preparing_on_another_thread_while_tracking_gives_the_same_results(feats, prompts):
+    """A catch-up prepared on a thread while the main thread tracks the other targets: the same
+    values as both done one after the other."""
+    key, start, end = 2, 5, 10
+    expected_tracker = two_targets(feats, prompts, start)
+    expected = expected_tracker.prepare_catch_up(1, feats[key], prompts[3], feats[key + 1:start])
+    expected_tracked = [expected_tracker.track(f) for f in feats[start:end]]
+    tracker = two_targets(feats, prompts, start)
+    out, tracked = {}, []
+    worker = threading.Thread(target=lambda: out.setdefault(
+        "prepared", tracker.prepare_catch_up(1, feats[key], prompts[3], feats[key + 1:start])))
+    worker.start()
+    for f in feats[start:end]:
+        tracked.append(tracker.track(f))
+    worker.join(120)
+    assert same(out["prepared"].results, expected.results)
+    for a, b in zip(tracked, expected_tracked):
+        assert same(list(a.values()), list(b.values()))
+    assert same(tracker.install(out["prepared"], feats[start:end]),
+                expected_tracker.install(expected, feats[start:end]))
+
+
+def test_sync_groundings_catch_up_through_prepared_catch_ups(clip):
+    """In sync mode a grounding's catch-up is prepared and installed within the same push: every
+    catch-up frame is a prepared one."""
+    engine, reports = grounding_engine(period_s=5 * FRAME_NS / 1e9, window_frames=6)
+    engine.set_instruction("the black swan")
+    push_all(engine, clip[0])
+    assert len(reports) >= 2 and all(q.applied for q in reports)
+    assert engine.stats.catchup_frames > 0
+    assert engine.stats.prepared_catchup_frames == engine.stats.catchup_frames
+
+
+def test_a_failing_preparation_leaves_the_catch_up_to_the_tracking_thread(clip, caplog, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no memory for a preparation")
+
+    monkeypatch.setattr(CatchUps, "prepare", broken)
+    engine, reports = grounding_engine(period_s=5 * FRAME_NS / 1e9, window_frames=6)
+    engine.set_instruction("the black swan")
+    results = push_all(engine, clip[0])
+    assert all(q.applied for q in reports) and results[-1].status == STATUS_TRACKING
+    assert engine.stats.catchup_frames > 0 and engine.stats.prepared_catchup_frames == 0
+    assert "preparing the answer" in caplog.text and "no memory for a preparation" in caplog.text
+
+
+def test_live_groundings_prepare_their_catch_up_on_the_grounding_thread(clip):
+    """The answer comes back while frames go on being tracked: its catch-up is tracked on the
+    grounding thread through the frames before the newest, the tracking thread only through those
+    it processed since the preparation's last pass."""
+    tracker = make_tracker(128)
+    grounder = make_grounder(tracker)
+    real_ground, pushed = grounder.ground_many, threading.Event()
+
+    def late_ground(window, instructions):
+        answers = real_ground(window, instructions)
+        assert pushed.wait(60)  # more frames processed before the answer
+        return answers
+
+    grounder.ground_many = late_ground
+    results, reports = [], []
+    engine = StreamingEngine(tracker, PipelineConfig(mode="live", period_s=0, window_frames=30), grounder=grounder,
+                             on_result=results.append, on_query=reports.append)
+    prepared_on = []
+    real_prepare = engine.target_tracker.prepare_catch_up
+    engine.target_tracker.prepare_catch_up = lambda *a, **k: prepared_on.append(
+        threading.current_thread().name) or real_prepare(*a, **k)
+    answered_at = None
+    try:
+        engine.set_instruction("the black swan")
+        for i in range(40):  # one frame at a time (none dropped), until 2 frames after the answer
+            engine.push(clip[0][i % len(clip[0])], i * FRAME_NS)
+            until = time.time() + 60
+            while time.time() < until and len(results) <= i:
+                time.sleep(0.01)
+            if i == 5:
+                pushed.set()
+            answered_at = answered_at if answered_at is not None or not reports else i
+            if answered_at is not None and i >= answered_at + 2:
+                break
+    finally:
+        engine.close()
+    assert prepared_on == ["vrs-grounding"] and reports[0].applied
+    assert engine.stats.dropped == 0 and engine.stats.prepared_catchup_frames >= 2
+    on_tracking_thread = engine.stats.catchup_frames - engine.stats.prepared_catchup_frames
+    assert 0 <= on_tracking_thread <= answered_at - 5
+    assert results[-1].status == STATUS_TRACKING
+
+
+def test_the_grounding_thread_runs_at_a_lower_cpu_priority(clip):
+    """grounding_nice is added to the grounding thread's niceness; the tracking thread keeps the
+    process's."""
+    tracker = make_tracker(128)
+    grounder = make_grounder(tracker)
+    niceness, real_ground = {}, grounder.ground_many
+
+    def spy(window, instructions):
+        niceness["grounding"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        return real_ground(window, instructions)
+
+    def on_result(result):
+        niceness.setdefault("tracking", os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    grounder.ground_many = spy
+    reports = []
+    engine = StreamingEngine(tracker, PipelineConfig(mode="live", period_s=0, grounding_nice=7), grounder=grounder,
+                             on_result=on_result, on_query=reports.append)
+    try:
+        engine.set_instruction("the black swan")
+        engine.push(clip[0][0], 0)
+        until = time.time() + 60
+        while time.time() < until and not reports:
+            time.sleep(0.05)
+    finally:
+        engine.close()
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    assert reports and niceness == {"grounding": min(19, base + 7), "tracking": base}
