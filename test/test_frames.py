@@ -261,6 +261,20 @@ def test_feature_cache_set_get_has():
     assert not window.has_feature(42, "emb")
 
 
+def test_with_feature_lists_the_frames_holding_a_key_with_their_values():
+    window = FrameWindow(3)
+    frames = [window.append(_image(i), i) for i in range(4)]  # frame 0 evicted
+    window.set_feature(frames[3].index, "emb", "c")
+    window.set_feature(frames[1].index, "emb", "a")
+    window.set_feature(frames[2].index, "other", "b")
+    held = window.with_feature("emb")
+    assert [(f.index, v) for f, v in held] == [(1, "a"), (3, "c")]
+    window.append(_image(4), 4)  # evicts frame 1: the list taken before is unchanged
+    assert [(f.index, v) for f, v in held] == [(1, "a"), (3, "c")]
+    assert [(f.index, v) for f, v in window.with_feature("emb")] == [(3, "c")]
+    assert window.with_feature("missing") == []
+
+
 def test_set_feature_on_missing_frame_raises():
     window = FrameWindow(1)
     window.append(_image(), 0)

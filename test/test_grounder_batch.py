@@ -151,6 +151,8 @@ def test_per_frame_inputs_are_read_and_computed_once_for_the_whole_batch(frames)
     reads = []
     get_feature = window.get_feature
     window.get_feature = lambda index, key, default=None: reads.append(key) or get_feature(index, key, default)
+    with_feature = window.with_feature
+    window.with_feature = lambda key: reads.append(("every frame", key)) or with_feature(key)
 
     batch = instructions()
     results = grounder.ground_many(window, batch)
@@ -163,7 +165,8 @@ def test_per_frame_inputs_are_read_and_computed_once_for_the_whole_batch(frames)
     # that share a lattice (a prompt alone on its lattice is whole in the first call).
     rows = [kw["inputs_embeds"].shape[0] for kw in llm_calls]
     assert rows == [len(lattices), sum(n for n in lattices.values() if n > 1)]
-    assert (reads.count(SAM2_KEY), reads.count(CLIP_KEY), reads.count(MLLM_KEY)) == (8, 8, len(used))
+    assert (reads.count(("every frame", SAM2_KEY)), reads.count(SAM2_KEY), reads.count(CLIP_KEY),
+            reads.count(MLLM_KEY)) == (1, 0, 8, len(used))
     # Again: every per-frame input and text embedding is cached; still one LLM call.
     again = grounder.ground_many(window, batch)
     assert (clip.count, text.count, encoder.count, len(llm_calls), len(computed)) == (8, len(batch), 0, 4, len(used))

@@ -116,7 +116,5 @@ class CatchUps:
     def _following(self, after: int, before: int) -> list[tuple[int, FrameFeatures]]:
         """(index, SAM-2 features) of the window's frames after ``after`` and before ``before`` that
         have features, every n-th as :func:`catchup_schedule` picks them, in order."""
-        buffered = [i for i in self._window.indices() if after < i < before and self._window.has_feature(i, SAM2_KEY)]
-        chosen = [buffered[p] for p in catchup_schedule(len(buffered), self._config().max_catchup_frames)]
-        pairs = [(i, self._window.get_feature(i, SAM2_KEY)) for i in chosen]
-        return [(i, feats) for i, feats in pairs if feats is not None]  # evicted meanwhile (another thread)
+        buffered = [(f.index, feats) for f, feats in self._window.with_feature(SAM2_KEY) if after < f.index < before]
+        return [buffered[p] for p in catchup_schedule(len(buffered), self._config().max_catchup_frames)]

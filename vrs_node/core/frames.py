@@ -201,6 +201,13 @@ class FrameWindow:
         with self._lock:
             return self._features.get(index, {}).get(key, default)
 
+    def with_feature(self, key: str) -> list[tuple[Frame, Any]]:
+        """The frames held that have a value cached under ``key``, oldest first, each with that
+        value: read together, so evictions after the call change neither."""
+        with self._lock:
+            return [(frame, self._features[i][key]) for i, frame in self._frames.items()
+                    if key in self._features.get(i, {})]
+
     def has_feature(self, index: int, key: str) -> bool:
         """Whether a value is cached under ``key`` for frame ``index``."""
         with self._lock:

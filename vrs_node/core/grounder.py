@@ -205,7 +205,8 @@ class Grounder:
         lists = [window.snapshot()] * count if frames is None else [list(fs) for fs in frames]
         encoded = {}
         if with_candidates:
-            encoded = {f.index: window.get_feature(f.index, SAM2_KEY) for f in self._distinct(lists)}
+            held = {frame.index: feats for frame, feats in window.with_feature(SAM2_KEY)}
+            encoded = {f.index: held.get(f.index) for f in self._distinct(lists)}
             lists = [[f for f in fs if encoded[f.index] is not None] for fs in lists]
         empty = next((i for i, fs in enumerate(lists) if not fs), None)
         if empty is not None:

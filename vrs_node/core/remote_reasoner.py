@@ -152,7 +152,7 @@ class RemoteGrounder:
         if len(instructions) > MAX_INSTRUCTIONS:
             raise ValueError(f"{len(instructions)} instructions in one query; the protocol takes {MAX_INSTRUCTIONS}")
         # The features are taken now, as the local query does: the window may evict these frames meanwhile.
-        held = dict(list(_encoded(window).items())[-MAX_STAMPS:])
+        held = {frame.stamp_ns: (frame, feats) for frame, feats in window.with_feature(SAM2_KEY)[-MAX_STAMPS:]}
         if not held:
             raise ValueError("no encoded frame in the window yet: grounding needs at least one")
         started = time.perf_counter()
@@ -277,16 +277,6 @@ class RemoteGrounder:
         """TKS for every answered instruction in one batch; the faults stay in their slots."""
         selected = iter(select_keyframes(self.tracker, [r for r in results if isinstance(r, Reasoning)]))
         return [next(selected) if isinstance(r, Reasoning) else r for r in results]
-
-
-def _encoded(window: FrameWindow) -> dict[int, tuple[Frame, FrameFeatures]]:
-    """The window's encoded frames now, oldest first: stamp -> (frame, its SAM-2 features)."""
-    held = {}
-    for frame in window.snapshot():
-        feats = window.get_feature(frame.index, SAM2_KEY)
-        if feats is not None:
-            held[frame.stamp_ns] = (frame, feats)
-    return held
 
 
 def _mismatch(request: Request, response: Response) -> str | None:

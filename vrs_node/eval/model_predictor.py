@@ -46,6 +46,15 @@ def model_predictor(args: argparse.Namespace, progress: bool | None = None) -> t
                        "image_size": models.transform.image_size, "precision": models.precision}
 
 
+def predictor_and_meta(args: argparse.Namespace, predictor: Predictor | None,
+                       progress: bool | None = None) -> tuple[Predictor, dict]:
+    """``predictor`` with its summary fields (:func:`custom_meta`), or, when it is None, the
+    models' predictor and fields (:func:`model_predictor`, loaded here)."""
+    if predictor is None:
+        return model_predictor(args, progress)
+    return predictor, custom_meta(predictor, args)
+
+
 def predictor_name(predictor: Predictor) -> str:
     """A custom predictor's name: its ``name`` attribute, else its function or class name."""
     return getattr(predictor, "name", getattr(predictor, "__name__", type(predictor).__name__))

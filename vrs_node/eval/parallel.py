@@ -39,11 +39,10 @@ import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError, WorkerCrashedError
 from tqdm import tqdm
 
-from vrs_node.eval.groups import expression_groups, group_name, run_group
-from vrs_node.eval.model_predictor import custom_meta, model_predictor
-from vrs_node.eval.outputs import run_sequence
-from vrs_node.eval.resume import write_record
+from vrs_node.eval.groups import group_name
+from vrs_node.eval.model_predictor import predictor_and_meta
 from vrs_node.eval.sequences import Predictor, ReplayError, ReplaySequence
+from vrs_node.eval.tasks import replay_tasks, run_task
 
 MAX_ATTEMPTS = 2
 """Attempts per sequence (the first and one Ray retry) before it counts as a failure."""
@@ -96,10 +95,7 @@ class SequenceWorker:
         import torch
 
         torch.set_num_threads(args.threads_per_worker)
-        if predictor is None:
-            self.predictor, self.meta = model_predictor(args, progress=False)
-        else:
-            self.predictor, self.meta = predictor, custom_meta(predictor, args)
+        self.predictor, self.meta = predictor_and_meta(args, predictor, progress=False)
         self.out, self.options, self.grouped = args.out, options, args.all_expressions
 
     def describe(self) -> dict:
@@ -114,14 +110,8 @@ class SequenceWorker:
         summary, its rows)."""
         ray.get(ledger.start.remote(name))
         on_frame = lambda frames: ledger.advance.remote(name, frames * len(task))  # noqa: E731
-        if self.grouped:
-            results = run_group(task, self.predictor, self.out, progress=False, on_frame=on_frame, **self.options)
-        else:
-            results = {task[0].name: run_sequence(task[0], self.predictor, self.out / task[0].name, progress=False,
-                                                  on_frame=on_frame, **self.options)}
-        for seq in task:
-            write_record(self.out / seq.name, keys[seq.name], *results[seq.name], self.meta)
-        return results
+        return run_task(task, self.predictor, self.out, self.grouped, keys, self.meta, progress=False,
+                        on_frame=on_frame, **self.options)
 
 
 def replay_on_ray(args: argparse.Namespace, sequences: list[ReplaySequence], predictor: Predictor | None,
@@ -129,8 +119,8 @@ def replay_on_ray(args: argparse.Namespace, sequences: list[ReplaySequence], pre
     """Run ``sequences`` on ``args.workers`` Ray workers (module docstring). ``keys``: sequence name
     -> its completion record key; ``options``: :func:`run_sequence`'s output keywords;
     ``frames_done``: frames of the run already done (resumed), where the progress bar starts."""
-    tasks = {group_name(g): g for g in expression_groups(sequences, args.max_targets)} if args.all_expressions \
-        else {seq.name: [seq] for seq in sequences}
+    tasks = {group_name(t) if args.all_expressions else t[0].name: t
+             for t in replay_tasks(sequences, args.all_expressions, args.max_targets)}
     started, actors = start_ray(args), []
     try:
         gpus = args.gpus_per_worker if args.gpus_per_worker is not None else \

@@ -59,15 +59,16 @@ from tqdm import tqdm
 from vrs_node.core.config import PipelineConfig
 from vrs_node.eval import bag as bagio
 from vrs_node.eval.bag import BagError
-from vrs_node.eval.groups import expression_groups, pass_totals, run_group
+from vrs_node.eval.groups import pass_totals
 from vrs_node.eval.metrics import BOUND_TH
-from vrs_node.eval.model_predictor import configs, custom_meta, model_predictor, predictor_name
-from vrs_node.eval.outputs import BAG_DIR, PREDICTED_MASK_TOPIC, run_sequence
+from vrs_node.eval.model_predictor import configs, predictor_and_meta, predictor_name
+from vrs_node.eval.outputs import BAG_DIR, PREDICTED_MASK_TOPIC
 from vrs_node.eval.report import format_report, write_plots
-from vrs_node.eval.resume import RECORD_NAME, checkpoint_fingerprint, record_key, resume_plan, write_record
+from vrs_node.eval.resume import RECORD_NAME, checkpoint_fingerprint, record_key, resume_plan
 from vrs_node.eval.sequences import (PROMPTS, Predictor, ReplayError, ReplaySequence, bag_sequence,
                                      dataset_sequences)
 from vrs_node.eval.summary import RANDOM_WARNING, protocol, run_scores, without_nans
+from vrs_node.eval.tasks import replay_tasks, run_task
 from vrs_node.models.config import ModelConfig, add_arguments, settings
 from vrs_node.models.prompt import clean_instruction
 
@@ -226,22 +227,13 @@ def _replay_here(args, sequences: list[ReplaySequence], predictor: Predictor | N
     the summary's model fields; None when there was nothing to run)."""
     if not sequences:
         return {}, None
-    if predictor is None:
-        predictor, meta = model_predictor(args)
-    else:
-        meta = custom_meta(predictor, args)
-    results = {}
-    if args.all_expressions:
-        for group in tqdm(expression_groups(sequences, args.max_targets), desc="passes", unit="pass",
-                          disable=args.quiet):
-            results |= run_group(group, predictor, args.out, progress=not args.quiet, **_output_options(args))
-            for seq in group:
-                write_record(args.out / seq.name, keys[seq.name], *results[seq.name], meta)
-        return results, meta
-    for seq in tqdm(sequences, desc="sequences", unit="seq", disable=args.quiet or len(sequences) < 2):
-        results[seq.name] = run_sequence(seq, predictor, args.out / seq.name, progress=not args.quiet,
-                                         **_output_options(args))
-        write_record(args.out / seq.name, keys[seq.name], *results[seq.name], meta)
+    predictor, meta = predictor_and_meta(args, predictor)
+    grouped, results = args.all_expressions, {}
+    tasks = replay_tasks(sequences, grouped, args.max_targets)
+    for task in tqdm(tasks, desc="passes" if grouped else "sequences", unit="pass" if grouped else "seq",
+                     disable=args.quiet or (not grouped and len(tasks) < 2)):
+        results |= run_task(task, predictor, args.out, grouped, keys, meta, progress=not args.quiet,
+                            **_output_options(args))
     return results, meta
 
 
