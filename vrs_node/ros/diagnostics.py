@@ -43,6 +43,9 @@ from vrs_node.core.queries import QueryReport
 from vrs_node.core.results import STATUS_ERROR, STATUS_TRACKING, EngineStats, FrameResult
 
 OK, WARN, ERROR = 0, 1, 2
+DIAGNOSTICS_PERIOD_S = 1.0
+"""Seconds between two ``/diagnostics`` messages of a node (``vrs-node``, ``vrs-reasoner``): the
+reporting period its status speaks of."""
 
 
 @dataclass(frozen=True)

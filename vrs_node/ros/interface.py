@@ -7,7 +7,6 @@ own times.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import threading
@@ -16,9 +15,8 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
-from rclpy.qos import qos_policy_name_from_kind, qos_profile_sensor_data
-from rclpy.qos_overriding_options import QoSOverridingOptions
+from rclpy.event_handler import PublisherEventCallbacks
+from rclpy.qos import qos_policy_name_from_kind
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
@@ -31,20 +29,19 @@ from vrs_node.core.queries import QueryReport
 from vrs_node.core.remote_reasoner import RemoteGrounder
 from vrs_node.core.results import FrameResult
 from vrs_node.core.target_commands import handle_instructions, handle_target_message, refusal
-from vrs_node.io.image import (ImageConversionError, compressed_msg_to_rgb, image_msg_to_rgb, instance_map_to_msg,
-                               mask_to_msg, ns_to_stamp, rgb_to_msg, stamp_to_ns)
+from vrs_node.io.image import (ImageConversionError, instance_map_to_msg, mask_to_msg, ns_to_stamp, rgb_to_msg,
+                               stamp_to_ns)
 from vrs_node.io.overlay import overlay_instances
 from vrs_node.models.config import ModelConfig
 from vrs_node.models.profiles import LoadedModels, load_configured_models, release_accelerator_memory
 from vrs_node.ros import status
-from vrs_node.ros.diagnostics import HealthMonitor
+from vrs_node.ros.diagnostics import DIAGNOSTICS_PERIOD_S, HealthMonitor
+from vrs_node.ros.image_input import decode_image, subscribe_image
 from vrs_node.ros.logs import RosLogHandler, forward_core_logs, stop_forwarding
 from vrs_node.ros.params import (RUNTIME_ENGINE_PARAMETERS, check_choices, declare_parameters,
                                  empty_lists_as_string_arrays, read_config, reasoner_namespace)
 from vrs_node.ros.qos import LATCHED, RELIABLE_5, qos_fix
 from vrs_node.ros.remote import RemoteReasonerLink
-
-DIAGNOSTICS_PERIOD_S = 1.0
 
 
 class VrsInterface:
@@ -172,18 +169,8 @@ class VrsInterface:
 
     def _subscribe_image(self):
         """The camera input of the ``image_transport`` parameter (see the module docstring)."""
-        transport = self._param("image_transport")
-        if transport == "compressed":
-            msg_type, topic = CompressedImage, self.resolve_topic_name("image") + "/compressed"
-        else:
-            msg_type, topic = Image, "image"
-        events = SubscriptionEventCallbacks(
-            incompatible_qos=self._incompatible_qos_handler(self.resolve_topic_name(topic), "subscription"))
-        # A copy: rclpy applies qos_overrides to the profile object it is given, in place, which
-        # would make every later user of the shared qos_profile_sensor_data in this process reliable.
-        return self.create_subscription(msg_type, topic, self._on_image, copy.copy(qos_profile_sensor_data),
-                                        qos_overriding_options=QoSOverridingOptions.with_default_policies(),
-                                        event_callbacks=events)
+        return subscribe_image(self, self._param("image_transport"), self._on_image,
+                               lambda topic: self._incompatible_qos_handler(topic, "subscription"))
 
     def _incompatible_qos_handler(self, topic: str, side: str):
         def handle(event) -> None:
@@ -273,14 +260,10 @@ class VrsInterface:
         if engine is None:
             self._report_error(msg.header, self.model_error)
             return
-        max_pixels = self._param("max_image_pixels")
+        reduce = isinstance(msg, CompressedImage) and self.overlay_pub.get_subscription_count() == 0
         try:
-            if isinstance(msg, CompressedImage):
-                reduce = self.overlay_pub.get_subscription_count() == 0
-                image, camera_hw = compressed_msg_to_rgb(
-                    msg, max_pixels, engine.tracker.transform.valid_size if reduce else None)
-            else:
-                image, camera_hw = image_msg_to_rgb(msg, max_pixels), None
+            image, camera_hw = decode_image(msg, self._param("max_image_pixels"),
+                                            engine.tracker.transform.valid_size if reduce else None)
         except ImageConversionError as exc:
             self.get_logger().warning(f"image refused: {exc}", throttle_duration_sec=5.0)
             self._report_error(msg.header, f"image refused: {exc}")

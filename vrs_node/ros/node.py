@@ -72,7 +72,7 @@ from rclpy.node import Node
 
 from vrs_node.models.profiles import release_accelerator_memory
 from vrs_node.ros.interface import VrsInterface
-from vrs_node.ros.node_command import parse_command_line, serve
+from vrs_node.ros.node_command import configure_and_activate, parse_command_line, serve
 
 __all__ = ["VrsNode", "VrsLifecycleNode", "main", "lifecycle_main"]
 
@@ -140,15 +140,9 @@ def main(args=None) -> int:
     return serve(VrsNode, args)
 
 
-def _autostart(node: VrsLifecycleNode) -> None:
-    """The ``configure`` and ``activate`` transitions, unless ``autostart`` is false."""
-    if node.get_parameter("autostart").value and node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-        node.trigger_activate()
-
-
 def lifecycle_main(args=None) -> int:
     """Console entry point ``vrs-lifecycle-node`` (``ros2 run vrs_node vrs_lifecycle_node``):
     configures and activates itself unless ``autostart`` is false (then a lifecycle manager or
     ``ros2 lifecycle set`` drives it). ``args`` and ``--help`` as for :func:`main`."""
     parse_command_line(args, __doc__, lifecycle=True)
-    return serve(VrsLifecycleNode, args, start=_autostart)
+    return serve(VrsLifecycleNode, args, start=configure_and_activate)

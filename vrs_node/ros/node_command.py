@@ -1,6 +1,6 @@
 """The command line of ``vrs-node`` and ``vrs-lifecycle-node``: ``--help`` and the argument check
-before ROS starts (:func:`parse_command_line`), and serving a node until a stop signal
-(:func:`serve`)."""
+before ROS starts (:func:`parse_command_line`), serving a node until a stop signal (:func:`serve`;
+also ``vrs-reasoner``'s) and a lifecycle node's start (:func:`configure_and_activate`)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import rclpy
 from rclpy.exceptions import ParameterException
+from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.utilities import remove_ros_args
 
 from vrs_node.ros.cli import ros_command
@@ -38,11 +39,16 @@ def help_parser(prog: str, about: str, lifecycle: bool) -> argparse.ArgumentPars
     ros = ROS_ARGUMENTS_HELP.format(prog=prog, executable="vrs_lifecycle_node" if lifecycle else "vrs_node")
     if lifecycle:
         ros += f"  {prog} --ros-args -p autostart:=false     (left unconfigured for a lifecycle manager)\n"
-    description = re.sub(r":\w+:`~?([^`]+)`", r"\1", about).replace("``", "")
     return argparse.ArgumentParser(
         prog=prog, usage="%(prog)s [-h] [--ros-args [-p NAME:=VALUE] [-r FROM:=TO] [--params-file FILE] ...]",
-        description=description, epilog="\n".join(parameters) + "\n\n" + ros,
+        description=plain_text(about), epilog="\n".join(parameters) + "\n\n" + ros,
         formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def plain_text(doc: str) -> str:
+    """``doc`` (a module docstring) as ``--help`` prints it: Sphinx roles (``:func:`~x.y```) reduced
+    to their target, double backquotes dropped."""
+    return re.sub(r":\w+:`~?([^`]+)`", r"\1", doc).replace("``", "")
 
 
 def parse_command_line(args: list[str] | None, about: str, lifecycle: bool) -> None:
@@ -80,3 +86,11 @@ def serve(node_class, args: list[str] | None, start=None) -> int:
     except KeyboardInterrupt:  # the stop signal before the node spun (loading models, say)
         pass
     return 0
+
+
+def configure_and_activate(node) -> None:
+    """Make a lifecycle ``node``'s ``configure`` transition and, once that succeeded, its
+    ``activate`` one, unless its ``autostart`` parameter is false (then a lifecycle manager or
+    ``ros2 lifecycle set`` drives it): the ``start`` of :func:`serve` for the lifecycle commands."""
+    if node.get_parameter("autostart").value and node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+        node.trigger_activate()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
@@ -57,11 +57,15 @@ RUNTIME_ENGINE_PARAMETERS = frozenset(s.name for s in settings(PipelineConfig) i
 """The engine's settings a running node applies when its parameter is set."""
 
 
-def parameters(lifecycle: bool = False) -> list[Setting]:
-    """The node's parameters as settings, in declaration order (see the module docstring);
-    ``lifecycle``: the lifecycle node's, ``autostart`` last."""
-    engine = [dataclasses.replace(s, default=NODE_DEFAULTS.get(s.name, s.default)) for s in settings(PipelineConfig)]
-    return [*settings(ModelConfig), *engine, *NODE_SETTINGS, *([AUTOSTART] if lifecycle else [])]
+def parameters(lifecycle: bool = False, base: Sequence[Setting] | None = None) -> list[Setting]:
+    """A node's parameters as settings, in declaration order: ``base``, by default (None) those of
+    ``vrs-node`` (see the module docstring; ``vrs-reasoner`` passes its own), then for a
+    ``lifecycle`` node :data:`AUTOSTART`."""
+    if base is None:
+        engine = [dataclasses.replace(s, default=NODE_DEFAULTS.get(s.name, s.default))
+                  for s in settings(PipelineConfig)]
+        base = [*settings(ModelConfig), *engine, *NODE_SETTINGS]
+    return [*base, *([AUTOSTART] if lifecycle else [])]
 
 
 def description(s: Setting) -> str:
@@ -85,13 +89,14 @@ def descriptor(s: Setting) -> ParameterDescriptor:
     return ParameterDescriptor(description=description(s), read_only=not s.runtime, **ranges)
 
 
-def declare_parameters(node, lifecycle: bool = False) -> None:
-    """Declare :func:`parameters` on ``node`` (an rclpy node), each with its :func:`descriptor`.
+def declare_parameters(node, lifecycle: bool = False, base: Sequence[Setting] | None = None) -> None:
+    """Declare :func:`parameters` (``lifecycle``, ``base``) on ``node`` (an rclpy node), each with
+    its :func:`descriptor`.
 
     A list setting (``instructions``) is declared as a string array: rclpy would take an empty
     list for a byte array, and reads ``[]`` from a parameter file as not set, which then gets
     the default."""
-    for s in parameters(lifecycle):
+    for s in parameters(lifecycle, base):
         if s.type is not list:
             node.declare_parameter(s.name, s.default, descriptor(s))
         elif node.declare_parameter(s.name, Parameter.Type.STRING_ARRAY, descriptor(s)).value is None:
@@ -145,11 +150,11 @@ def check_choices(value_of: Callable[[str], Any]) -> None:
     reasoner_namespace(value_of("reasoner"))
 
 
-def parameter_help(lifecycle: bool = False) -> list[str]:
-    """The ``--help`` lines of :func:`parameters`: ``  name (default X[, runtime-settable])`` and
-    the wrapped description under it."""
+def parameter_help(lifecycle: bool = False, base: Sequence[Setting] | None = None) -> list[str]:
+    """The ``--help`` lines of :func:`parameters` (``lifecycle``, ``base``): ``  name (default
+    X[, runtime-settable])`` and the wrapped description under it."""
     lines = []
-    for s in parameters(lifecycle):
+    for s in parameters(lifecycle, base):
         settable = ", runtime-settable" if s.runtime else ""
         lines.append(f"  {s.name} (default {s.default!r}{settable})")
         lines += textwrap.wrap(description(s), 96, initial_indent=" " * 6, subsequent_indent=" " * 6)

@@ -31,37 +31,29 @@ Parameters: the model settings of ``vrs-node`` (``model_profile``, ``device``, `
 from __future__ import annotations
 
 import argparse
-import copy
-import re
 import sys
-import textwrap
 from pathlib import Path
 
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
-from rclpy.qos import qos_profile_sensor_data
-from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.utilities import remove_ros_args
-from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
 from vrs_node.core.reasoner_service import (MAX_PENDING, ReasonerConfig, ReasonerService, ReasonerStats,
                                             build_reasoner_grounder)
-from vrs_node.io.image import compressed_msg_to_rgb, image_msg_to_rgb, stamp_to_ns
+from vrs_node.io.image import stamp_to_ns
 from vrs_node.models.config import ModelConfig, settings
 from vrs_node.models.profiles import load_configured_models
-from vrs_node.ros.diagnostics import ERROR, OK, WARN, Health
-from vrs_node.ros.node_command import serve
-from vrs_node.ros.params import AUTOSTART, IMAGE_TRANSPORTS, NODE_SETTINGS, description, descriptor, read_config
+from vrs_node.ros.diagnostics import DIAGNOSTICS_PERIOD_S, ERROR, OK, WARN, Health
+from vrs_node.ros.image_input import decode_image, subscribe_image
+from vrs_node.ros.node_command import configure_and_activate, plain_text, serve
+from vrs_node.ros.params import IMAGE_TRANSPORTS, NODE_SETTINGS, declare_parameters, parameter_help, read_config
 from vrs_node.ros.qos import PROTOCOL_QOS, RELIABLE_5
 from vrs_node.ros.status import diagnostic_array
 
 __all__ = ["ReasonerNode", "ReasonerLifecycleNode", "main", "lifecycle_main", "reasoner_parameters",
            "reasoner_health"]
-
-DIAGNOSTICS_PERIOD_S = 1.0
-"""Seconds between two ``/diagnostics`` messages (the period :func:`reasoner_health` reports on)."""
 
 
 def reasoner_health(stats: ReasonerStats, previous: ReasonerStats, held: int, capacity: int,
@@ -103,10 +95,11 @@ class ReasonerInterface:
     """The reasoner's ROS interface in stages (parameters, model load, start, stop) for
     :class:`ReasonerNode` and :class:`ReasonerLifecycleNode` (module docstring)."""
 
-    def _declare(self) -> None:
-        """Declare the parameters; ValueError for an ``image_transport`` off its choices."""
-        for s in reasoner_parameters():
-            self.declare_parameter(s.name, s.default, descriptor(s))
+    def _declare(self, lifecycle: bool = False) -> None:
+        """Declare the parameters (:func:`reasoner_parameters`, then ``autostart`` for the
+        ``lifecycle`` node) and start the diagnostics; ValueError for an ``image_transport`` off
+        its choices."""
+        declare_parameters(self, lifecycle, reasoner_parameters())
         if self._param("image_transport") not in IMAGE_TRANSPORTS:
             raise ValueError(f"parameter image_transport must be one of {', '.join(IMAGE_TRANSPORTS)}; "
                              f"got {self._param('image_transport')!r}")
@@ -152,15 +145,9 @@ class ReasonerInterface:
                                        lambda text: self.responses.publish(String(data=text)),
                                        log=self.get_logger().warning)
         self._max_pixels = self._param("max_image_pixels")
-        if self._param("image_transport") == "compressed":
-            msg_type, topic = CompressedImage, self.resolve_topic_name("image") + "/compressed"
-        else:
-            msg_type, topic = Image, "image"
-        # A copy: rclpy applies qos_overrides to the profile it is given, in place.
         self._inputs = [
             self.create_subscription(String, "~/requests", lambda msg: self.service.submit(msg.data), PROTOCOL_QOS),
-            self.create_subscription(msg_type, topic, self._on_image, copy.copy(qos_profile_sensor_data),
-                                     qos_overriding_options=QoSOverridingOptions.with_default_policies())]
+            subscribe_image(self, self._param("image_transport"), self._on_image)]
         self.service.start()
         self.get_logger().info(f"reasoner ready: requests on {self.resolve_topic_name('~/requests')}")
 
@@ -176,10 +163,7 @@ class ReasonerInterface:
     def _on_image(self, msg) -> None:
         """Hold one camera frame; a bad one is logged and dropped."""
         try:
-            if isinstance(msg, CompressedImage):
-                image, camera_hw = compressed_msg_to_rgb(msg, self._max_pixels)
-            else:
-                image, camera_hw = image_msg_to_rgb(msg, self._max_pixels), None
+            image, camera_hw = decode_image(msg, self._max_pixels)
             self.service.add_frame(image, stamp_to_ns(msg.header.stamp), msg.header.frame_id, camera_hw)
         except ValueError as exc:
             self.get_logger().warning(f"image dropped: {exc}")
@@ -209,8 +193,7 @@ class ReasonerLifecycleNode(ReasonerInterface, LifecycleNode):
 
     def __init__(self, **kwargs):
         LifecycleNode.__init__(self, "vrs_reasoner", **kwargs)
-        self._declare()
-        self.declare_parameter(AUTOSTART.name, AUTOSTART.default, descriptor(AUTOSTART))
+        self._declare(lifecycle=True)
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
@@ -249,21 +232,12 @@ class ReasonerLifecycleNode(ReasonerInterface, LifecycleNode):
         return "inactive: the models are loaded, no request is answered until activated"
 
 
-def _autostart(node: ReasonerLifecycleNode) -> None:
-    """The ``configure`` and ``activate`` transitions, unless ``autostart`` is false."""
-    if node.get_parameter("autostart").value and node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-        node.trigger_activate()
-
-
 def _check_command_line(args: list[str] | None, lifecycle: bool) -> None:
     """``--help`` (the module docstring and the parameters) and no argument outside ``--ros-args``."""
-    lines = []
-    for s in [*reasoner_parameters(), *([AUTOSTART] if lifecycle else [])]:
-        lines.append(f"  {s.name} (default {s.default!r})")
-        lines += textwrap.wrap(description(s), 96, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    lines = parameter_help(lifecycle, reasoner_parameters())
     argv = list(sys.argv if args is None else args)
     parser = argparse.ArgumentParser(prog=Path(argv[0]).name if argv else "vrs-reasoner",
-                                     description=re.sub(r":\w+:`~?([^`]+)`", r"\1", __doc__).replace("``", ""),
+                                     description=plain_text(__doc__),
                                      epilog="parameters (--ros-args -p NAME:=VALUE):\n" + "\n".join(lines),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.parse_args(remove_ros_args(argv)[1:])
@@ -279,4 +253,4 @@ def lifecycle_main(args=None) -> int:
     """Console entry point ``vrs-lifecycle-reasoner``: configures and activates itself unless
     ``autostart`` is false; ``args`` and ``--help`` as for :func:`main`."""
     _check_command_line(args, lifecycle=True)
-    return serve(ReasonerLifecycleNode, args, start=_autostart)
+    return serve(ReasonerLifecycleNode, args, start=configure_and_activate)
