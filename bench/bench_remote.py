@@ -6,12 +6,13 @@ Two parts, one invocation (profile ``tiny-random``, DAVIS-2016 ``blackswan`` fra
 
 * **Hot path with a concurrent query, local vs remote**: a live engine fed at ``--rate`` Hz for
   ``--frames`` frames; an instruction with ``period_s`` = one frame period, so a query is always
-  due; the grounding thread at ``--grounding-nice`` (catch-ups are prepared on it). Cases (``torch.set_num_threads`` = the cores the process may use; every thread of the
+  due; the grounding thread at ``--grounding-nice`` (catch-ups are prepared on it). Cases
+  (``torch.set_num_threads`` = the cores the process may use; every thread of the
   process is pinned, ``/proc/self/task``):
 
   - ``baseline_2cores``: a box prompt, no queries, the process on both cores;
-  - ``local``: the instruction, the in-process reasoner, the process on both cores (today's
-    deployment: the query thread competes with tracking);
+  - ``local``: the instruction, the in-process reasoner, the process on both cores (the in-process
+    deployment: the grounding thread shares the cores with tracking);
   - ``baseline``: a box prompt, no queries, the process on core 0;
   - ``remote``: the instruction, the tracker (this process, SAM-2 only) on core 0, ``vrs-reasoner``
     on core 1 (``taskset -c 1``) over ROS 2 on this machine; each frame is published (reliable,
@@ -205,7 +206,8 @@ def hot_case(name, cores, models, frames, box, args, instruction=False, reasoner
     if reasoner is not None:
         out["remote_stats"] = asdict(engine.grounder.stats)
     print(f"  {name}: processed {out['processed']}, dropped {out['dropped']}, queries {out['answered']}/"
-          f"{out['failed']}, catch-up frames {out['catchup_frames']} ({out['prepared_catchup_frames']} prepared), p50 {ms(out['p50_s']):.0f} ms, "
+          f"{out['failed']}, catch-up frames {out['catchup_frames']} ({out['prepared_catchup_frames']} prepared), "
+          f"p50 {ms(out['p50_s']):.0f} ms, "
           f"p99 {ms(out['p99_s']):.0f} ms, query stages (median ms) "
           f"{ {k: round(ms(v)) for k, v in out['query_stages_median_s'].items()} }", flush=True)
     return out
@@ -314,7 +316,8 @@ def table(report) -> str:
     for name in ("baseline_2cores", "local", "baseline", "remote"):
         r = hot[name]
         lines.append(f"| {name} | {where[name]} | {r['processed']} / {r['dropped']} | {r['answered']} / {r['failed']} "
-                     f"| {r['catchup_frames']} ({r['prepared_catchup_frames']}) | {ms(r['p50_s']):.0f} | {ms(r['p99_s']):.0f} | "
+                     f"| {r['catchup_frames']} ({r['prepared_catchup_frames']}) | {ms(r['p50_s']):.0f} "
+                     f"| {ms(r['p99_s']):.0f} | "
                      + (f"{ratio[name]:.2f}×" if name in ratio else "1 (ref.)") + " |")
     for name in ("local", "remote"):
         stages = ", ".join(f"{k} {ms(v):.0f}" for k, v in hot[name]["query_stages_median_s"].items())

@@ -214,11 +214,12 @@ class StreamingTracker:
         mask-as-output of that mask, as VRS-HQ's propagation outputs it on the keyframe.
         """
         point_inputs, mask_inputs = None, None
+        checked_prompt(prompt)  # TypeError for anything that is not a Prompt
         if isinstance(prompt, TokenPrompt):
             mask_inputs = self._token_mask_input(feats, prompt)
         elif isinstance(prompt, MaskPrompt):
             mask_inputs = mask_input(prompt.mask, feats.image_hw, self.transform, self.device)
-        elif isinstance(checked_prompt(prompt), PointsPrompt):
+        elif isinstance(prompt, PointsPrompt):
             point_inputs = point_input(prompt, feats.image_hw, self.transform, self.device)
         t = self._next_step()
         self._bank["non_cond_frame_outputs"].clear()
