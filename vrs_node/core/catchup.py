@@ -75,11 +75,10 @@ class CatchUps:
         newest = self._window.latest
         if newest is None or grounding.keyframe >= newest.index:
             return None
-        following = self._following(grounding.keyframe, newest.index)
-        prepared = self._targets.prepare_catch_up(target_id, grounding.keyframe_features, grounding.prompt,
-                                                  [feats for _, feats in following], keep_memory=not new_target)
-        through = following[-1][0] if following else grounding.keyframe
-        for _ in range(PREPARE_ROUNDS):
+        prepared = self._targets.prepare_catch_up(target_id, grounding.keyframe_features, grounding.prompt, [],
+                                                  keep_memory=not new_target)
+        through = grounding.keyframe
+        for _ in range(1 + PREPARE_ROUNDS):  # the frames after the keyframe, then those processed meanwhile
             newest = self._window.latest
             newer = self._following(through, newest.index) if newest is not None else []
             if not newer:

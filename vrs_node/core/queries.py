@@ -308,14 +308,19 @@ class QueryScheduler:
             except Exception:
                 log.exception("on_query callback failed")
 
+    def _current(self, job: _Job) -> _Followed | None:
+        """The instruction ``job`` ran for, when its target still follows it (not superseded);
+        call with the lock held."""
+        followed = self._followed.get(job.target_id)
+        return followed if followed is not None and followed.generation == job.generation else None
+
     def _prepared(self, jobs: list[_Job], answers: list) -> dict[int, Any]:
         """``prepare`` of each answer still current (a target's id -> what it returned), run with
         the lock released; one that raises is logged and left out."""
         if self._prepare is None:
             return {}
         with self._cond:
-            current = {job.target_id: not f.grounded for job in jobs
-                       if (f := self._followed.get(job.target_id)) is not None and f.generation == job.generation}
+            current = {job.target_id: not f.grounded for job in jobs if (f := self._current(job)) is not None}
         prepared = {}
         for job, answer in zip(jobs, answers):
             if job.target_id in current and not isinstance(answer, Exception):
@@ -329,7 +334,7 @@ class QueryScheduler:
                 latency_s: float, prepared: Any = None) -> QueryReport:
         """Count a finished query, apply a current answer, and its report; call with the lock held."""
         followed = self._followed.get(job.target_id)
-        current = followed is not None and followed.generation == job.generation
+        current = self._current(job) is not None
         applied = grounding is not None and current
         self._stats.queries += 1
         if error is not None:
