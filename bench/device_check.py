@@ -292,9 +292,9 @@ def stream(engine: StreamingEngine, frames, sizes: Sizes, seconds: float, on_sta
     return called
 
 
-def live_engine(loaded, period_s: float, results: list, reports: list) -> StreamingEngine:
+def live_engine(loaded, period_s: float, results: list, reports: list, **config) -> StreamingEngine:
     stamped = lambda r: results.append((time.perf_counter(), r))  # noqa: E731
-    return build_pipeline(loaded, PipelineConfig(mode="live", period_s=period_s), on_result=stamped,
+    return build_pipeline(loaded, PipelineConfig(mode="live", period_s=period_s, **config), on_result=stamped,
                           on_query=reports.append)
 
 
@@ -305,7 +305,9 @@ def part_first_mask(device, sizes: Sizes, frames, mask, clock: Clock, state: dic
     out = []
     for _ in range(2):  # the first run pays one-off costs (CUDA kernels, text model)
         results, reports = [], []
-        engine = live_engine(loaded, 0.0, results, reports)
+        # The query path itself, at tracking's priority: fed at camera rate a CPU (the smoke run) is
+        # saturated and a niced first query would wait for the stream to end (README, grounding_nice).
+        engine = live_engine(loaded, 0.0, results, reports, grounding_nice=0)
         asked = stream(engine, frames, sizes, min(3.0, sizes.stream_s),
                        on_start=lambda e=engine: e.set_instruction(INSTRUCTION))
         engine.close()
