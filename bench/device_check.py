@@ -305,9 +305,7 @@ def part_first_mask(device, sizes: Sizes, frames, mask, clock: Clock, state: dic
     out = []
     for _ in range(2):  # the first run pays one-off costs (CUDA kernels, text model)
         results, reports = [], []
-        # The query path itself, at tracking's priority: fed at camera rate a CPU (the smoke run) is
-        # saturated and a niced first query would wait for the stream to end (README, grounding_nice).
-        engine = live_engine(loaded, 0.0, results, reports, grounding_nice=0)
+        engine = live_engine(loaded, 0.0, results, reports)  # a first query runs at tracking's priority
         asked = stream(engine, frames, sizes, min(3.0, sizes.stream_s),
                        on_start=lambda e=engine: e.set_instruction(INSTRUCTION))
         engine.close()

@@ -1,7 +1,7 @@
 """Grounding work kept off the tracking thread: catch-ups prepared on the grounding thread
 (vrs_node.core.catchup: MultiTargetTracker's prepare_catch_up + install against catch_up at once,
 a stale preparation refused, preparing on another thread while tracking runs, the engine preparing
-a grounding's catch-up on its grounding thread) and that thread's lower CPU priority."""
+a grounding's catch-up on its grounding thread) and the lower CPU priority of periodic re-queries."""
 
 from __future__ import annotations
 
@@ -18,9 +18,12 @@ from conftest import FRAME_NS, davis_sequence, grounding_engine, make_grounder, 
 from vrs_node.core.catchup import CatchUps
 from vrs_node.core.config import PipelineConfig
 from vrs_node.core.engine import StreamingEngine
+from vrs_node.core.frames import FrameWindow
 from vrs_node.core.prompts import MaskPrompt, PointsPrompt
-from vrs_node.core.results import STATUS_TRACKING
+from vrs_node.core.queries import QueryScheduler
+from vrs_node.core.results import STATUS_TRACKING, EngineStats
 from vrs_node.core.targets import MultiTargetTracker
+from vrs_node.models.prompt import clean_instruction
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +191,7 @@ def test_live_groundings_prepare_their_catch_up_on_the_grounding_thread(clip):
 
     grounder.ground_many = late_ground
     results, reports = [], []
-    config = PipelineConfig(mode="live", period_s=0, window_frames=30, grounding_nice=0)  # not starved on a busy CI
+    config = PipelineConfig(mode="live", period_s=0, window_frames=30)  # a first query runs at tracking's priority
     engine = StreamingEngine(tracker, config, grounder=grounder, on_result=results.append, on_query=reports.append)
     prepared_on = []
     real_prepare = engine.target_tracker.prepare_catch_up
@@ -216,31 +219,49 @@ def test_live_groundings_prepare_their_catch_up_on_the_grounding_thread(clip):
     assert results[-1].status == STATUS_TRACKING
 
 
-def test_the_grounding_thread_runs_at_a_lower_cpu_priority(clip):
-    """grounding_nice is added to the grounding thread's niceness; the tracking thread keeps the
-    process's."""
+def test_periodic_requeries_run_at_a_lower_cpu_priority_first_queries_at_trackings(clip):
+    """grounding_nice is added to the niceness of the thread that re-queries a tracked target
+    periodically; a target's first query (and the tracking thread) keep the process's."""
     tracker = make_tracker(128)
     grounder = make_grounder(tracker)
-    niceness, real_ground = {}, grounder.ground_many
+    calls, real_ground = [], grounder.ground_many
 
     def spy(window, instructions):
-        niceness["grounding"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        calls.append((threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
         return real_ground(window, instructions)
 
-    def on_result(result):
-        niceness.setdefault("tracking", os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
-
+    tracking = []
     grounder.ground_many = spy
     reports = []
-    engine = StreamingEngine(tracker, PipelineConfig(mode="live", period_s=0, grounding_nice=7), grounder=grounder,
-                             on_result=on_result, on_query=reports.append)
+    engine = StreamingEngine(tracker, PipelineConfig(mode="live", period_s=0.05, grounding_nice=7), grounder=grounder,
+                             on_result=lambda r: tracking.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id())),
+                             on_query=reports.append)
     try:
         engine.set_instruction("the black swan")
-        engine.push(clip[0][0], 0)
-        until = time.time() + 60
-        while time.time() < until and not reports:
-            time.sleep(0.05)
+        deadline = time.time() + 120
+        for i in itertools.count():  # stamps 0.1 s apart: a periodic query is due at every frame once grounded
+            if time.time() > deadline or [r.trigger for r in reports][:2] == ["instruction", "period"]:
+                break
+            engine.push(clip[0][i % len(clip[0])], i * 100_000_000)
+            time.sleep(0.1)
     finally:
         engine.close()
     base = os.getpriority(os.PRIO_PROCESS, 0)
-    assert reports and niceness == {"grounding": min(19, base + 7), "tracking": base}
+    assert [r.trigger for r in reports][:2] == ["instruction", "period"] and all(r.applied for r in reports[:2])
+    assert calls[:2] == [("vrs-grounding", base), ("vrs-grounding-periodic", min(19, base + 7))]
+    assert tracking and set(tracking) == {base}
+
+
+@pytest.mark.parametrize("due, grounded, urgent", [
+    ("instruction", False, True), ("instruction", True, True), ("lost", True, True),
+    ("period", False, True),  # a retry after a failed first query: still without a mask
+    ("period", True, False)])
+def test_only_periodic_requeries_of_a_grounded_target_run_niced(due, grounded, urgent):
+    """The thread a due query goes to: the niced one takes only periodic re-queries of targets
+    that have an answer; any other due query sends the batch to the thread at tracking's priority."""
+    scheduler = QueryScheduler(object(), FrameWindow(4), PipelineConfig, EngineStats(), lambda *a: None)
+    scheduler.follow(1, clean_instruction("the black swan"))
+    scheduler.follow(2, clean_instruction("the water"))
+    for followed, state in zip(scheduler._followed.values(), [(None, True), (due, grounded)]):
+        followed.due, followed.grounded = state
+    assert scheduler._urgent() is urgent

@@ -22,8 +22,9 @@ class PipelineConfig:
     """The engine's settings (``mode`` .. ``lost_after_frames``), the tracker's (``max_cond_frames``)
     and the grounder's (``sparse_frames``); ``max_targets`` bounds the targets followed at once. ``score_threshold`` is on the object-score logit (SAM-2
     uses 0); ``period_s`` (stamp time) and ``lost_after_frames`` schedule re-grounding (0 turns
-    either off); the three may change while the engine runs. ``grounding_nice``: the grounding
-    thread's niceness above the process's (:func:`~vrs_node.core.queries.lower_thread_priority`)."""
+    either off); the three may change while the engine runs. ``grounding_nice``: the niceness
+    above the process's of the thread that runs periodic re-queries of tracked targets
+    (:func:`~vrs_node.core.queries.lower_thread_priority`, :meth:`~vrs_node.core.queries.QueryScheduler.start`)."""
 
     mode: str = setting("sync", "live: newest frame wins on a tracking thread; sync: every received frame is processed",
                         choices=ENGINE_MODES)
@@ -39,8 +40,9 @@ class PipelineConfig:
                                      range=(0, 10000), runtime=True)
     max_targets: int = setting(DEFAULT_MAX_TARGETS, "most targets (instructions and prompts) followed at once",
                                range=(1, MAX_TARGET_ID))
-    grounding_nice: int = setting(10, "niceness added to the grounding thread (live mode, Linux): queries yield the "
-                                      "CPU to tracking (0 = same priority)", range=(0, 19))
+    grounding_nice: int = setting(10, "niceness added to the periodic re-queries' thread (live mode, Linux): they "
+                                      "yield the CPU to tracking (0 = same priority; a target's first "
+                                      "query always runs at tracking's)", range=(0, 19))
     sparse_frames: int = setting(0, "pooled context frames over the window given to the MLLM besides the dense "
                                     "lattice (0 = VRS-HQ)", range=(0, 64))
 

@@ -133,9 +133,7 @@ class StreamingEngine:
         if config.mode == "live":
             self._workers.append(threading.Thread(target=self._run_live, name="vrs-tracking", daemon=True))
             self._workers[0].start()
-            grounding = self._queries.start()
-            if grounding is not None:
-                self._workers.append(grounding)
+            self._workers.extend(self._queries.start())
 
     def set_prompt(self, prompt: Prompt, frame_index: int | None = None, stamp_ns: int | None = None,
                    new_target: bool = True) -> str:

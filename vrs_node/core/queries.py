@@ -9,8 +9,10 @@ with its target's id (the engine makes it a mask prompt on its keyframe for that
 the first answer of an instruction is a new target, later ones add a conditioning frame. Without
 the grounding thread (sync mode) the due queries run inside :meth:`QueryScheduler.on_frame`, before
 that frame is tracked (reproducible); after :meth:`QueryScheduler.start` (live mode) they run on
-their own thread and the tracking thread never waits for them (a query waits for the first
-encoded frame). A target's triggers that fire while its query runs are dropped, except an
+grounding threads, one batch at a time, and the tracking thread never waits for them (a query
+waits for the first encoded frame): the periodic re-queries of tracked targets at
+``grounding_nice`` below tracking's CPU priority, the others (a new instruction, a lost target) at
+it. A target's triggers that fire while its query runs are dropped, except an
 instruction change, which runs next; the answer of a query for a superseded instruction (or a
 removed target) is discarded and counted (``stats.superseded``). A failed query (any exception of
 the grounder, ``torch.OutOfMemoryError`` included: every target of its batch fails; or one
@@ -139,18 +141,24 @@ class QueryScheduler:
         self._started: float | None = None
         self._frames_seen = False
         self._closed = False
-        self._worker: threading.Thread | None = None
+        self._workers: list[threading.Thread] = []
 
-    def start(self) -> threading.Thread | None:
-        """Run due queries on a grounding thread from now on (live mode); the thread, None (and
-        no thread) without a grounder."""
-        if self._grounder is not None:
-            self._worker = threading.Thread(target=self._run_thread, name="vrs-grounding", daemon=True)
-            self._worker.start()
-        return self._worker
+    def start(self) -> list[threading.Thread]:
+        """Run due queries on grounding threads from now on (live mode); the threads started (none
+        without a grounder): ``vrs-grounding`` at the process's priority, and with
+        ``grounding_nice`` > 0 ``vrs-grounding-periodic`` below it (:meth:`_urgent`)."""
+        if self._grounder is None:
+            return []
+        kinds = [True, False] if self._config().grounding_nice > 0 else [None]
+        self._workers = [threading.Thread(target=self._run_thread, args=(urgent,), daemon=True,
+                                          name="vrs-grounding-periodic" if urgent is False else "vrs-grounding")
+                         for urgent in kinds]
+        for worker in self._workers:
+            worker.start()
+        return self._workers
 
     def stop(self) -> None:
-        """Tell the grounding thread to end (after the query in progress, if any)."""
+        """Tell the grounding threads to end (after the query in progress, if any)."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -219,7 +227,7 @@ class QueryScheduler:
 
     def on_frame(self, frame: Frame) -> None:
         """A frame is encoded: mark a periodic query due for each target whose last one was
-        ``period_s`` of stamp time ago; without the grounding thread, run the due queries now."""
+        ``period_s`` of stamp time ago; without grounding threads, run the due queries now."""
         with self._cond:
             if not self._frames_seen:
                 self._frames_seen = True
@@ -231,7 +239,7 @@ class QueryScheduler:
                         and frame.stamp_ns - followed.last_stamp_ns >= period_ns):
                     followed.due = TRIGGER_PERIOD
                     self._cond.notify_all()
-            if self._worker is not None:
+            if self._workers:
                 return
             jobs = self._take_due()
         if jobs:
@@ -261,13 +269,25 @@ class QueryScheduler:
             self._followed[job.target_id].due = None
         return jobs
 
-    def _run_thread(self) -> None:
-        """The grounding thread: run the due queries as one batch at a time, once a frame is in,
-        at ``grounding_nice`` below the process's CPU priority."""
-        lower_thread_priority(self._config().grounding_nice)
+    def _urgent(self) -> bool:
+        """Whether a due query is for a target without a current answer (a new instruction, a lost
+        target, a failed query): those run at the process's priority, so a saturated CPU delays a
+        target's first mask no more than without ``grounding_nice``; the periodic re-queries of
+        tracked targets run niced. Call with the lock held."""
+        return any(f.due is not None and (f.due != TRIGGER_PERIOD or not f.grounded) for f in self._followed.values())
+
+    def _run_thread(self, urgent: bool | None) -> None:
+        """A grounding thread: run the due queries as one batch at a time, once a frame is in and
+        no other batch runs; ``urgent`` True takes the batches with an urgent query
+        (:meth:`_urgent`), False the others at ``grounding_nice`` below the process's CPU
+        priority, None all of them."""
+        if urgent is False:
+            lower_thread_priority(self._config().grounding_nice)
         while True:
             with self._cond:
-                while not self._closed and not (self._frames_seen and any(f.due for f in self._followed.values())):
+                while not self._closed and not (self._frames_seen and not self._running
+                                                and any(f.due for f in self._followed.values())
+                                                and urgent in (None, self._urgent())):
                     self._cond.wait()
                 if self._closed:
                     return
@@ -278,6 +298,7 @@ class QueryScheduler:
             finally:
                 with self._cond:
                     self._running = set()
+                    self._cond.notify_all()
 
     def _run(self, jobs: list[_Job]) -> None:
         """Run one batched query (``ground_many``: a Grounding per job, or the exception of a job
