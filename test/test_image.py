@@ -95,21 +95,27 @@ def test_decode_every_encoding_with_padding(encoding, step):
     assert rgb.shape == (HEIGHT, WIDTH, 3)
     assert rgb.flags.c_contiguous
     np.testing.assert_array_equal(rgb, expected)
-    assert not np.shares_memory(rgb, np.frombuffer(msg.data, dtype=np.uint8))
+    shared = np.shares_memory(rgb, np.frombuffer(msg.data, dtype=np.uint8))
+    assert shared == (encoding == "rgb8" and step == WIDTH * 3), "only unpadded rgb8 is not copied"
+    assert not (shared and rgb.flags.writeable), "a view of the message is read-only"
 
 
 def test_supported_encodings_are_exactly_the_documented_five():
     assert SUPPORTED_ENCODINGS == ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
 
 
-def test_decoded_rgb8_is_a_copy_not_a_view_of_the_message():
+def test_decoded_rgb8_is_a_read_only_view_of_the_message():
+    """Unpadded rgb8 is not copied (as cv_bridge's imgmsg_to_cv2): the array is the message's
+    buffer, read-only, and keeps it alive."""
     fields, expected = make_case("rgb8", WIDTH * 3)
     msg = image_msg(**fields)
     before = bytes(msg.data)
     rgb = image_msg_to_rgb(msg)
-    rgb[:] = 0
+    with pytest.raises(ValueError, match="read-only"):
+        rgb[:] = 0
     assert bytes(msg.data) == before
-    np.testing.assert_array_equal(image_msg_to_rgb(msg), expected)
+    del msg
+    np.testing.assert_array_equal(rgb, expected)
 
 
 def test_trailing_bytes_after_step_times_height_are_ignored():

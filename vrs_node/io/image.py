@@ -62,8 +62,10 @@ def image_msg_to_rgb(msg, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndar
     ``width * bytes_per_pixel``); the padding is skipped. Bytes after ``step * height`` are
     ignored.
 
-    Returns a new C-contiguous ``uint8`` array of shape ``(height, width, 3)`` that does not share
-    memory with ``msg.data``. Raises ``ImageConversionError`` for an unsupported encoding, a zero
+    Returns a C-contiguous ``uint8`` array of shape ``(height, width, 3)``: for ``rgb8`` without
+    row padding a read-only view of ``msg.data`` (no copy, as cv_bridge's ``imgmsg_to_cv2``: the
+    message's buffer must not be changed while the frame is in use; rclpy and rosbags give each
+    message its own), otherwise a new array. Raises ``ImageConversionError`` for an unsupported encoding, a zero
     height or width, more than ``max_pixels`` pixels (checked before ``data`` is read), a
     ``step`` shorter than one row of pixels, or ``data`` shorter than ``step * height``.
     """
@@ -97,7 +99,10 @@ def image_msg_to_rgb(msg, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndar
     rows = buffer[:expected].reshape(height, step)[:, :row_bytes]
     pixels = rows.reshape(height, width, channels)
     if conversion is None:
-        return pixels.copy()  # the only copy; C-contiguous
+        if step != row_bytes:
+            return pixels.copy()  # the only copy; C-contiguous
+        pixels.flags.writeable = False
+        return pixels
     # One pass of OpenCV's (SIMD, multi-threaded) conversion, padded rows read in place: ~8x
     # faster than reordering the channels with numpy.
     return cv2.cvtColor(pixels, conversion)
