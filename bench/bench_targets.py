@@ -2,8 +2,9 @@
 """Benchmark (issue 14): per-frame cost of MultiTargetTracker with 1, 2, 4, 8 targets, relative to 1.
 
 One run, one process: a tracker per target count over the same weights (``--profile``, default
-tiny-random, at ``--size`` px), all targets added on frame 0 (one cohort: one batched
-``track_step`` per frame), boxes on a 4 x 2 grid over the image as prompts. Frames (DAVIS-2016
+tiny-random, at ``--size`` px, ``--precision``), all targets added on frame 0 (one cohort: one
+batched ``track_step`` per frame for up to ``--max-batch`` targets, the node's ``target_batch``),
+boxes on a 4 x 2 grid over the image as prompts. Frames (DAVIS-2016
 blackswan, looped) are interleaved: every frame goes through every tracker, in an order rotated
 each frame, so machine noise hits all counts alike. A frame's cost is ``encode`` + ``track``
 (the image encoder runs once per frame whatever the count); ``track`` alone is reported too.
@@ -31,25 +32,33 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from common import davis_sequence, grid_boxes  # noqa: E402
 
+from vrs_node.core.config import PipelineConfig  # noqa: E402
+
 GOALS = {4: 1.6, 8: 2.5}
 """Issue 14's goals: cost per frame with N targets / with 1 target."""
 
 
-def build_trackers(profile: str, size: int, device: str, counts: list[int], first: np.ndarray):
-    """{count: MultiTargetTracker with ``count`` targets conditioned on ``first``}, same weights."""
+def build_trackers(profile: str, size: int, device: str, counts: list[int], first: np.ndarray,
+                   precision: str = "fp32", max_batches: tuple[int, ...] = (0,)):
+    """{(max_batch, count): MultiTargetTracker with ``count`` targets conditioned on ``first``, at
+    most ``max_batch`` a batch}, one model (same weights), in ``precision``
+    (:mod:`vrs_node.models.precision`)."""
     from vrs_node.core.prompts import PointsPrompt
     from vrs_node.core.targets import MultiTargetTracker
     from vrs_node.core.tracker import StreamingTracker
+    from vrs_node.models.precision import tracker_precision_options
     from vrs_node.models.profiles import build_sam2_for_profile, get_profile
 
     model, transform = build_sam2_for_profile(get_profile(profile), device=device, image_size=size)
     trackers = {}
-    for count in counts:
-        tracker = MultiTargetTracker(StreamingTracker(model, transform), max_targets=max(counts))
-        for i, box in enumerate(grid_boxes(*first.shape[:2], count), start=1):
-            tracker.add(i, PointsPrompt(box=box))
-        tracker.track(tracker.encode(first))
-        trackers[count] = tracker
+    for max_batch in max_batches:
+        for count in counts:
+            single = StreamingTracker(model, transform, **tracker_precision_options(precision, device))
+            tracker = MultiTargetTracker(single, max_targets=max(counts), max_batch=max_batch)
+            for i, box in enumerate(grid_boxes(*first.shape[:2], count), start=1):
+                tracker.add(i, PointsPrompt(box=box))
+            tracker.track(tracker.encode(first))
+            trackers[max_batch, count] = tracker
     return trackers
 
 
@@ -71,30 +80,34 @@ def timed_step(tracker, image: np.ndarray, device: str) -> tuple[float, float]:
 
 
 def run(args) -> dict:
+    """{max_batch: {count: figures}}, every (max_batch, count) tracker fed the same frames,
+    interleaved in an order rotated each frame; ratios relative to 1 target at that max_batch."""
     frames, _, _ = davis_sequence("blackswan", args.frames_available)
-    trackers = build_trackers(args.profile, args.size, args.device, args.counts, frames[0])
-    total = {n: [] for n in args.counts}
-    track = {n: [] for n in args.counts}
+    trackers = build_trackers(args.profile, args.size, args.device, args.counts, frames[0], args.precision,
+                              tuple(args.max_batch))
+    keys = list(trackers)
+    total = {key: [] for key in keys}
+    track = {key: [] for key in keys}
     for k in range(1, args.warmup + args.frames + 1):
         image = frames[k % len(frames)]
-        order = args.counts[k % len(args.counts):] + args.counts[:k % len(args.counts)]
-        for n in order:
-            both, alone = timed_step(trackers[n], image, args.device)
+        for key in keys[k % len(keys):] + keys[:k % len(keys)]:
+            both, alone = timed_step(trackers[key], image, args.device)
             if k > args.warmup:
-                total[n].append(both)
-                track[n].append(alone)
-    base_total, base_track = np.median(total[args.counts[0]]), np.median(track[args.counts[0]])
+                total[key].append(both)
+                track[key].append(alone)
     rows = {}
-    for n in args.counts:
-        rows[str(n)] = {
-            "frame_ms_median": round(float(np.median(total[n])) * 1000, 2),
-            "frame_ms_p90": round(float(np.percentile(total[n], 90)) * 1000, 2),
-            "track_ms_median": round(float(np.median(track[n])) * 1000, 2),
-            "frame_ratio": round(float(np.median(total[n]) / base_total), 3),
-            "track_ratio": round(float(np.median(track[n]) / base_track), 3),
+    for max_batch in args.max_batch:
+        base_total, base_track = np.median(total[max_batch, 1]), np.median(track[max_batch, 1])
+        rows[str(max_batch)] = {str(n): {
+            "frame_ms_median": round(float(np.median(total[max_batch, n])) * 1000, 2),
+            "frame_ms_p90": round(float(np.percentile(total[max_batch, n], 90)) * 1000, 2),
+            "track_ms_median": round(float(np.median(track[max_batch, n])) * 1000, 2),
+            "frame_ratio": round(float(np.median(total[max_batch, n]) / base_total), 3),
+            "track_ratio": round(float(np.median(track[max_batch, n]) / base_track), 3),
             "goal_ratio": GOALS.get(n),
-            "state_bytes": trackers[n].state_size()[1],
-        }
+            "batches": [len(c) for c in trackers[max_batch, n].cohorts],
+            "state_bytes": trackers[max_batch, n].state_size()[1],
+        } for n in args.counts}
     return rows
 
 
@@ -103,6 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="tiny-random")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
+                        help="tracking precision (auto: bf16 on CUDA, fp32 on the CPU)")
+    parser.add_argument("--max-batch", type=int, nargs="+", default=[PipelineConfig().target_batch],
+                        help="most targets in one batched track_step (the node's target_batch; 0 = all); "
+                             "several: compared in one run")
     parser.add_argument("--counts", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--warmup", type=int, default=16, help="frames before timing (banks full after 16)")
     parser.add_argument("--frames", type=int, default=10, help="timed frames per target count")
@@ -121,13 +139,15 @@ def main(argv: list[str] | None = None) -> int:
                     "device": args.device, "loadavg": [round(x, 2) for x in os.getloadavg()]},
         "args": {k: str(v) for k, v in vars(args).items()},
         "wall_s": round(time.time() - started, 1),
-        "targets": rows,
+        "targets": rows[str(args.max_batch[0])],
+        "by_max_batch": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
-    for n, row in rows.items():
-        print(f"{n} targets: {row['frame_ms_median']:.1f} ms/frame ({row['frame_ratio']:.2f}x; track "
-              f"{row['track_ratio']:.2f}x)" + (f", goal <= {row['goal_ratio']}x" if row["goal_ratio"] else ""))
+    for max_batch, by_count in rows.items():
+        for n, row in by_count.items():
+            print(f"max_batch {max_batch}, {n} targets: {row['frame_ms_median']:.1f} ms/frame ({row['frame_ratio']:.2f}x; "
+                  f"track {row['track_ratio']:.2f}x)" + (f", goal <= {row['goal_ratio']}x" if row["goal_ratio"] else ""))
     return 0
 
 

@@ -45,6 +45,17 @@ def test_two_prompt_targets_give_an_instance_map_and_a_report_each(clip):
     assert engine.target_tracker.cohorts == [(1, 7)], "targets prompted together are tracked as one batch"
 
 
+def test_target_batch_bounds_the_targets_tracked_in_one_call(clip):
+    """The engine's target_batch is the tracker's max_batch: three targets set together are tracked
+    as a batch of 2 and one of 1, each reported every frame."""
+    engine, _ = grounding_engine(window_frames=4, target_batch=2)
+    swan, water = boxes(clip)
+    engine.set_targets([(1, swan), (2, water), (3, swan)])
+    results = push_all(engine, clip[0][:3])
+    assert engine.target_tracker.cohorts == [(1, 2), (3,)]
+    assert all([t.id for t in r.targets] == [1, 2, 3] and r.status == STATUS_TRACKING for r in results)
+
+
 def test_where_targets_overlap_one_id_wins_and_the_other_is_reported_hidden(clip):
     """Two targets with the same box have the same masks and object scores: every shared pixel goes
     to the lower id (a tie); the other is tracked but not present (area 0, no box)."""

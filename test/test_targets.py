@@ -47,8 +47,8 @@ def feats(clip):
 
 
 def multi(image_size=128, backend="device", **options) -> MultiTargetTracker:
-    max_targets = options.pop("max_targets", 8)
-    return MultiTargetTracker(make_tracker(image_size, backend=backend, **options), max_targets)
+    max_targets, max_batch = options.pop("max_targets", 8), options.pop("max_batch", 0)
+    return MultiTargetTracker(make_tracker(image_size, backend=backend, **options), max_targets, max_batch)
 
 
 def run(tracker, feats, events=None) -> list[TargetResults]:
@@ -274,6 +274,30 @@ def test_refusals_change_nothing(feats, prompts):
     assert [c.step for c in tracker._cohorts] == [1] and tracker.cohorts == [(1,)]
     with pytest.raises(ValueError, match="max_targets"):
         multi(max_targets=0)
+    with pytest.raises(ValueError, match="max_batch"):
+        multi(max_batch=-1)
+
+
+def test_max_batch_splits_cohorts_without_changing_results(feats, prompts):
+    """Five targets prompted together with ``max_batch`` 2 are tracked in batches of 2, 2 and 1;
+    after a removal the single ones of equal layouts join (first fit); a target added later has a
+    layout of its own; every target's results equal those of one batch of all (batching's
+    tolerance)."""
+    boxes = {i: PointsPrompt(box=(10.0 + 40 * i, 10.0, 200.0 + 40 * i, 300.0)) for i in (4, 5)}
+    targets = {**prompts, **boxes}
+    split, whole = multi(max_batch=2), multi()
+    for tracker in (split, whole):
+        for i, prompt in targets.items():
+            tracker.add(i, prompt)
+    before_removal = []
+    events = {6: lambda t: t.add(6, prompts[2]), 9: lambda t: before_removal.append(t.cohorts) or t.remove(2)}
+    split_results, whole_results = run(split, feats[:12], events), run(whole, feats[:12], events)
+    assert before_removal == [[(1, 2), (3, 4), (5,), (6,)], [(1, 2, 3, 4, 5), (6,)]]
+    assert split.cohorts == [(1, 5), (3, 4), (6,)] and whole.cohorts == [(1, 3, 4, 5), (6,)]
+    for i in (*targets, 6):
+        pairs = [(a[i], b[i]) for a, b in zip(split_results, whole_results) if i in a]
+        assert pairs and all(i in b for a, b in zip(split_results, whole_results) if i in a)
+        assert max(worst(*zip(*pairs))) <= TOL
 
 
 def test_memory_is_bounded_and_the_same_per_target(clip, prompts):

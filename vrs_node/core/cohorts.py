@@ -86,18 +86,27 @@ def take_rows(cohort: Cohort, ids: list[int], pos_enc: Sequence[torch.Tensor]) -
     return Cohort(list(ids), rebatch([cohort.bank], lambda ts: ts[0].index_select(0, rows), pos_enc), cohort.step)
 
 
-def join_equal_layouts(cohorts: list[Cohort], pos_enc: Sequence[torch.Tensor]) -> list[Cohort]:
-    """``cohorts`` with those of equal layouts joined into one each (rows concatenated in order,
-    banks moved to the latest of their steps: never below 0), in order of first appearance."""
-    groups: dict[tuple, list[Cohort]] = {}
+def join_equal_layouts(cohorts: list[Cohort], pos_enc: Sequence[torch.Tensor], max_batch: int = 0) -> list[Cohort]:
+    """``cohorts`` with those of equal layouts joined (rows concatenated in order, banks moved to
+    the latest of their steps: never below 0), in order of first appearance; with ``max_batch`` > 0
+    each cohort joins the first one of its layout that has room for its rows (first fit), so no
+    joined cohort has more than ``max_batch`` targets (0: no limit)."""
+    groups: dict[tuple, list[list[Cohort]]] = {}
     for cohort in cohorts:
-        groups.setdefault(cohort.layout(), []).append(cohort)
-    joined = []
-    for group in groups.values():
-        if len(group) == 1:
-            joined.append(group[0])
-            continue
-        step = max(c.step for c in group)
-        banks = [c.shifted(step) for c in group]
-        joined.append(Cohort([i for c in group for i in c.ids], rebatch(banks, torch.cat, pos_enc), step))
-    return joined
+        packs = groups.setdefault(cohort.layout(), [])
+        size = len(cohort.ids)
+        pack = next((p for p in packs if not max_batch or sum(len(c.ids) for c in p) + size <= max_batch), None)
+        if pack is None:
+            packs.append([cohort])
+        else:
+            pack.append(cohort)
+    return [_joined(pack, pos_enc) for packs in groups.values() for pack in packs]
+
+
+def _joined(pack: list[Cohort], pos_enc: Sequence[torch.Tensor]) -> Cohort:
+    """One cohort of the rows of ``pack`` (cohorts of one layout), in order."""
+    if len(pack) == 1:
+        return pack[0]
+    step = max(c.step for c in pack)
+    banks = [c.shifted(step) for c in pack]
+    return Cohort([i for c in pack for i in c.ids], rebatch(banks, torch.cat, pos_enc), step)

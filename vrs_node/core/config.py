@@ -20,8 +20,9 @@ on a tracking thread (:mod:`vrs_node.core.engine`)."""
 @dataclass(frozen=True)
 class PipelineConfig:
     """The engine's settings (``mode`` .. ``lost_after_frames``), the tracker's (``max_cond_frames``)
-    and the grounder's (``sparse_frames``); ``max_targets`` bounds the targets followed at once. ``score_threshold`` is on the object-score logit (SAM-2
-    uses 0); ``period_s`` (stamp time) and ``lost_after_frames`` schedule re-grounding (0 turns
+    and the grounder's (``sparse_frames``); ``max_targets`` bounds the targets followed at once,
+    ``target_batch`` those of one batched tracking call (``MultiTargetTracker``'s ``max_batch``).
+    ``score_threshold`` is on the object-score logit (SAM-2 uses 0); ``period_s`` (stamp time) and ``lost_after_frames`` schedule re-grounding (0 turns
     either off); the three may change while the engine runs. ``grounding_nice``: the niceness
     above the process's of the thread that runs periodic re-queries of tracked targets
     (:func:`~vrs_node.core.queries.lower_thread_priority`, :meth:`~vrs_node.core.queries.QueryScheduler.start`)."""
@@ -40,6 +41,8 @@ class PipelineConfig:
                                      range=(0, 10000), runtime=True)
     max_targets: int = setting(DEFAULT_MAX_TARGETS, "most targets (instructions and prompts) followed at once",
                                range=(1, MAX_TARGET_ID))
+    target_batch: int = setting(4, "most targets tracked in one batched call; more are tracked in batches of this "
+                                   "size (0 = all in one)", range=(0, MAX_TARGET_ID))
     grounding_nice: int = setting(10, "niceness added to the periodic re-queries' thread (live mode, Linux): they "
                                       "yield the CPU to tracking (0 = same priority; a target's first "
                                       "query always runs at tracking's)", range=(0, 19))

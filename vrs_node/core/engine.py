@@ -104,7 +104,7 @@ class StreamingEngine:
 
     ``tracker`` (a :class:`StreamingTracker`) encodes each frame once and decodes the grounder's
     tokens; ``target_tracker`` holds every target's memory. Of ``config`` the engine reads
-    ``mode``, ``window_frames``, ``max_catchup_frames``, ``max_targets`` and (at each use, so a new
+    ``mode``, ``window_frames``, ``max_catchup_frames``, ``max_targets``, ``target_batch`` and (at each use, so a new
     ``config`` set at runtime takes effect) ``score_threshold``, ``period_s`` and
     ``lost_after_frames``; the tracker's and grounder's settings are applied by
     :func:`~vrs_node.core.pipeline.build_pipeline`, which builds the three together."""
@@ -117,7 +117,7 @@ class StreamingEngine:
         if grounder is not None and grounder.tracker is not tracker:
             raise ValueError("the grounder must score keyframes with the engine's tracker")
         self.tracker = tracker
-        self.target_tracker = MultiTargetTracker(tracker, config.max_targets)
+        self.target_tracker = MultiTargetTracker(tracker, config.max_targets, config.target_batch)
         self.config = config
         self.grounder = grounder
         self.window = FrameWindow(config.window_frames)

@@ -22,8 +22,6 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 from vrs_node.core.frame_report import TargetState
 from vrs_node.core.frames import Frame, FrameWindow
 from vrs_node.core.grounding import Grounding
@@ -31,7 +29,7 @@ from vrs_node.core.prompt_json import fit_to_image
 from vrs_node.core.cohorts import PreparedCatchUp
 from vrs_node.core.prompts import MaskPrompt, PointsPrompt, Prompt, TokenPrompt
 from vrs_node.core.queries import QueryScheduler
-from vrs_node.core.target_specs import MAX_TARGET_ID, TargetSpec
+from vrs_node.core.target_specs import MAX_TARGET_ID, TargetSpec, check_target_id
 from vrs_node.core.tracker import FrameFeatures
 from vrs_node.models.prompt import Instruction
 
@@ -235,10 +233,6 @@ def _free_id(taken: set[int]) -> int:
 
 def _checked_id(target_id, taken: set[int]) -> int:
     """``target_id`` if it is a free int in 1..255, else ValueError with the reason."""
-    if isinstance(target_id, bool) or not isinstance(target_id, (int, np.integer)):
-        raise ValueError(f"a target id is an int in 1..{MAX_TARGET_ID}, got {target_id!r}")
-    if not 1 <= target_id <= MAX_TARGET_ID:
-        raise ValueError(f"a target id is in 1..{MAX_TARGET_ID} (0 is the background), got {target_id}")
-    if target_id in taken:
+    if check_target_id(target_id) in taken:
         raise ValueError(f"target id {target_id} is taken; remove it first")
     return int(target_id)

@@ -19,6 +19,15 @@ DEFAULT_MAX_TARGETS = 8
 """Default of ``max_targets``: the most targets an engine follows at once."""
 
 
+def check_target_id(target_id) -> int:
+    """``target_id`` as an int if it is one in 1..:data:`MAX_TARGET_ID`, else ValueError with the reason."""
+    if isinstance(target_id, bool) or not isinstance(target_id, (int, np.integer)):
+        raise ValueError(f"a target id is an int in 1..{MAX_TARGET_ID}, got {target_id!r}")
+    if not 1 <= target_id <= MAX_TARGET_ID:
+        raise ValueError(f"a target id is in 1..{MAX_TARGET_ID} (0 is the background), got {target_id}")
+    return int(target_id)
+
+
 @dataclass(frozen=True)
 class TargetSpec:
     """A target to follow: exactly one of ``instruction`` (text, grounded by the MLLM) and

@@ -12,8 +12,8 @@ target) and one ``SAM2Base.track_step`` call tracks the whole cohort, the frame'
 expanded along the batch dimension as sam2's ``SAM2VideoPredictor._get_image_feature`` expands
 them. Targets conditioned together (same step, same earlier conditioning steps) join one cohort;
 a target added later, or re-conditioned alone, has a layout of its own and so its own cohort.
-Cohorts whose layouts become equal are joined; removing a target copies the other rows out of its
-cohort's tensors and leaves their values unchanged.
+Cohorts whose layouts become equal are joined (up to ``max_batch`` targets each); removing a
+target copies the other rows out of its cohort's tensors and leaves their values unchanged.
 
 Conditioning a target runs alone (batch 1, through a one-target tracker, exactly
 :meth:`StreamingTracker.condition`): prompts differ in shape, and sam2's predictor conditions
@@ -46,7 +46,7 @@ from vrs_node.core.cohorts import BATCHED_KEYS, KINDS, Cohort, PreparedCatchUp, 
 from vrs_node.core.frames import Frame
 from vrs_node.core.prompts import Prompt, checked_prompt
 from vrs_node.core.target_results import TargetResults
-from vrs_node.core.target_specs import DEFAULT_MAX_TARGETS, MAX_TARGET_ID
+from vrs_node.core.target_specs import DEFAULT_MAX_TARGETS, MAX_TARGET_ID, check_target_id
 from vrs_node.core.tracker import FrameFeatures, StreamingTracker, TrackResult
 from vrs_node.models.sam2_build import SamImageTransform
 
@@ -76,7 +76,8 @@ class MultiTargetTracker:
     every other target is tracked into it. ``results[i]`` is target ``i``'s :class:`TrackResult`;
     ``results.instance_map()`` the combined id map.
 
-    ``max_targets`` bounds the number of targets (added, queued or tracked). ``single``, a
+    ``max_targets`` bounds the number of targets (added, queued or tracked); ``max_batch`` > 0 the
+    targets of one ``track_step`` call (a larger cohort is split; 0: no bound). ``single``, a
     :class:`StreamingTracker`, encodes frames; its settings (``max_cond_frames``, ``num_frames``,
     ``fill_hole_area``, ``memory_dtype``, ``autocast_dtype``) mean the same per target, and its
     memory is never used.
@@ -90,9 +91,12 @@ class MultiTargetTracker:
     (:meth:`prepare_catch_up`: the heavy part runs without the lock) while :meth:`track` runs.
     """
 
-    def __init__(self, single: StreamingTracker, max_targets: int = DEFAULT_MAX_TARGETS):
+    def __init__(self, single: StreamingTracker, max_targets: int = DEFAULT_MAX_TARGETS, max_batch: int = 0):
         if not 1 <= max_targets <= MAX_TARGET_ID:
             raise ValueError(f"max_targets must be in 1..{MAX_TARGET_ID}, got {max_targets}")
+        if not 0 <= max_batch <= MAX_TARGET_ID:
+            raise ValueError(f"max_batch must be in 0..{MAX_TARGET_ID}, got {max_batch}")
+        self.max_batch = max_batch
         self._single = single
         self.model: torch.nn.Module = single.model
         self.transform: SamImageTransform = single.transform
@@ -181,7 +185,7 @@ class MultiTargetTracker:
         has now (False: a memory of this keyframe alone, as for a new target). Holds the lock only
         while it copies those frames, so another thread may prepare while :meth:`track` runs."""
         prompt = checked_prompt(prompt)
-        self._check_id(target_id)
+        check_target_id(target_id)
         with self._lock:
             own = self._own_rows(target_id) if keep_memory else None
             basis = self._memory_versions.get(target_id, 0) if keep_memory else None
@@ -370,17 +374,11 @@ class MultiTargetTracker:
                 for b, i in enumerate(cohort.ids)}
 
     def _join_equal_layouts(self) -> None:
-        """Join cohorts of equal layouts (:func:`~vrs_node.core.cohorts.join_equal_layouts`)."""
-        self._cohorts = join_equal_layouts(self._cohorts, self._pos_enc)
-
-    def _check_id(self, target_id) -> None:
-        if isinstance(target_id, bool) or not isinstance(target_id, (int, np.integer)):
-            raise ValueError(f"a target id is an int in 1..{MAX_TARGET_ID}, got {target_id!r}")
-        if not 1 <= target_id <= MAX_TARGET_ID:
-            raise ValueError(f"a target id is in 1..{MAX_TARGET_ID} (0 is the background), got {target_id}")
+        """Join cohorts of equal layouts up to ``max_batch`` targets (:func:`~vrs_node.core.cohorts.join_equal_layouts`)."""
+        self._cohorts = join_equal_layouts(self._cohorts, self._pos_enc, self.max_batch)
 
     def _check_new(self, target_id) -> None:
-        self._check_id(target_id)
+        check_target_id(target_id)
         if target_id in self._ids:
             raise ValueError(f"target id {target_id} is already tracked: remove it first or use set_prompt")
         if len(self._ids) >= self.max_targets:
@@ -394,7 +392,7 @@ class MultiTargetTracker:
             self._check_new(target_id)
 
     def _check_known(self, target_id) -> None:
-        self._check_id(target_id)
+        check_target_id(target_id)
         if target_id not in self._ids:
             raise ValueError(f"no target with id {target_id!r}; targets: {sorted(self._ids)}")
 
