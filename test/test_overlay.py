@@ -60,6 +60,8 @@ def test_a_map_of_another_size_or_type_is_refused():
         overlay_instances(image, instance_map[:10], [])
     with pytest.raises(ImageConversionError, match="instance map must be uint8"):
         overlay_instances(image, instance_map.astype(bool), [])
+    with pytest.raises(ValueError, match="alpha=1.5"):
+        overlay_instances(image, instance_map, [(1, "a", None)], alpha=1.5)
 
 
 def test_the_instance_map_message_holds_the_ids_with_the_header():

@@ -303,16 +303,25 @@ def overlay_mask(
         raise ValueError(f"color must be three values (R, G, B); got {color.tolist()}")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha={alpha} is outside [0, 1]")
-    # Blend of every possible level per channel (256 x 3), then one look-up pass (OpenCV's
-    # per-channel LUT) and one masked copy into a copy of the image: exact, and ~10x faster at
-    # 1080p than numpy's per-plane look-up and select.
-    table = np.rint((1.0 - alpha) * np.arange(256.0)[:, None] + alpha * color)
-    table = table.clip(0, 255).astype(np.uint8)
-    blended = cv2.LUT(image_rgb, table[None])
     selected = mask.view(np.uint8) if mask.dtype == np.bool_ else (mask != 0).view(np.uint8)
     out = image_rgb.copy()
-    cv2.copyTo(blended, np.ascontiguousarray(selected), out)
+    blend_into(out, np.ascontiguousarray(selected), color, alpha)
     return out
+
+
+def blend_into(image_rgb: np.ndarray, selected: np.ndarray, color: np.ndarray, alpha: float) -> None:
+    """:func:`overlay_mask`'s blend, in place: the pixels of ``image_rgb`` where ``selected`` (uint8
+    (H, W), C-contiguous) is non-zero, inside its bounding box only."""
+    x, y, w, h = cv2.boundingRect(selected)
+    if not w:
+        return
+    # Blend of every possible level per channel (256 x 3), then one look-up pass (OpenCV's
+    # per-channel LUT) and one masked copy, over the box: exact, and ~10x faster at 1080p than
+    # numpy's per-plane look-up and select.
+    table = np.rint((1.0 - alpha) * np.arange(256.0)[:, None] + alpha * np.asarray(color, np.float64))
+    box = (slice(y, y + h), slice(x, x + w))
+    blended = cv2.LUT(image_rgb[box], table.clip(0, 255).astype(np.uint8)[None])
+    cv2.copyTo(blended, selected[box], image_rgb[box])
 
 
 def _byte_buffer(data, what: str) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Several targets drawn on an image: each in its own colour, with its label (the node's ``overlay``).
 
 :func:`overlay_instances` blends every target's pixels of an instance map (uint8, pixel = target
-id, 0 = background) with :func:`~vrs_node.io.image.overlay_mask`, in the colour of its id
+id, 0 = background) as :func:`~vrs_node.io.image.overlay_mask` blends, in the colour of its id
 (:func:`target_color`; id 1 is the single-target overlay's red, so one target id 1 looks as
 before), and writes ``"<id> <label>"`` on a tag of that colour above the target's box.
 """
@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import cv2
 import numpy as np
 
-from vrs_node.io.image import ImageConversionError, overlay_mask
+from vrs_node.io.image import ImageConversionError, blend_into
 
 PALETTE = ((255, 0, 0), (0, 200, 0), (30, 120, 255), (255, 210, 0), (255, 0, 255), (0, 220, 220),
            (255, 130, 0), (150, 80, 255), (170, 255, 60), (255, 110, 180))
@@ -51,10 +51,12 @@ def overlay_instances(image_rgb: np.ndarray, instance_map: np.ndarray,
     if instance_map.dtype != np.uint8 or instance_map.shape != image_rgb.shape[:2]:
         raise ImageConversionError(f"instance map must be uint8 of the image's size {image_rgb.shape[:2]}; "
                                    f"got {instance_map.dtype} with shape {instance_map.shape}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha={alpha} is outside [0, 1]")
     out = image_rgb.copy()
     labels = []
     for target_id, label, box in targets:
-        out = overlay_mask(out, instance_map == target_id, target_color(target_id), alpha)
+        blend_into(out, cv2.compare(instance_map, target_id, cv2.CMP_EQ), target_color(target_id), alpha)
         if box is not None:
             labels.append((target_id, label, box))
     scale = max(0.4, min(image_rgb.shape[:2]) / 800)
