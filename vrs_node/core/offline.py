@@ -8,7 +8,7 @@ engine's: the whole video is the window, so it is not causal. Its steps:
    :class:`~vrs_node.core.frames.FrameWindow` that holds every frame; frame numbers = positions);
 2. :meth:`OfflineVideo.ground`: one :meth:`~vrs_node.core.grounder.Grounder.ground` query over all
    frames (CLIP anchor, lattice <= 11 frames, TDA, TKS) picks the keyframe and TAK';
-3. :meth:`OfflineVideo.propagate`: :func:`~vrs_node.core.propagation.propagation_steps` conditions
+3. :meth:`OfflineVideo.propagate`: :func:`~vrs_node.core.propagation.first_results` conditions
    the keyframe with the prompt (for an instruction, ``TokenPrompt(TAK')``: its decode thresholded
    at the SAM input resolution, as VRS-HQ does) and tracks forward, then, after a reset (the
    backward pass sees no forward memory), backward over the preceding frames.
@@ -19,7 +19,6 @@ them one by one (progress, timings) and ``vrs-parity`` compares them with the au
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -29,7 +28,7 @@ from vrs_node.core.frames import SAM2_KEY, FrameWindow
 from vrs_node.core.grounder import Grounder
 from vrs_node.core.grounding import Grounding
 from vrs_node.core.prompts import Prompt, TokenPrompt
-from vrs_node.core.propagation import propagation_steps
+from vrs_node.core.propagation import first_results, propagate_reference
 from vrs_node.core.tracker import FrameFeatures, StreamingTracker, TrackResult
 from vrs_node.models.prompt import Instruction
 
@@ -62,23 +61,17 @@ class OfflineVideo:
             raise ValueError("the grounder must score keyframes with the video's tracker")
         return grounder.ground(self._window, instruction, anchor_frame=anchor_frame)
 
+    @property
+    def features(self) -> list[FrameFeatures]:
+        """The frames' SAM-2 features, by frame number."""
+        return list(self._features)
+
     def propagate(self, keyframe: int, prompt: Prompt) -> Iterator[tuple[int, TrackResult, float]]:
         """(frame, result, seconds of its step) for every frame once, in
         :func:`~vrs_node.core.propagation.reference_order`: ``prompt`` conditions ``keyframe``,
-        tracked forward, then backward from a reset tracker. The keyframe's result is its first
-        conditioning's (VRS-HQ keeps that one); its second, at the start of the backward pass, is
-        run but neither yielded nor timed. ValueError for a keyframe outside the video."""
-        seen = set()
-        steps = propagation_steps(self.tracker, self._features, keyframe, prompt)
-        while True:
-            start = time.perf_counter()
-            step = next(steps, None)
-            if step is None:
-                return
-            frame, result = step
-            if frame not in seen:
-                seen.add(frame)
-                yield frame, result, time.perf_counter() - start
+        tracked forward, then backward from a reset tracker
+        (:func:`~vrs_node.core.propagation.first_results`). ValueError for a keyframe outside the video."""
+        return first_results(self.tracker, self._features, keyframe, prompt)
 
 
 @dataclass(frozen=True)
@@ -108,7 +101,4 @@ def segment_offline(tracker: StreamingTracker, images: Sequence[np.ndarray], tar
             raise ValueError("an instruction needs a grounder")
         grounding = video.ground(grounder, target, anchor_frame)
         keyframe, target = grounding.keyframe, TokenPrompt(grounding.token)
-    results: list[TrackResult | None] = [None] * len(images)
-    for frame, result, _ in video.propagate(keyframe, target):
-        results[frame] = result
-    return OfflineSegmentation(keyframe, results, grounding)  # type: ignore[arg-type]
+    return OfflineSegmentation(keyframe, propagate_reference(tracker, video.features, keyframe, target), grounding)

@@ -18,6 +18,7 @@ gives the same output), as VRS-HQ's ``cat(flip(backward)[:-1], forward)`` keeps 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 
 from vrs_node.core.prompts import Prompt
@@ -51,11 +52,28 @@ def propagation_steps(tracker: StreamingTracker, features: Sequence[FrameFeature
             yield frame, tracker.track(features[frame])
 
 
+def first_results(tracker: StreamingTracker, features: Sequence[FrameFeatures], keyframe: int,
+                  prompt: Prompt) -> Iterator[tuple[int, TrackResult, float]]:
+    """(frame, result, seconds of its step) for every frame once, in :func:`reference_order`: a
+    frame's first result. The keyframe's second conditioning, at the start of the backward pass,
+    is run but neither yielded nor timed (VRS-HQ keeps the first)."""
+    seen = set()
+    steps = propagation_steps(tracker, features, keyframe, prompt)
+    while True:
+        start = time.perf_counter()
+        step = next(steps, None)
+        if step is None:
+            return
+        frame, result = step
+        if frame not in seen:
+            seen.add(frame)
+            yield frame, result, time.perf_counter() - start
+
+
 def propagate_reference(tracker: StreamingTracker, features: Sequence[FrameFeatures], keyframe: int,
                         prompt: Prompt) -> list[TrackResult]:
     """One result per frame (index = frame) from VRS-HQ's forward-then-backward protocol."""
     results: list[TrackResult | None] = [None] * len(features)
-    for frame, result in propagation_steps(tracker, features, keyframe, prompt):
-        if results[frame] is None:
-            results[frame] = result
+    for frame, result, _ in first_results(tracker, features, keyframe, prompt):
+        results[frame] = result
     return results  # type: ignore[return-value]

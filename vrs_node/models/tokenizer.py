@@ -43,11 +43,11 @@ The byte-level tokenizer of the random-weight profiles is :mod:`vrs_node.models.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import sentencepiece as spm
 
+from vrs_node.models.json_object import read_json_object
 from vrs_node.models.llama_tokenizer import SPECIAL_KEYS, SlowLlamaTokenizer, StripFlags, TokenizerFileError
 from vrs_node.models.prompt import SEG_TOKEN, TAK_TOKEN
 
@@ -63,16 +63,6 @@ TOKENIZER_FILES = (SP_MODEL_FILE, CONFIG_FILE, SPECIAL_MAP_FILE, ADDED_TOKENS_FI
 """The tokenizer's files in the checkpoint directory (rule 1: the first two required)."""
 # LlamaTokenizer.__init__ defaults (4.31): these four are wrapped as AddedToken(lstrip=False, rstrip=False)
 LLAMA_DEFAULTS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": None}
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise TokenizerFileError(f"{path}: not a readable JSON file ({err})") from err
-    if not isinstance(data, dict):
-        raise TokenizerFileError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
 
 
 def _load_sentencepiece(path: Path) -> spm.SentencePieceProcessor:
@@ -113,7 +103,7 @@ def _special_tokens(directory: Path, config: dict) -> tuple[dict, dict]:
             special[key], flags[key] = _special_value(config.get(key, LLAMA_DEFAULTS.get(key)), config_path, key,
                                                       wrap=key in LLAMA_DEFAULTS)
     if map_path.is_file():
-        for key, value in _read_json(map_path).items():
+        for key, value in read_json_object(map_path, TokenizerFileError).items():
             if key in SPECIAL_KEYS:
                 special[key], flags[key] = _special_value(value, map_path, key, wrap=False)
     return special, flags
@@ -137,7 +127,7 @@ def _config(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path} missing: expected the tokenizer settings (legacy, add_bos_token, special "
                                 f"tokens) of the VRS-HQ checkpoint (Hugging Face {HF_REPO})")
-    config = _read_json(path)
+    config = read_json_object(path, TokenizerFileError)
     if config.get("tokenizer_class", "LlamaTokenizer") != "LlamaTokenizer":
         raise TokenizerFileError(f"{path}: tokenizer_class {config['tokenizer_class']!r}; only the slow "
                                  "LlamaTokenizer of the VRS-HQ release is reproduced")
@@ -152,7 +142,7 @@ def _config(path: Path) -> dict:
 
 def _add_saved_tokens(tokenizer: SlowLlamaTokenizer, path: Path) -> None:
     """Rule 3: added_tokens.json, consecutive ids after the vocabulary."""
-    added = _read_json(path)
+    added = read_json_object(path, TokenizerFileError)
     if not all(isinstance(k, str) and k and type(v) is int for k, v in added.items()):
         raise TokenizerFileError(f"{path}: expected an object of token -> integer id, got {added!r}")
     for token, token_id in sorted(added.items(), key=lambda item: item[1]):

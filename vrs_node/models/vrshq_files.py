@@ -12,7 +12,6 @@ Every refusal is a :class:`CheckpointError` (or FileNotFoundError) naming the fi
 
 from __future__ import annotations
 
-import json
 import pickle
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig
 
+from vrs_node.models.json_object import read_json_object
 from vrs_node.models.mllm import ATTENTION, MllmConfig, SpecialTokenIds, special_token_ids
 from vrs_node.models.prompt import SEG_TOKEN, TAK_TOKEN
 from vrs_node.models.tokenizer import ADDED_TOKENS_FILE, HF_REPO, TOKENIZER_FILES
@@ -48,13 +48,7 @@ def key_examples(keys: Iterable[str], limit: int = 5) -> str:
 
 def read_json(path: Path) -> dict:
     """A JSON object from ``path``; :class:`CheckpointError` naming the file if it is not one."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise CheckpointError(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} must hold a JSON object, not {type(data).__name__}")
-    return data
+    return read_json_object(path, CheckpointError)
 
 
 def resolve_vision_tower(config: dict, checkpoint_dir: Path, vision_tower: str | Path | None = None) -> Path:
