@@ -177,7 +177,8 @@ def status_fields(mask: np.ndarray) -> dict:
     return {"stamp_ns": 1_700_000_000_000_000_000, "frame_id": "camera", "frame_index": 1234,
             "status": "tracking", "reason": "tracking", "object_score": 4.0, "target_present": bool(mask.any()),
             "latency_ms": 12.34, "model_profile": "tiny-random", "device": "cpu", "pushed": 1235,
-            "processed": 1235, "dropped": 0, "errors": 0, "queries": 0, "query_errors": 0, "time_jumps": 0,
+            "processed": 1235, "dropped": 0, "errors": 0, "queries": 0, "query_errors": 0, "superseded": 0,
+            "catchup_frames": 0, "prepared_catchup_frames": 0, "time_jumps": 0,
             "resolution_changes": 0, "instruction": None}
 
 

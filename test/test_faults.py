@@ -44,6 +44,7 @@ from vrs_node.io.image import image_msg_to_rgb, ns_to_stamp, rgb_to_msg, stamp_t
 from vrs_node.models.prompt import clean_instruction
 from vrs_node.ros.diagnostics import OK, WARN, HealthMonitor
 from vrs_node.ros.qos import LATCHED
+from vrs_node.ros.status import context as status_context
 
 BASE_NS = 1_700_000_000_000_000_000
 OOM_TEXT = "CUDA out of memory. Tried to allocate 20.00 GiB (injected)"
@@ -377,9 +378,13 @@ def test_diagnostics_count_errors_per_period_across_an_engine_restart():
     monitor.on_query(QueryReport(clean_instruction("the swan"), TRIGGER_PERIOD, None, "RuntimeError: boom", 0.1, False))
     health = monitor.report(EngineStats(pushed=6, processed=6, query_errors=1), "the swan", None)
     assert health.level == WARN and "RuntimeError: boom" in health.message
-    health = monitor.report(EngineStats(pushed=9, processed=9, query_errors=1, superseded=2), "the water", None)
+    stats = EngineStats(pushed=9, processed=9, query_errors=1, superseded=2, catchup_frames=7, prepared_catchup_frames=5)
+    health = monitor.report(stats, "the water", None)
     assert health.level == OK and health.values["last_query_error"] == "" and health.values["query_errors"] == "1"
     assert health.values["superseded"] == "2" and health.values["reasoner"] == "local"
+    assert (health.values["catchup_frames"], health.values["prepared_catchup_frames"]) == ("7", "5")
+    fields = status_context("tiny-random", "cpu", "fp32", stats, "the water")
+    assert (fields["catchup_frames"], fields["prepared_catchup_frames"], fields["superseded"]) == (7, 5, 2)
     remote = {"namespace": "/gpu", "connected": False, "consecutive_failures": 2, "timeouts": 2,
               "last_fault": "no response within reasoner_timeout_s = 5 s"}
     health = monitor.report(EngineStats(pushed=12, processed=12), "the water", None, reasoner=remote)

@@ -11,7 +11,8 @@ reporting period, turns them into one status: a level, a message and key/value p
   latest failed frame since the start ("" when none);
 - ``query_latency_ms`` of the last grounding query, ``queries`` and ``query_errors`` in all,
   ``superseded`` (answers discarded: their target's instruction changed, or it was removed, while
-  the query ran),
+  the query ran), ``catchup_frames`` (frames tracked by catch-ups) and ``prepared_catchup_frames``
+  (those of them tracked on the grounding thread, off the hot path), in all,
   ``last_query_error`` (the error of the last query of the current instruction, "" when it
   succeeded) and ``query_running_s`` (how long the query in progress has run, "" when none runs);
 - ``time_to_first_target_s``: from the monitor's creation (the node's start) to its first result
@@ -119,6 +120,8 @@ class HealthMonitor:
             "queries": str(stats.queries if stats is not None else 0),
             "query_errors": str(stats.query_errors if stats is not None else 0),
             "superseded": str(stats.superseded if stats is not None else 0),
+            "catchup_frames": str(stats.catchup_frames if stats is not None else 0),
+            "prepared_catchup_frames": str(stats.prepared_catchup_frames if stats is not None else 0),
             "last_query_error": query_error or "",
             "query_running_s": f"{query_running_s:.1f}" if query_running_s is not None else "",
             "time_to_first_target_s": f"{first_target:.2f}" if first_target is not None else "",

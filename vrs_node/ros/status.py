@@ -88,6 +88,7 @@ def context(profile: str, device: str, precision: str | None, stats: EngineStats
     if stats is not None:
         fields.update(pushed=stats.pushed, processed=stats.processed, dropped=stats.dropped, errors=stats.errors,
                       queries=stats.queries, query_errors=stats.query_errors, superseded=stats.superseded,
+                      catchup_frames=stats.catchup_frames, prepared_catchup_frames=stats.prepared_catchup_frames,
                       time_jumps=stats.time_jumps, resolution_changes=stats.resolution_changes,
                       instruction=instruction)
     return fields
