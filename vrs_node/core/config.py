@@ -22,8 +22,9 @@ class PipelineConfig:
     """The engine's settings (``mode`` .. ``lost_after_frames``), the tracker's (``max_cond_frames``)
     and the grounder's (``sparse_frames``); ``max_targets`` bounds the targets followed at once,
     ``target_batch`` those of one batched tracking call (``MultiTargetTracker``'s ``max_batch``).
-    ``score_threshold`` is on the object-score logit (SAM-2 uses 0); ``period_s`` (stamp time) and ``lost_after_frames`` schedule re-grounding (0 turns
-    either off); the three may change while the engine runs. ``grounding_nice``: the niceness
+    ``score_threshold`` is on the object-score logit (SAM-2 uses 0); ``period_s`` (stamp time) and
+    ``lost_after_frames`` schedule re-grounding (0 turns either off); the three may change while the
+    engine runs. ``grounding_nice``: the niceness
     above the process's of the thread that runs periodic re-queries of tracked targets
     (:func:`~vrs_node.core.queries.lower_thread_priority`, :meth:`~vrs_node.core.queries.QueryScheduler.start`)."""
 

@@ -65,9 +65,9 @@ def image_msg_to_rgb(msg, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndar
     Returns a C-contiguous ``uint8`` array of shape ``(height, width, 3)``: for ``rgb8`` without
     row padding a read-only view of ``msg.data`` (no copy, as cv_bridge's ``imgmsg_to_cv2``: the
     message's buffer must not be changed while the frame is in use; rclpy and rosbags give each
-    message its own), otherwise a new array. Raises ``ImageConversionError`` for an unsupported encoding, a zero
-    height or width, more than ``max_pixels`` pixels (checked before ``data`` is read), a
-    ``step`` shorter than one row of pixels, or ``data`` shorter than ``step * height``.
+    message its own), otherwise a new array. Raises ``ImageConversionError`` for an unsupported
+    encoding, a zero height or width, more than ``max_pixels`` pixels (checked before ``data`` is
+    read), a ``step`` shorter than one row of pixels, or ``data`` shorter than ``step * height``.
     """
     encoding = msg.encoding
     if encoding not in _LAYOUTS:
