@@ -117,11 +117,8 @@ class HealthMonitor:
             "frame_errors": str(int(errors)),
             "last_frame_error": last_error or "",
             "query_latency_ms": f"{query.latency_s * 1e3:.1f}" if query is not None else "",
-            "queries": str(stats.queries if stats is not None else 0),
-            "query_errors": str(stats.query_errors if stats is not None else 0),
-            "superseded": str(stats.superseded if stats is not None else 0),
-            "catchup_frames": str(stats.catchup_frames if stats is not None else 0),
-            "prepared_catchup_frames": str(stats.prepared_catchup_frames if stats is not None else 0),
+            **{key: str(getattr(stats, key) if stats is not None else 0)
+               for key in ("queries", "query_errors", "superseded", "catchup_frames", "prepared_catchup_frames")},
             "last_query_error": query_error or "",
             "query_running_s": f"{query_running_s:.1f}" if query_running_s is not None else "",
             "time_to_first_target_s": f"{first_target:.2f}" if first_target is not None else "",
