@@ -81,23 +81,57 @@ def decoder_calls(tracker):
     return calls, handle
 
 
-def test_tks_decodes_each_dense_frame_once_for_the_whole_batch(setup):
-    """Lattices {0, 3, ..}, {1, 4, ..}, {0, 3, ..}, {2, 5, ..}: one mask-decoder call per distinct
-    dense frame, with the TAK' of each instruction whose lattice holds it, in lattice order."""
+def test_tks_scores_each_dense_frame_once_and_decodes_masks_only_on_keyframes(setup, monkeypatch):
+    """Lattices {0, 3, ..}, {1, 4, ..}, {0, 3, ..}, {2, 5, ..}: one object-score call per distinct
+    dense frame, with the TAK' of each instruction whose lattice holds it, in lattice order; then
+    one mask decode (the only mask-decoder calls) per distinct keyframe, with its instructions' TAK'."""
     grounder, window = setup
     reasoning = grounder.reason_many(window, instructions(), [0, 1, 0, 5])
-    calls, handle = decoder_calls(grounder.tracker)
+    tracker, scored, decoded = grounder.tracker, [], []
+    real_score, real_decode = tracker.token_object_scores, tracker.decode_tokens
+    monkeypatch.setattr(tracker, "token_object_scores", lambda f, t: scored.append(t) or real_score(f, t))
+    monkeypatch.setattr(tracker, "decode_tokens", lambda f, t: decoded.append((f, t)) or real_decode(f, t))
+    calls, handle = decoder_calls(tracker)
     try:
-        grounder.select_many(reasoning)
+        selected = grounder.select_many(reasoning)
     finally:
         handle.remove()
     holders = {}
     for r in reasoning:
         for frame in r.dense:
             holders.setdefault(frame.index, []).append(r.token)
-    assert len(calls) == len(holders) < sum(len(r.dense) for r in reasoning)
-    for kwargs, tokens in zip(calls, holders.values()):
+    assert len(scored) == len(holders) < sum(len(r.dense) for r in reasoning)
+    for tokens, expected in zip(scored, holders.values()):
+        assert torch.equal(torch.stack(tokens), torch.stack(expected))
+    keyframes = {}
+    for s, r in zip(selected, reasoning):
+        keyframes.setdefault(id(s.keyframe_features), []).append(r.token)
+    assert len(decoded) == len(calls) == len(keyframes)
+    for (feats, tokens), kwargs in zip(decoded, calls):
+        assert torch.equal(torch.stack(tokens), torch.stack(keyframes[id(feats)]))
         assert torch.equal(kwargs["sparse_prompt_embeddings"][:, 2], torch.stack(tokens))
+
+
+@pytest.mark.parametrize("autocast_dtype", [None, torch.bfloat16])
+def test_token_object_scores_are_the_decodes_object_scores_bit_for_bit(setup, autocast_dtype):
+    """The object scores alone (no mask decoded) equal decode_tokens' exactly, batched or not,
+    in fp32 and under bf16 autocast; the mask decoder's forward is never called for them."""
+    grounder, window = setup
+    tracker = grounder.tracker
+    feats = window.get_feature(window.snapshot()[2].index, SAM2_KEY)
+    tokens = [torch.randn(256, generator=torch.Generator().manual_seed(s)) * (1 + s) for s in range(4)]
+    saved, tracker.autocast_dtype = tracker.autocast_dtype, autocast_dtype
+    calls, handle = decoder_calls(tracker)
+    try:
+        scores = tracker.token_object_scores(feats, tokens)
+        single = tracker.token_object_scores(feats, tokens[1:2])
+        assert not calls and tracker.token_object_scores(feats, []) == []
+        assert scores == [r.object_score for r in tracker.decode_tokens(feats, tokens)]
+        assert single == [tracker.decode_token(feats, tokens[1]).object_score]
+    finally:
+        handle.remove()
+        tracker.autocast_dtype = saved
+    assert len(set(scores)) >= len(tokens) - (autocast_dtype is not None), "the tokens must score differently"
 
 
 def test_decode_tokens_equals_decode_token_per_token(setup):
@@ -185,11 +219,14 @@ def test_timings_are_the_batch_stages_and_each_instruction_tks(setup):
 
 def test_reasoning_runs_no_sam2_and_selection_does(setup, monkeypatch):
     grounder, window = setup
-    decode = grounder.tracker.decode_tokens
-    monkeypatch.setattr(grounder.tracker, "decode_tokens", lambda *a: pytest.fail("SAM-2 decode while reasoning"))
+    tracker = grounder.tracker
+    score, decode = tracker.token_object_scores, tracker.decode_tokens
+    for name in ("token_object_scores", "decode_tokens"):
+        monkeypatch.setattr(tracker, name, lambda *a: pytest.fail("SAM-2 while reasoning"))
     reasoning = grounder.reason_many(window, instructions())
     calls = []
-    monkeypatch.setattr(grounder.tracker, "decode_tokens", lambda *a: calls.append(a) or decode(*a))
+    monkeypatch.setattr(tracker, "token_object_scores", lambda *a: calls.append(a) or score(*a))
+    monkeypatch.setattr(tracker, "decode_tokens", decode)
     selected = grounder.select_many(reasoning)
     assert len(calls) == len({f.index for r in reasoning for f in r.dense})
     assert sum(len(tokens) for _, tokens in calls) == sum(len(r.dense) for r in reasoning)

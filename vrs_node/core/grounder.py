@@ -13,8 +13,9 @@ window of recent frames, in two parts:
 4. TDA fuses SEG into TAK'.
 
 *Keyframe selection* (:meth:`Grounder.select`, :func:`~vrs_node.core.grounding.select_keyframes`,
-which a remote reasoner's client runs too): TKS decodes TAK' on every dense frame's cached SAM-2
-features and picks the keyframe; its decoded mask is the result.
+which a remote reasoner's client runs too): TKS scores TAK' on every dense frame's cached SAM-2
+features (SAM-2's object score, no mask decoded) and picks the keyframe; TAK' decoded there is the
+result (its mask).
 
 Several instructions are reasoned about together (:meth:`Grounder.ground_many`; or
 :meth:`Grounder.reason_many` with each instruction over its own frames, as the reasoner server
@@ -22,14 +23,15 @@ batches its clients): every per-frame input is read or computed once for the who
 instruction gets its own text embedding, anchor and lattice, and one batched prefill runs all their prompts
 (:meth:`~vrs_node.models.mllm.VrshqMLLM.prefill`: at most two LLM calls; prompts over the same
 frames run their common prefix, the frames' tokens, once); TDA then runs per instruction, and TKS
-decodes each dense frame once for the batch (:meth:`Grounder.select_many`: one mask-decoder call
-with the TAK' of every instruction whose lattice holds the frame) and chooses per instruction.
+scores each dense frame once for the batch (:meth:`Grounder.select_many`: one object-score call
+with the TAK' of every instruction whose lattice holds the frame), chooses per instruction, and
+decodes each keyframe once with the TAK' of the instructions that chose it.
 Each result equals the instruction's own query (:meth:`Grounder.ground`) within float rounding.
 
 Every per-frame input (CLIP-336 embedding, the MLLM's CLIP patch tokens, SAM-2 features) is computed
 at most once per frame and cached in the :class:`FrameWindow` with the frame, so it is evicted with
 it; the text embedding is computed once per instruction (the last :data:`TEXT_CACHE_SIZE` are
-kept). A query only reads the window and the tracker's weights (``decode_tokens`` touches no
+kept). A query only reads the window and the tracker's weights (TKS's scoring and decoding touch no
 memory), so it can run on its own thread while the tracking thread goes on.
 """
 

@@ -111,40 +111,60 @@ def elapsed_s(device: torch.device, start: float) -> float:
 
 def select_keyframes(tracker: StreamingTracker, reasonings: Sequence[Reasoning]) -> list[Grounding]:
     """The keyframe selection part of a query: TKS of each reasoning's TAK' on its candidates'
-    SAM-2 features (decoded by ``tracker``) -> its keyframe, that frame's decode, and the answer.
+    SAM-2 features (scored by ``tracker``) -> its keyframe, that frame's decode, and the answer.
 
-    The decodes are batched over the reasonings: one ``decode_tokens`` call (one mask-decoder
-    call) per distinct candidate features (a dense frame, whatever lattices hold it) with the
-    TAK' of every reasoning that has it as a candidate; then TKS chooses per reasoning. Result
-    i equals ``select_keyframes(tracker, [reasonings[i]])`` within ``decode_tokens``'s float
-    rounding; one reasoning decodes exactly as ``decode_token`` does. ``timings_s["tks"]`` is the
-    reasoning's ``tda`` time (0 when it has none) plus its TKS time.
+    Batched over the reasonings: one :meth:`~StreamingTracker.token_object_scores` call (the object
+    scores alone, no masks) per distinct candidate features (a dense frame, whatever lattices hold
+    it) with the TAK' of every reasoning that has it as a candidate; TKS chooses per reasoning;
+    then one ``decode_tokens`` call per distinct keyframe for the reasonings that chose it. Result
+    i equals ``select_keyframes(tracker, [reasonings[i]])`` within the batched decoder's float
+    rounding; one reasoning's keyframe decode is ``decode_token``'s. ``timings_s["tks"]`` is the
+    reasoning's ``tda`` time (0 when it has none) plus its share of the scoring and decoding (by its
+    number of candidates) and its choice.
     """
     start = time.perf_counter()
-    decoded = _decode_candidates(tracker, reasonings)
+    object_scores = _score_candidates(tracker, reasonings)
+    choices = []
+    for reasoning, scores in zip(reasonings, object_scores):
+        chose_at = time.perf_counter()
+        choices.append((*choose_keyframe(scores, reasoning.tda_weights), time.perf_counter() - chose_at))
+    decoded = _decode_keyframes(tracker, [r.candidates[position] for r, (position, _, _) in zip(reasonings, choices)],
+                                [r.token for r in reasonings])
     share = elapsed_s(tracker.device, start) / max(1, sum(len(r.candidates) for r in reasonings))
     groundings = []
-    for reasoning, decodes in zip(reasonings, decoded):
-        start = time.perf_counter()
-        key = choose_keyframe(decodes, reasoning.tda_weights)
+    for reasoning, scores, (position, tks_scores, choose_s), result in zip(reasonings, object_scores, choices, decoded):
         timings = dict(reasoning.timings_s)
-        timings["tks"] = timings.pop("tda", 0.0) + share * len(decodes) + elapsed_s(tracker.device, start)
+        timings["tks"] = timings.pop("tda", 0.0) + share * len(scores) + choose_s
+        key = Keyframe(position, tks_scores, torch.tensor(scores), result)
         groundings.append(_grounding(reasoning, key, timings))
     return groundings
 
 
-def _decode_candidates(tracker: StreamingTracker, reasonings: Sequence[Reasoning]) -> list[list[TrackResult]]:
-    """``[i][j]``: reasoning i's TAK' decoded on its candidate j, with one ``decode_tokens`` call
-    per distinct candidate features (the same object) for all the reasonings holding it."""
-    frames: dict[int, tuple[FrameFeatures, list[tuple[int, int]]]] = {}
-    for i, reasoning in enumerate(reasonings):
-        for j, feats in enumerate(reasoning.candidates):
-            frames.setdefault(id(feats), (feats, []))[1].append((i, j))
-    decoded: list[list[TrackResult | None]] = [[None] * len(r.candidates) for r in reasonings]
+def _score_candidates(tracker: StreamingTracker, reasonings: Sequence[Reasoning]) -> list[list[float]]:
+    """``[i][j]``: reasoning i's TAK' object score on its candidate j (:func:`_per_frame`)."""
+    flat = _per_frame(tracker.token_object_scores, [(f, r.token) for r in reasonings for f in r.candidates])
+    starts = np.cumsum([0] + [len(r.candidates) for r in reasonings])
+    return [flat[a:b] for a, b in zip(starts[:-1], starts[1:])]
+
+
+def _decode_keyframes(tracker: StreamingTracker, keyframes: Sequence[FrameFeatures],
+                      tokens: Sequence[torch.Tensor]) -> list[TrackResult]:
+    """``tokens[i]`` decoded on ``keyframes[i]`` (:func:`_per_frame`)."""
+    return _per_frame(tracker.decode_tokens, list(zip(keyframes, tokens)))
+
+
+def _per_frame(run, pairs: Sequence[tuple[FrameFeatures, torch.Tensor]]) -> list:
+    """``run(features, tokens)`` (a batched tracker call, one output per token) once per distinct
+    features (the same object) with the tokens of every pair naming them; the outputs in the
+    order of ``pairs``."""
+    frames: dict[int, tuple[FrameFeatures, list[int]]] = {}
+    for k, (feats, _) in enumerate(pairs):
+        frames.setdefault(id(feats), (feats, []))[1].append(k)
+    out = [None] * len(pairs)
     for feats, slots in frames.values():
-        for (i, j), result in zip(slots, tracker.decode_tokens(feats, [reasonings[i].token for i, _ in slots])):
-            decoded[i][j] = result
-    return decoded
+        for k, value in zip(slots, run(feats, [pairs[k][1] for k in slots])):
+            out[k] = value
+    return out
 
 
 def _grounding(reasoning: Reasoning, key: Keyframe, timings: dict[str, float]) -> Grounding:

@@ -42,6 +42,7 @@ from vrs_node.core.frames import Frame, check_frame
 from vrs_node.core.hole_filling import fill_holes_in_mask_scores
 from vrs_node.core.prompts import (MaskPrompt, PointsPrompt, Prompt, TokenPrompt, checked_prompt, decoded_mask_input,
                                    mask_input, point_input)
+from vrs_node.core.token_decoding import decode_heads, object_score_logits
 from vrs_node.models.sam2_build import FILL_HOLE_AREA, SamImageTransform
 
 CPU_MASK_TOLERANCE = 1e-3
@@ -290,6 +291,16 @@ class StreamingTracker:
         return [self._result({"pred_masks": low_res[i:i + 1], "object_score_logits": scores[i]}, feats)
                 for i in range(len(tokens))]
 
+    @torch.inference_mode()
+    def token_object_scores(self, feats: FrameFeatures, tokens: Sequence[torch.Tensor]) -> list[float]:
+        """The object score of each token as :meth:`decode_tokens` gives it (bit for bit: the same
+        batch, the same computation), without decoding masks
+        (:func:`~vrs_node.core.token_decoding.object_score_logits`); no tokens: []."""
+        if not tokens:
+            return []
+        with self.autocast():
+            return object_score_logits(self.model, feats, tokens, self.num_frames).reshape(-1).tolist()
+
     @property
     def maskmem_pos_enc(self) -> list[torch.Tensor] | None:
         """The one stored copy of the memory positional encoding (the same for every frame), None
@@ -370,30 +381,5 @@ class StreamingTracker:
         return decoded_mask_input(low_res.to(self.device), self.model.image_size)
 
     def _decode_tokens(self, feats: FrameFeatures, tokens: Sequence[torch.Tensor]) -> dict:
-        """SAM-2 heads with sparse prompt [NaP, NaP, token] on a fresh conditioning frame, for N
-        tokens at once (batch dim N; the frame's features expanded to N, not copied).
-
-        Mirrors ``SAM2Base._forward_sam_heads`` (single-mask output, as VRS-HQ sets it) with the
-        token appended after the prompt encoder's two padding points; the image feature is the
-        top level + ``no_mem_embed`` (no memory), dense prompt = ``no_mask_embed``. Returns the
-        gated low-res logits (N x 1 x S/4 x S/4) and the object-score logits (N x 1).
-        """
-        from sam2.modeling.sam2_base import NO_OBJ_SCORE  # lazy, as in models/: importing sam2 starts hydra
-
-        model, n = self.model, len(tokens)
-        token = torch.stack([t.reshape(-1) for t in tokens]).to(self.device)[:, None]
-        pix = model._prepare_memory_conditioned_features(
-            frame_idx=0, is_init_cond_frame=True, current_vision_feats=list(feats.vision_feats[-1:]),
-            current_vision_pos_embeds=[feats.top_pos_embed], feat_sizes=list(feats.feat_sizes[-1:]),
-            output_dict=self._bank, num_frames=self.num_frames)
-        high_res = [x.permute(1, 2, 0).view(x.size(1), x.size(2), *s).expand(n, -1, -1, -1)
-                    for x, s in zip(feats.vision_feats[:-1], feats.feat_sizes[:-1])]
-        no_point = (torch.zeros(1, 1, 2, device=self.device), -torch.ones(1, 1, dtype=torch.int32, device=self.device))
-        sparse, dense = model.sam_prompt_encoder(points=no_point, boxes=None, masks=None)
-        sparse = torch.cat([sparse.expand(n, -1, -1), token.to(sparse.dtype)], dim=1)
-        low_res, _, _, object_score = model.sam_mask_decoder(
-            image_embeddings=pix.expand(n, -1, -1, -1), image_pe=model.sam_prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense.expand(n, -1, -1, -1),
-            multimask_output=False, repeat_image=False, high_res_features=high_res)
-        low_res = torch.where((object_score > 0)[:, None, None], low_res, NO_OBJ_SCORE).float()
-        return {"pred_masks": low_res, "object_score_logits": object_score}
+        """:func:`~vrs_node.core.token_decoding.decode_heads` of ``tokens`` on ``feats``."""
+        return decode_heads(self.model, feats, tokens, self.num_frames)

@@ -52,7 +52,7 @@ def keyframe_scores(object_score_logits: torch.Tensor, tda_weights: torch.Tensor
 @dataclass(frozen=True)
 class Keyframe:
     """The chosen candidate (``position`` in the candidate list), every candidate's score and
-    object-score logit, and the keyframe's decode with TAK'."""
+    object-score logit, and the keyframe's decode with TAK' (its mask and object score)."""
 
     position: int
     scores: torch.Tensor
@@ -62,21 +62,22 @@ class Keyframe:
 
 def select_keyframe(tracker: StreamingTracker, candidates: Sequence[FrameFeatures],
                     token: torch.Tensor, tda_weights: torch.Tensor) -> Keyframe:
-    """Token-driven Keyframe Selection on cached features: :func:`choose_keyframe` over each
-    candidate decoded once with ``token`` (TAK') as [NaP, NaP, TAK'] on a fresh conditioning frame.
+    """Token-driven Keyframe Selection on cached features: each candidate's object score with
+    ``token`` (TAK') as [NaP, NaP, TAK'] on a fresh conditioning frame
+    (:meth:`StreamingTracker.token_object_scores`: no mask decoded), :func:`choose_keyframe`, then
+    the chosen candidate decoded (:meth:`StreamingTracker.decode_token`; VRS-HQ decodes it a second
+    time on a fresh state, which gives the same output).
     """
-    return choose_keyframe([tracker.decode_token(feats, token) for feats in candidates], tda_weights)
+    object_scores = [tracker.token_object_scores(feats, [token])[0] for feats in candidates]
+    position, scores = choose_keyframe(object_scores, tda_weights)
+    return Keyframe(position, scores, torch.tensor(object_scores), tracker.decode_token(candidates[position], token))
 
 
-def choose_keyframe(decoded: Sequence[TrackResult], tda_weights: torch.Tensor) -> Keyframe:
-    """TKS's choice given each candidate's decode with TAK': argmax of :func:`keyframe_scores`;
-    ties go to the earliest candidate, as ``list.index(max(...))`` does in VRS-HQ. The keyframe's
-    decode is returned as is (VRS-HQ decodes it a second time on a fresh state, which gives the
-    same output).
-    """
-    if len(decoded) != len(tda_weights) or not decoded:
-        raise ValueError(f"{len(decoded)} candidates but {len(tda_weights)} TDA weights")
-    object_scores = torch.tensor([r.object_score for r in decoded])
-    scores = keyframe_scores(object_scores, tda_weights)
-    position = int(torch.argmax(scores))
-    return Keyframe(position, scores, object_scores, decoded[position])
+def choose_keyframe(object_scores: Sequence[float], tda_weights: torch.Tensor) -> tuple[int, torch.Tensor]:
+    """TKS's choice given each candidate's object-score logit with TAK': (its position, the
+    :func:`keyframe_scores`), the argmax; ties go to the earliest candidate, as
+    ``list.index(max(...))`` does in VRS-HQ."""
+    if len(object_scores) != len(tda_weights) or not object_scores:
+        raise ValueError(f"{len(object_scores)} candidates but {len(tda_weights)} TDA weights")
+    scores = keyframe_scores(torch.tensor(list(object_scores)), tda_weights)
+    return int(torch.argmax(scores)), scores

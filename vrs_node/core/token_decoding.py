@@ -1,0 +1,80 @@
+"""SAM-2's heads run with token prompts on one frame's cached features, as a fresh conditioning frame.
+
+This is how VRS-HQ scores and decodes its TAK' token: the sparse prompt is [NaP, NaP, token] (the
+prompt encoder's two padding points, then the token), the image feature is the top level +
+``no_mem_embed`` (no memory is read), the dense prompt is ``no_mask_embed``, with single-mask
+output. N tokens run as one batch (batch dim N; the frame's features expanded to N, not copied).
+
+- :func:`decode_heads`: the gated low-res mask logits and the object-score logits, as
+  ``SAM2Base._forward_sam_heads`` gives them;
+- :func:`object_score_logits`: the object-score logits alone, bit for bit those of
+  :func:`decode_heads` on the same tokens. SAM-2's mask decoder computes them from the two-way
+  transformer's object-score token (``pred_obj_score_head``), before and apart from the mask
+  upscaling and hypernetworks that this skips: about half the decoder's cost at 256 px. Token-driven
+  keyframe selection reads only these of every candidate frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from vrs_node.core.tracker import FrameFeatures
+
+_EMPTY_BANK = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+"""A conditioning frame reads no memory: sam2 is handed an empty bank."""
+
+
+def _prompt_inputs(model: torch.nn.Module, feats: FrameFeatures, tokens: Sequence[torch.Tensor],
+                   num_frames: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(image embedding N x C x h x w, sparse prompts N x 3 x C, dense prompts N x C x h x w) for
+    the N ``tokens`` on ``feats`` (views of shared tensors, expanded, not copied)."""
+    n, device = len(tokens), feats.vision_feats[-1].device
+    token = torch.stack([t.reshape(-1) for t in tokens]).to(device)[:, None]
+    pix = model._prepare_memory_conditioned_features(
+        frame_idx=0, is_init_cond_frame=True, current_vision_feats=list(feats.vision_feats[-1:]),
+        current_vision_pos_embeds=[feats.top_pos_embed], feat_sizes=list(feats.feat_sizes[-1:]),
+        output_dict=_EMPTY_BANK, num_frames=num_frames)
+    no_point = (torch.zeros(1, 1, 2, device=device), -torch.ones(1, 1, dtype=torch.int32, device=device))
+    sparse, dense = model.sam_prompt_encoder(points=no_point, boxes=None, masks=None)
+    sparse = torch.cat([sparse.expand(n, -1, -1), token.to(sparse.dtype)], dim=1)
+    return pix.expand(n, -1, -1, -1), sparse, dense.expand(n, -1, -1, -1)
+
+
+def decode_heads(model: torch.nn.Module, feats: FrameFeatures, tokens: Sequence[torch.Tensor],
+                 num_frames: int) -> dict:
+    """``SAM2Base._forward_sam_heads`` (single-mask output) for each of ``tokens``: the low-res
+    logits (N x 1 x S/4 x S/4, float32) set to sam2's ``NO_OBJ_SCORE`` where the object score is
+    <= 0, and the object-score logits (N x 1)."""
+    from sam2.modeling.sam2_base import NO_OBJ_SCORE  # lazy, as in models/: importing sam2 starts hydra
+
+    pix, sparse, dense = _prompt_inputs(model, feats, tokens, num_frames)
+    high_res = [x.permute(1, 2, 0).view(x.size(1), x.size(2), *s).expand(len(tokens), -1, -1, -1)
+                for x, s in zip(feats.vision_feats[:-1], feats.feat_sizes[:-1])]
+    low_res, _, _, object_score = model.sam_mask_decoder(
+        image_embeddings=pix, image_pe=model.sam_prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+        multimask_output=False, repeat_image=False, high_res_features=high_res)
+    low_res = torch.where((object_score > 0)[:, None, None], low_res, NO_OBJ_SCORE).float()
+    return {"pred_masks": low_res, "object_score_logits": object_score}
+
+
+def object_score_logits(model: torch.nn.Module, feats: FrameFeatures, tokens: Sequence[torch.Tensor],
+                        num_frames: int) -> torch.Tensor:
+    """The object-score logits (N x 1) of :func:`decode_heads` on the same arguments, without the
+    masks: the steps of sam2's ``MaskDecoder.predict_masks`` up to its two-way transformer, then
+    ``pred_obj_score_head`` of the object-score token. A decoder without object scores
+    (``pred_obj_scores`` off: sam2 then gives 10 for every token) runs :func:`decode_heads`."""
+    decoder = model.sam_mask_decoder
+    if not decoder.pred_obj_scores:
+        return decode_heads(model, feats, tokens, num_frames)["object_score_logits"]
+    pix, sparse, dense = _prompt_inputs(model, feats, tokens, num_frames)
+    output_tokens = torch.cat([decoder.obj_score_token.weight, decoder.iou_token.weight,
+                               decoder.mask_tokens.weight], dim=0)
+    prompt_tokens = torch.cat((output_tokens.unsqueeze(0).expand(len(tokens), -1, -1), sparse), dim=1)
+    image_pe = torch.repeat_interleave(model.sam_prompt_encoder.get_dense_pe(), len(tokens), dim=0)
+    hs, _ = decoder.transformer(pix + dense, image_pe, prompt_tokens)
+    return decoder.pred_obj_score_head(hs[:, 0, :])
