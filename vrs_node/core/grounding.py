@@ -130,7 +130,8 @@ def select_keyframes(tracker: StreamingTracker, reasonings: Sequence[Reasoning])
         choices.append((*choose_keyframe(scores, reasoning.tda_weights), time.perf_counter() - chose_at))
     decoded = _decode_keyframes(tracker, [r.candidates[position] for r, (position, _, _) in zip(reasonings, choices)],
                                 [r.token for r in reasonings])
-    share = elapsed_s(tracker.device, start) / max(1, sum(len(r.candidates) for r in reasonings))
+    tracker_s = elapsed_s(tracker.device, start) - sum(choose_s for *_, choose_s in choices)
+    share = tracker_s / max(1, sum(len(r.candidates) for r in reasonings))
     groundings = []
     for reasoning, scores, (position, tks_scores, choose_s), result in zip(reasonings, object_scores, choices, decoded):
         timings = dict(reasoning.timings_s)

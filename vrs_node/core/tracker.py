@@ -286,7 +286,7 @@ class StreamingTracker:
         if not tokens:
             return []
         with self.autocast():
-            out = self._decode_tokens(feats, tokens)
+            out = decode_heads(self.model, feats, tokens, self.num_frames)
         low_res, scores = self.fill_holes(out["pred_masks"]), out["object_score_logits"]
         return [self._result({"pred_masks": low_res[i:i + 1], "object_score_logits": scores[i]}, feats)
                 for i in range(len(tokens))]
@@ -376,10 +376,6 @@ class StreamingTracker:
         low_res = prompt.low_res_logits
         if low_res is None:
             with self.autocast():
-                decoded = self._decode_tokens(feats, [prompt.token])
+                decoded = decode_heads(self.model, feats, [prompt.token], self.num_frames)
             low_res = self.fill_holes(decoded["pred_masks"])
         return decoded_mask_input(low_res.to(self.device), self.model.image_size)
-
-    def _decode_tokens(self, feats: FrameFeatures, tokens: Sequence[torch.Tensor]) -> dict:
-        """:func:`~vrs_node.core.token_decoding.decode_heads` of ``tokens`` on ``feats``."""
-        return decode_heads(self.model, feats, tokens, self.num_frames)
