@@ -334,6 +334,21 @@ def test_mask_is_the_camera_logits_above_zero(resize, size, camera_hw):
     assert 0.3 < mask.mean() < 0.7 and not mask[logits == 0].any()
 
 
+@pytest.mark.parametrize("resize", ["squash", "pad"])
+def test_an_absent_targets_mask_is_empty_and_one_positive_logit_shows(resize):
+    """Low-res logits all <= 0 (SAM-2's NO_OBJ_SCORE, or zeros) give an all-False camera mask, as
+    camera_logits() > 0 does; a single positive logit among them still shows at camera size."""
+    hw, transform = (1080, 1920), SamImageTransform(256, resize)
+    for low in (torch.full((1, 1, 64, 64), -1024.0), torch.zeros(1, 1, 64, 64)):
+        result = TrackResult(low, -5.0, hw, transform)
+        mask = result.mask()
+        assert mask.shape == hw and mask.dtype == bool and not mask.any() and not (result.camera_logits() > 0).any()
+    low = torch.full((1, 1, 64, 64), -1.0)
+    low[0, 0, 30, 40] = 20.0
+    result = TrackResult(low, 3.0, hw, transform)
+    assert np.array_equal(result.mask(), result.camera_logits().numpy() > 0) and result.mask().any()
+
+
 def test_encode_with_the_camera_size_maps_prompts_in_camera_pixels(blackswan):
     """A frame decoded at half size and encoded with its camera size: features carry the camera
     size, a click in camera pixels becomes the same SAM-2 point as on the full frame, and the mask
