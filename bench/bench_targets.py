@@ -33,6 +33,7 @@ import torch  # noqa: E402
 from common import davis_sequence, grid_boxes  # noqa: E402
 
 from vrs_node.core.config import PipelineConfig  # noqa: E402
+from vrs_node.models.config import PRECISION_CHOICES  # noqa: E402
 
 GOALS = {4: 1.6, 8: 2.5}
 """Issue 14's goals: cost per frame with N targets / with 1 target."""
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="tiny-random")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
+    parser.add_argument("--precision", default="fp32", choices=PRECISION_CHOICES,
                         help="tracking precision (auto: bf16 on CUDA, fp32 on the CPU)")
     parser.add_argument("--max-batch", type=int, nargs="+", default=[PipelineConfig().target_batch],
                         help="most targets in one batched track_step (the node's target_batch; 0 = all); "

@@ -86,6 +86,9 @@ GOALS = {
     "GPU memory over 2,000 frames": "flat within 1 %",
 }
 TARGET_COUNTS = (1, 2, 4, 8)
+TARGET_RUNS = {**{str(n): (n, f"{n} target{'s' * (n > 1)}") for n in TARGET_COUNTS},
+               "8_one_batch": (8, "8 targets in one batch")}
+"""part_targets' runs by key: (targets, label); all at the node's ``target_batch`` but the one batch."""
 TARGET_GOALS = {"4": "<= 1.6x of 1", "8": "<= 2.5x of 1"}
 """Issue 14's goals for the per-frame cost with several targets (by part_targets key)."""
 
@@ -432,7 +435,8 @@ def part_targets(device, sizes: Sizes, frames, mask, clock: Clock, state: dict) 
                          precision="bf16")
     batch = PipelineConfig().target_batch
     out: dict = {"arch": f"hiera-{arch}", "target_batch": batch}
-    for key, count, max_batch in [(str(n), n, batch) for n in TARGET_COUNTS] + [("8_one_batch", 8, 0)]:
+    for key, (count, _) in TARGET_RUNS.items():
+        max_batch = 0 if key == "8_one_batch" else batch
         if clock.left() < 15:
             out[key] = {"not_run": f"time budget ({clock.left():.0f} s left)"}
             continue
@@ -486,11 +490,9 @@ def table(report: dict) -> str:
                   if "prefill_s" in value else _why(value))
         rows.append((f"reasoner_quantization {mode}", figure, ""))
     targets = p.get("targets", {})
-    for key in [str(n) for n in TARGET_COUNTS] + ["8_one_batch"]:
+    for key, (_, what) in TARGET_RUNS.items():
         value = targets.get(key, {})
         if "ratio_to_1" in value:
-            count = int(key.split("_")[0])
-            what = f"{count} target{'s' * (count > 1)}" + (" in one batch" if "_" in key else "")
             rows.append((f"{what} ({targets['arch']} bf16), per frame", f"{value['p50_ms']:.1f} ms "
                          f"({value['ratio_to_1']:.2f}x of 1)", TARGET_GOALS.get(key, "")))
     first = p.get("first_mask", {})

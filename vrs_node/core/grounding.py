@@ -119,23 +119,19 @@ def select_keyframes(tracker: StreamingTracker, reasonings: Sequence[Reasoning])
     then one ``decode_tokens`` call per distinct keyframe for the reasonings that chose it. Result
     i equals ``select_keyframes(tracker, [reasonings[i]])`` within the batched decoder's float
     rounding; one reasoning's keyframe decode is ``decode_token``'s. ``timings_s["tks"]`` is the
-    reasoning's ``tda`` time (0 when it has none) plus its share of the scoring and decoding (by its
-    number of candidates) and its choice.
+    reasoning's ``tda`` time (0 when it has none) plus its share of the selection (scoring, choices
+    and decoding; by its number of candidates).
     """
     start = time.perf_counter()
     object_scores = _score_candidates(tracker, reasonings)
-    choices = []
-    for reasoning, scores in zip(reasonings, object_scores):
-        chose_at = time.perf_counter()
-        choices.append((*choose_keyframe(scores, reasoning.tda_weights), time.perf_counter() - chose_at))
-    decoded = _decode_keyframes(tracker, [r.candidates[position] for r, (position, _, _) in zip(reasonings, choices)],
+    choices = [choose_keyframe(scores, r.tda_weights) for r, scores in zip(reasonings, object_scores)]
+    decoded = _decode_keyframes(tracker, [r.candidates[position] for r, (position, _) in zip(reasonings, choices)],
                                 [r.token for r in reasonings])
-    tracker_s = elapsed_s(tracker.device, start) - sum(choose_s for *_, choose_s in choices)
-    share = tracker_s / max(1, sum(len(r.candidates) for r in reasonings))
+    share = elapsed_s(tracker.device, start) / max(1, sum(len(r.candidates) for r in reasonings))
     groundings = []
-    for reasoning, scores, (position, tks_scores, choose_s), result in zip(reasonings, object_scores, choices, decoded):
+    for reasoning, scores, (position, tks_scores), result in zip(reasonings, object_scores, choices, decoded):
         timings = dict(reasoning.timings_s)
-        timings["tks"] = timings.pop("tda", 0.0) + share * len(scores) + choose_s
+        timings["tks"] = timings.pop("tda", 0.0) + share * len(scores)
         key = Keyframe(position, tks_scores, torch.tensor(scores), result)
         groundings.append(_grounding(reasoning, key, timings))
     return groundings

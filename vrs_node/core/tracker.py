@@ -100,13 +100,14 @@ class TrackResult:
         comes back). On the CPU the bilinear steps are OpenCV's ``INTER_LINEAR`` (torch's
         half-pixel-centre sampling, 2-3x faster at 1080p), rounding differently: the mask equals
         ``camera_logits() > 0`` except where the logit is within :data:`CPU_MASK_TOLERANCE` of 0
-        (max |difference| of the logits measured: 9e-4 at S = 1024 and 1080p). Without a positive
-        low-res logit (an absent target) it is all False at once: bilinear steps of values <= 0 stay <= 0."""
+        (max |difference| of the logits measured: 9e-4 at S = 1024 and 1080p). On the CPU, without a
+        positive low-res logit (an absent target) it is all False at once: bilinear steps of values
+        <= 0 stay <= 0 (on a device that check would cost one more synchronisation)."""
         logits = self.low_res_logits
-        if not bool((logits > 0).any()):
-            return np.zeros(self.image_hw, bool)
         if logits.device.type != "cpu":
             return (self.camera_logits() > 0).cpu().numpy()
+        if not bool((logits > 0).any()):
+            return np.zeros(self.image_hw, bool)
 
         def bilinear(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
             return cv2.resize(values, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)

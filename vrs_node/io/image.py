@@ -309,9 +309,9 @@ def overlay_mask(
     return out
 
 
-def blend_into(image_rgb: np.ndarray, selected: np.ndarray, color: np.ndarray, alpha: float) -> None:
-    """:func:`overlay_mask`'s blend, in place: the pixels of ``image_rgb`` where ``selected`` (uint8
-    (H, W), C-contiguous) is non-zero, inside its bounding box only."""
+def blend_into(image_rgb: np.ndarray, selected: np.ndarray, color, alpha: float) -> None:
+    """:func:`overlay_mask`'s blend of ``color`` (R, G, B), in place: the pixels of ``image_rgb`` where
+    ``selected`` (uint8 (H, W), C-contiguous) is non-zero, inside its bounding box only."""
     x, y, w, h = cv2.boundingRect(selected)
     if not w:
         return
