@@ -298,6 +298,22 @@ def test_device_backend_keeps_the_padding_zero_and_reads_read_only_frames():
     assert torch.equal(x, SamImageTransform(64, "pad", "reference")(image))
 
 
+@pytest.mark.parametrize("resize", ["squash", "pad"])
+def test_cpu_lookup_normalisation_equals_the_arithmetic(resize):
+    """uint8 pixels on the CPU are normalised by table lookup: bit for bit the references'
+    arithmetic (which whole-number float pixels still run), for every level in every channel,
+    with and without padding."""
+    rng = np.random.default_rng(1)
+    transform = SamImageTransform(64, resize)
+    for h, w in ((64, 64), (40, 64), (7, 5)):
+        pixels = torch.from_numpy(rng.integers(0, 256, (1, 3, h, w), dtype=np.uint8))
+        if h * w >= 256:
+            pixels.view(3, -1)[:, :256] = torch.arange(256, dtype=torch.uint8)
+        looked_up = transform._normalise_and_pad(pixels)
+        assert looked_up.shape == (1, 3, 64, 64) and looked_up.is_contiguous()
+        assert torch.equal(looked_up, transform._normalise_and_pad(pixels.float()))
+
+
 @pytest.mark.parametrize("backend", ["device", "reference"])
 def test_transform_fits_a_reduced_image_as_the_camera_frame(backend):
     """With ``camera_hw`` the content is valid_size(camera): a 21 x 129 camera frame decoded at 1/2

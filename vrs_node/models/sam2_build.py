@@ -28,6 +28,7 @@ import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -240,16 +241,31 @@ class SamImageTransform:
 
     def _normalise_and_pad(self, x: torch.Tensor) -> torch.Tensor:
         """1 x 3 x h' x w' resized pixels (uint8, or whole-number floats) -> the normalised, zero-padded,
-        contiguous 1 x 3 x S x S float32 input on ``x``'s device, with the references' arithmetic
-        (squash: float64 / 255, to float32, - mean, / std; pad: float32 - mean, / std)."""
-        mean, std = _normalisation(self.resize, x.device)
-        x = x.contiguous()
-        if self.resize == "squash":
-            x = x.double().div_(255.0).float().sub_(mean).div_(std)
-        else:
-            x = (x.float() - mean).div_(std)
-        pad_h, pad_w = self.image_size - x.shape[-2], self.image_size - x.shape[-1]
-        return F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
+        contiguous 1 x 3 x S x S float32 input on ``x``'s device (:func:`_normalise`). uint8 pixels
+        on the CPU are looked up per channel in :func:`_lookup_table` (OpenCV's ``LUT``) instead:
+        the same values, without the float64 temporaries."""
+        out_shape = (1, 3, self.image_size, self.image_size)
+        if x.device.type != "cpu" or x.dtype != torch.uint8:
+            x = _normalise(x.contiguous(), self.resize)
+            pad_h, pad_w = self.image_size - x.shape[-2], self.image_size - x.shape[-1]
+            return F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
+        pixels = x[0].contiguous().numpy()
+        h, w = pixels.shape[1:]
+        out = (torch.empty if (h, w) == out_shape[2:] else torch.zeros)(out_shape, dtype=torch.float32)
+        planes, table = out[0].numpy(), _lookup_table(self.resize)
+        for c in range(3):
+            cv2.LUT(pixels[c], table[c], dst=planes[c, :h, :w])
+        return out
+
+
+def _normalise(x: torch.Tensor, resize: str) -> torch.Tensor:
+    """The references' normalisation of contiguous 1 x 3 x h x w pixels (uint8 or whole-number
+    floats) to float32, on ``x``'s device: squash ``(float32(float64(x) / 255) - mean) / std``;
+    pad ``(float32(x) - mean) / std`` (:func:`_normalisation`)."""
+    mean, std = _normalisation(resize, x.device)
+    if resize == "squash":
+        return x.double().div_(255.0).float().sub_(mean).div_(std)
+    return (x.float() - mean).div_(std)
 
 
 @functools.lru_cache(maxsize=None)
@@ -257,6 +273,14 @@ def _normalisation(resize: str, device: torch.device) -> tuple[torch.Tensor, tor
     """(mean, std) of ``resize``'s normalisation on ``device``, copied there once."""
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if resize == "squash" else (SAM1_PIXEL_MEAN, SAM1_PIXEL_STD)
     return mean.to(device), std.to(device)
+
+
+@functools.lru_cache(maxsize=None)
+def _lookup_table(resize: str) -> np.ndarray:
+    """3 x 256 float32: :func:`_normalise` of every uint8 level in each channel, elementwise the
+    same arithmetic as on an image, so a lookup gives the identical values."""
+    levels = torch.arange(256, dtype=torch.uint8).expand(1, 3, 1, 256).contiguous()
+    return _normalise(levels, resize)[0, :, 0].numpy()
 
 
 def _upload(image: np.ndarray, device: torch.device) -> torch.Tensor:
