@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from conftest import VRSHQ_GOLDEN as GOLDEN
-from vrs_node.models.dpc_knn import dpc_knn_cluster, merge_clusters, merge_frame_tokens, merge_visual_tokens
+from vrs_node.models.dpc_knn import (CHAT_UNIVI_LEVELS, centre_scores, dpc_knn_cluster, merge_clusters,
+                                     merge_frame_tokens, merge_visual_tokens)
 
 
 
@@ -29,29 +30,61 @@ def golden():
             torch.from_numpy(arrays["dpc_knn_tokens_2frames"]))
 
 
+TIE_FRAME, TIE_RANKS = 1, [48, 49]
+"""Frame 3 of the golden (index 1): its first-level centres of ranks 48 and 49 have exactly equal
+float32 scores on the CPU the golden was made on (Intel, AVX-512)."""
+
+
+def tie_is_exact(features: torch.Tensor) -> bool:
+    """Whether this machine's float32 arithmetic ties the two centres exactly, as the golden's did.
+    ``torch.cdist``'s matrix-product distances round differently on other CPUs (an AMD EPYC: the
+    two scores 1 ulp apart), and the reference's own code would order them by that rounding too,
+    so there only that pair's order may differ from the golden: it must still be a near tie."""
+    _, score = centre_scores(features[TIE_FRAME][None], CHAT_UNIVI_LEVELS[0][1])
+    ranked = torch.sort(score[0], descending=True, stable=True)
+    first, second = ranked.values[TIE_RANKS].tolist()
+    assert abs(first - second) <= 1e-6 * abs(first), "ranks 48/49 of frame 3 are no near tie on this machine"
+    return first == second
+
+
+def swapped(tokens: torch.Tensor) -> torch.Tensor:
+    """``tokens`` with the two tied first-level tokens of frame 3 in the other order."""
+    out = tokens.clone()
+    out[TIE_FRAME, TIE_RANKS] = out[TIE_FRAME, TIE_RANKS[::-1]]
+    return out
+
+
+def assert_golden(got: torch.Tensor, want: torch.Tensor, features: torch.Tensor) -> None:
+    """``got`` is ``want`` (within 1e-5), or, where this machine does not tie the pair exactly
+    (:func:`tie_is_exact`), ``want`` with that pair in either order."""
+    if (got - want).abs().max() <= 1e-5:
+        return
+    assert not tie_is_exact(features), "differs from the golden where the tie is exact"
+    assert (got - swapped(want)).abs().max() <= 1e-5, "differs from the golden beyond the order of the near tie"
+
+
 def test_golden_tokens_without_noise(golden):
     features, want = golden
-    assert (merge_visual_tokens(features) - want).abs().max() <= 1e-5
+    assert_golden(merge_visual_tokens(features), want, features)
 
 
 def test_golden_tokens_with_the_reference_noise_stream_of_seed_0(golden):
     """The reference ran torch.manual_seed(0) before the forward; a generator seeded 0 drawn in the
     reference's order (frame by frame, 256/64/32 + the discarded 16) reproduces it."""
     features, want = golden
-    assert (merge_visual_tokens(features, generator=torch.Generator().manual_seed(0)) - want).abs().max() <= 1e-5
+    assert_golden(merge_visual_tokens(features, generator=torch.Generator().manual_seed(0)), want, features)
 
 
-@pytest.mark.parametrize("seed, swapped", [(0, False), (1, False), (3, True), (5, True), (7, False)])
-def test_the_noise_decides_an_exact_score_tie_in_frame_3(golden, seed, swapped):
-    """Frame 3 has two first-level centres with exactly equal float32 scores (ranks 48/49); the
-    noise orders them. Expected orders: the reference's cluster.py code run on these features after
-    torch.manual_seed(seed) with its draw sequence (seeds 3 and 5 swap the two merged tokens)."""
+@pytest.mark.parametrize("seed, swap", [(0, False), (1, False), (3, True), (5, True), (7, False)])
+def test_the_noise_decides_an_exact_score_tie_in_frame_3(golden, seed, swap):
+    """Frame 3 has two first-level centres with exactly equal float32 scores (ranks 48/49) on the
+    golden's CPU; the noise orders them. Expected orders: the reference's cluster.py code run on
+    these features after torch.manual_seed(seed) with its draw sequence (seeds 3 and 5 swap the two
+    merged tokens). On a CPU that does not tie them exactly, the noise (up to 1e-6) still orders a
+    near tie, so either order is accepted there (:func:`assert_golden`)."""
     features, want = golden
-    if swapped:
-        want = want.clone()
-        want[1, [48, 49]] = want[1, [49, 48]]
     got = merge_visual_tokens(features, generator=torch.Generator().manual_seed(seed))
-    assert (got - want).abs().max() <= 1e-5
+    assert_golden(got, swapped(want) if swap else want, features)
 
 
 def test_the_generator_is_drawn_frame_by_frame_as_the_reference():

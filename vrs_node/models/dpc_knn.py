@@ -19,7 +19,10 @@ reference's call: matrix-product distances, so d_ii is not exactly 0 -- kept, it
   sum, in x's dtype, as ``merge_tokens`` computes it).
 
 Measured against the reference (golden ``clip_patch_features_2frames`` -> ``dpc_knn_tokens_2frames``,
-fp32, blackswan lattice frames 1 and 3): max |diff| 0, with and without the noise below.
+fp32, blackswan lattice frames 1 and 3): max |diff| 0, with and without the noise below, on an Intel
+CPU like the golden's. ``torch.cdist``'s matrix-product distances round by the CPU's kernels: on an
+AMD EPYC the exact tie below is 1 ulp apart, and without noise (or with seed 1's) its two merged
+tokens come in the other order, as the reference's own code would order them there.
 
 Differences from the reference and what was done about them:
 
@@ -62,13 +65,11 @@ def _noise(shape: tuple[int, ...], generator: torch.Generator, like: torch.Tenso
     return noise.to(like) * 1e-6
 
 
-def dpc_knn_cluster(x: torch.Tensor, num_clusters: int, k: int,
-                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cluster tokens ``x`` (B x N x C). Returns (cluster id per token (B x N), centre indices
-    (B x num_clusters), in score order). With ``generator`` one (B, N) noise block is drawn."""
-    batch, n, channels = x.shape
-    if not 1 <= num_clusters <= n or not 1 <= k <= n:
-        raise ValueError(f"need 1 <= num_clusters, k <= N={n}, got {num_clusters} clusters, k={k}")
+def centre_scores(x: torch.Tensor, k: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """DPC-KNN's distances (B x N x N) and centre scores delta * rho (B x N) of tokens ``x``
+    (B x N x C), as the module docstring defines them; with ``generator`` one (B, N) noise block
+    is drawn into the densities."""
+    channels = x.shape[-1]
     dist = torch.cdist(x.float(), x.float()) / channels ** 0.5
     nearest, _ = torch.topk(dist, k=k, dim=-1, largest=False)
     density = (-(nearest ** 2).mean(dim=-1)).exp()
@@ -77,7 +78,17 @@ def dpc_knn_cluster(x: torch.Tensor, num_clusters: int, k: int,
     higher = density[:, None, :] > density[:, :, None]  # [b, i, j]: rho_j > rho_i
     dist_max = dist.flatten(1).max(dim=-1).values[:, None, None]
     delta = torch.where(higher, dist, dist_max).min(dim=-1).values
-    score = delta * density
+    return dist, delta * density
+
+
+def dpc_knn_cluster(x: torch.Tensor, num_clusters: int, k: int,
+                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cluster tokens ``x`` (B x N x C). Returns (cluster id per token (B x N), centre indices
+    (B x num_clusters), in score order). With ``generator`` one (B, N) noise block is drawn."""
+    batch, n, _ = x.shape
+    if not 1 <= num_clusters <= n or not 1 <= k <= n:
+        raise ValueError(f"need 1 <= num_clusters, k <= N={n}, got {num_clusters} clusters, k={k}")
+    dist, score = centre_scores(x, k, generator)
     centres = torch.sort(score, dim=-1, descending=True, stable=True).indices[:, :num_clusters]
     to_centres = torch.gather(dist, 1, centres[:, :, None].expand(-1, -1, n))  # B x K x N
     cluster = to_centres.argmin(dim=1)
