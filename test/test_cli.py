@@ -118,6 +118,31 @@ def test_the_node_help_says_what_it_does_its_topics_parameters_and_ros_arguments
     assert "Lifecycle (VrsLifecycleNode)" in lifecycle
 
 
+HEAVY_MODULES_AFTER = """\
+import runpy, sys
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit as stop:
+    print(stop.code, sorted(m for m in ("torch", "transformers", "sam2") if m in sys.modules))
+"""
+"""Runs the console script ``argv[1]`` with arguments ``argv[2:]`` and prints its exit code and
+which of torch, transformers and sam2 it imported."""
+
+
+def test_the_nodes_answer_help_without_loading_torch():
+    """A node's ``--help`` imports none of the model libraries (its node module, which loads them
+    in seconds, is imported only to run the node): the four node commands, each in its own process."""
+    commands = ["vrs-node", "vrs-lifecycle-node", "vrs-reasoner", "vrs-lifecycle-reasoner"]
+    processes = [subprocess.Popen([sys.executable, "-c", HEAVY_MODULES_AFTER, str(BIN / name), "--help"], cwd=REPO,
+                                  env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for name in commands]
+    for name, process in zip(commands, processes):
+        stdout, stderr = process.communicate(timeout=120)
+        assert stderr == "" and stdout.startswith(f"usage: {name} "), (name, stderr)
+        assert stdout.rstrip().endswith("\n0 []"), (name, stdout[-300:])
+
+
 def test_a_parameter_the_node_refuses_at_start_is_one_error_line_and_exit_code_1():
     done = subprocess.run([str(BIN / "vrs-node"), "--ros-args", "-p", "mode:=bogus"], cwd=REPO, env=env(),
                           capture_output=True, text=True, timeout=120)

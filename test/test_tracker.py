@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from conftest import box_of, make_tracker
 
 from vrs_node.core.hole_filling import HOLE_FILL_LOGIT, connected_components, fill_holes_in_mask_scores
-from vrs_node.core.prompts import MaskPrompt, PointsPrompt, TokenPrompt, point_input
+from vrs_node.core.prompt_inputs import point_input
+from vrs_node.core.prompts import MaskPrompt, PointsPrompt, TokenPrompt
 from vrs_node.core.tracker import CPU_MASK_TOLERANCE, StreamingTracker, TrackResult
 from vrs_node.models.sam2_build import (DEVICE_BACKEND_MAX_ABS, SAM2_CONFIGS, Sam2Spec, SamImageTransform,
                                         _resize_float)

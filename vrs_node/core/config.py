@@ -1,8 +1,10 @@
-"""PipelineConfig: every setting of the engine, the tracker and the grounder, in one place.
+"""PipelineConfig: every setting of the engine, the tracker and the grounder, in one place; and
+ReasonerConfig, the reasoner service's.
 
-:func:`vrs_node.core.pipeline.build_pipeline` builds the three from it; the node's parameters, the
-flags of ``vrs-replay`` and ``config/vrs_node.yaml`` are derived from its fields
-(:mod:`vrs_node.models.config` says how). Imports no torch.
+:func:`vrs_node.core.pipeline.build_pipeline` builds the three from a PipelineConfig; the node's
+parameters, the flags of ``vrs-replay`` and ``config/vrs_node.yaml`` are derived from its fields
+(:mod:`vrs_node.models.config` says how), the ``vrs-reasoner`` node's parameters from
+ReasonerConfig's. Imports no torch (a node's ``--help`` lists them without loading it).
 """
 
 from __future__ import annotations
@@ -49,6 +51,20 @@ class PipelineConfig:
                                       "query always runs at tracking's)", range=(0, 19))
     sparse_frames: int = setting(0, "pooled context frames over the window given to the MLLM besides the dense "
                                     "lattice (0 = VRS-HQ)", range=(0, 64))
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+
+@dataclass(frozen=True)
+class ReasonerConfig:
+    """The reasoner's own settings (the ``vrs-reasoner`` node's parameters besides the models')."""
+
+    window_frames: int = setting(16, "camera frames (and their reasoner inputs) held for requests", range=(1, 1000))
+    max_batch: int = setting(4, "most instructions answered by one batched prefill, and in one request",
+                             range=(1, 16))
+    sparse_frames: int = setting(0, "pooled context frames over the requested frames given to the MLLM besides "
+                                    "the dense lattice (0 = VRS-HQ)", range=(0, 64))
 
     def __post_init__(self) -> None:
         check_settings(self)

@@ -1,24 +1,21 @@
-"""What conditions the tracker on a frame, and how each prompt becomes SAM-2's input.
+"""What conditions the tracker on a frame. Torch-free (the command line and the prompt parsers
+import it); :mod:`vrs_node.core.prompt_inputs` turns each prompt into SAM-2's input.
 
-- :class:`PointsPrompt`: clicks and/or a box in camera pixels -> SAM-2 point inputs in S-pixel
-  units (:func:`point_input`, ``SAM2VideoPredictor.add_new_points_or_box``'s arithmetic);
-- :class:`MaskPrompt`: a camera-resolution mask -> the 1 x 1 x S x S {0, 1} mask input
-  (:func:`mask_input`, as ``add_new_mask`` resizes it);
+- :class:`PointsPrompt`: clicks and/or a box in camera pixels;
+- :class:`MaskPrompt`: a camera-resolution mask;
 - :class:`TokenPrompt`: a 256-d token (VRS-HQ's TAK') decoded on the frame; its thresholded S x S
   decode is the mask input (the tracker decodes it, :mod:`vrs_node.core.tracker`).
-
-S is the SAM-2 input size; ``transform.valid_size`` gives the image content inside it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from vrs_node.models.sam2_build import SamImageTransform
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -79,50 +76,3 @@ def checked_prompt(prompt) -> Prompt:
     if not isinstance(prompt, (MaskPrompt, PointsPrompt, TokenPrompt)):
         raise TypeError(f"a prompt is a PointsPrompt, MaskPrompt or TokenPrompt, not {type(prompt).__name__}")
     return prompt
-
-
-def decoded_mask_input(low_res_logits: torch.Tensor, image_size: int) -> torch.Tensor:
-    """1 x 1 x S x S {0, 1} float mask of a decode: its low-res logits upsampled bilinearly
-    (align_corners=False) to S x S and thresholded at 0 -- VRS-HQ's ``out_mask_logits > 0``, where
-    ``out_mask_logits`` is ``add_new_points``' output at "video" resolution, which for VRS-HQ (its
-    video frames are the padded S x S SAM inputs) is S x S."""
-    high_res = F.interpolate(low_res_logits, size=(image_size, image_size), mode="bilinear", align_corners=False)
-    return (high_res > 0).float()
-
-
-def mask_input(mask: np.ndarray, image_hw: tuple[int, int], transform: SamImageTransform,
-               device: torch.device) -> torch.Tensor:
-    """Camera-resolution mask -> 1 x 1 x S x S {0, 1} float on ``device``, as ``add_new_mask``
-    resizes it: antialiased bilinear to the content size ``transform.valid_size(*image_hw)``,
-    thresholded at 0.5, zero-padded to S x S. ValueError unless the mask is ``image_hw``."""
-    mask = np.asarray(mask)
-    if mask.shape != tuple(image_hw):
-        raise ValueError(f"mask prompt is {mask.shape}, the frame is {tuple(image_hw)}")
-    m = torch.from_numpy(mask.astype(bool))[None, None].float().to(device)
-    size = transform.image_size
-    valid_h, valid_w = transform.valid_size(*image_hw)
-    if (valid_h, valid_w) != m.shape[-2:]:
-        m = F.interpolate(m, size=(valid_h, valid_w), mode="bilinear", align_corners=False, antialias=True)
-        m = (m >= 0.5).float()
-    return F.pad(m, (0, size - valid_w, 0, size - valid_h))
-
-
-def point_input(prompt: PointsPrompt, image_hw: tuple[int, int], transform: SamImageTransform,
-                device: torch.device) -> dict:
-    """Camera-pixel clicks/box -> SAM-2 point inputs on ``device`` in S-pixel units (box = labels 2,
-    3 first): ``xy / (W, H) * transform.valid_size`` in float32."""
-    coords, labels = [], []
-    if prompt.box is not None:
-        x0, y0, x1, y1 = prompt.box
-        coords += [[x0, y0], [x1, y1]]
-        labels += [2, 3]
-    if prompt.points is not None:
-        coords += np.asarray(prompt.points, dtype=np.float32).tolist()
-        labels += np.asarray(prompt.labels).astype(int).tolist()
-    h, w = image_hw
-    valid_h, valid_w = transform.valid_size(h, w)
-    # Same arithmetic as SAM2VideoPredictor.add_new_points_or_box: normalise, then scale.
-    xy = torch.tensor(coords, dtype=torch.float32) / torch.tensor([w, h])
-    xy = xy * torch.tensor([valid_w, valid_h], dtype=torch.float32)
-    return {"point_coords": xy[None].to(device),
-            "point_labels": torch.tensor(labels, dtype=torch.int32)[None].to(device)}

@@ -41,7 +41,6 @@ import torch
 from vrs_node.core.frames import Frame, FrameWindow, check_frame
 from vrs_node.core.grounder import Grounder, GrounderConfig, Reasoning
 from vrs_node.core.reasoner_protocol import Answer, Failure, ProtocolError, Request, Response, request_from_json
-from vrs_node.models.config import check_settings, setting
 from vrs_node.models.profiles import LoadedModels
 from vrs_node.models.prompt import Instruction, clean_instruction
 
@@ -50,20 +49,6 @@ MAX_PENDING = 64
 MAX_PENDING_PER_CLIENT = 8
 """Most requests of one client waiting; more of its own are refused ("busy"), so one flooding or
 looping client cannot fill the queue and keep the others out."""
-
-
-@dataclass(frozen=True)
-class ReasonerConfig:
-    """The reasoner's own settings (the ``vrs-reasoner`` node's parameters besides the models')."""
-
-    window_frames: int = setting(16, "camera frames (and their reasoner inputs) held for requests", range=(1, 1000))
-    max_batch: int = setting(4, "most instructions answered by one batched prefill, and in one request",
-                             range=(1, 16))
-    sparse_frames: int = setting(0, "pooled context frames over the requested frames given to the MLLM besides "
-                                    "the dense lattice (0 = VRS-HQ)", range=(0, 64))
-
-    def __post_init__(self) -> None:
-        check_settings(self)
 
 
 def build_reasoner_grounder(models: LoadedModels, sparse_frames: int = 0) -> Grounder:

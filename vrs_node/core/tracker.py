@@ -40,8 +40,8 @@ import torch.nn.functional as F
 
 from vrs_node.core.frames import Frame, check_frame
 from vrs_node.core.hole_filling import fill_holes_in_mask_scores
-from vrs_node.core.prompts import (MaskPrompt, PointsPrompt, Prompt, TokenPrompt, checked_prompt, decoded_mask_input,
-                                   mask_input, point_input)
+from vrs_node.core.prompt_inputs import decoded_mask_input, mask_input, point_input
+from vrs_node.core.prompts import MaskPrompt, PointsPrompt, Prompt, TokenPrompt, checked_prompt
 from vrs_node.core.token_decoding import decode_heads, object_score_logits
 from vrs_node.models.sam2_build import FILL_HOLE_AREA, SamImageTransform
 

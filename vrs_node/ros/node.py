@@ -55,8 +55,9 @@ Interface (all names relative, so they can be remapped):
 Lifecycle (:class:`VrsLifecycleNode`): ``configure`` loads the models (a failure is logged and the
 transition fails); ``activate`` builds the engine and subscribes; ``deactivate`` unsubscribes, drops
 the engine (frames, features, tracker memory, query caches), moves the weights to host memory and
-empties the accelerator's cache; ``cleanup`` releases the models and publishers. Its ``main`` makes
-the configure and activate transitions itself unless ``autostart`` is false.
+empties the accelerator's cache; ``cleanup`` releases the models and publishers. Its command
+(:mod:`vrs_node.ros.entry_points`) makes the configure and activate transitions itself unless
+``autostart`` is false.
 
 Bad input (an unsupported encoding, a malformed image or prompt, an image above
 ``max_image_pixels``, a prompt with more than ``max_prompt_points`` points, off the image or
@@ -72,9 +73,8 @@ from rclpy.node import Node
 
 from vrs_node.models.profiles import release_accelerator_memory
 from vrs_node.ros.interface import VrsInterface
-from vrs_node.ros.node_command import configure_and_activate, parse_command_line, serve
 
-__all__ = ["VrsNode", "VrsLifecycleNode", "main", "lifecycle_main"]
+__all__ = ["VrsNode", "VrsLifecycleNode"]
 
 
 class VrsNode(VrsInterface, Node):
@@ -131,18 +131,3 @@ class VrsLifecycleNode(VrsInterface, LifecycleNode):
     def _inactive_reason(self) -> str | None:
         state = self._state_machine.current_state[1]  # (id, label); rclpy has no public getter
         return None if state == "active" else f"lifecycle state {state}: not processing images"
-
-
-def main(args=None) -> int:
-    """Console entry point ``vrs-node`` (``ros2 run vrs_node vrs_node`` on a ROS 2 install); ``args``
-    is an argv list like ``sys.argv`` (program first). ``--help`` answers without starting ROS."""
-    parse_command_line(args, __doc__, lifecycle=False)
-    return serve(VrsNode, args)
-
-
-def lifecycle_main(args=None) -> int:
-    """Console entry point ``vrs-lifecycle-node`` (``ros2 run vrs_node vrs_lifecycle_node``):
-    configures and activates itself unless ``autostart`` is false (then a lifecycle manager or
-    ``ros2 lifecycle set`` drives it). ``args`` and ``--help`` as for :func:`main`."""
-    parse_command_line(args, __doc__, lifecycle=True)
-    return serve(VrsLifecycleNode, args, start=configure_and_activate)

@@ -21,7 +21,7 @@ from typing import Any
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.parameter import Parameter
 
-from vrs_node.core.config import PipelineConfig
+from vrs_node.core.config import PipelineConfig, ReasonerConfig
 from vrs_node.core.prompt_json import DEFAULT_MAX_PROMPT_POINTS
 from vrs_node.io.image import DEFAULT_MAX_IMAGE_PIXELS
 from vrs_node.models.config import ModelConfig, Setting, settings
@@ -66,6 +66,13 @@ def parameters(lifecycle: bool = False, base: Sequence[Setting] | None = None) -
                   for s in settings(PipelineConfig)]
         base = [*settings(ModelConfig), *engine, *NODE_SETTINGS]
     return [*base, *([AUTOSTART] if lifecycle else [])]
+
+
+def reasoner_parameters() -> list[Setting]:
+    """``vrs-reasoner``'s parameters as settings: the model's, the reasoner's
+    (:class:`~vrs_node.core.config.ReasonerConfig`), then its input's."""
+    own = [s for s in NODE_SETTINGS if s.name in ("image_transport", "max_image_pixels")]
+    return [*settings(ModelConfig), *settings(ReasonerConfig), *own]
 
 
 def description(s: Setting) -> str:

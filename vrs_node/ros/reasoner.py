@@ -22,7 +22,8 @@ logged and dropped. A model that fails to load stops the node at start (exit cod
 Lifecycle (:class:`ReasonerLifecycleNode`, ``vrs-lifecycle-reasoner``, ``ros2 run vrs_node
 vrs_lifecycle_reasoner``): ``configure`` loads the models, ``activate`` subscribes with an empty
 window, ``deactivate`` unsubscribes and drops the frames and waiting requests, ``cleanup`` releases
-the models; its ``main`` configures and activates it unless ``autostart`` is false.
+the models; its command (:mod:`vrs_node.ros.entry_points`) configures and activates it unless
+``autostart`` is false.
 
 Parameters: the model settings of ``vrs-node`` (``model_profile``, ``device``, ``precision``, ...),
 ``window_frames``, ``max_batch``, ``sparse_frames``, ``image_transport``, ``max_image_pixels``.
@@ -30,30 +31,23 @@ Parameters: the model settings of ``vrs-node`` (``model_profile``, ``device``, `
 
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
-
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
-from rclpy.utilities import remove_ros_args
 from std_msgs.msg import String
 
-from vrs_node.core.reasoner_service import (MAX_PENDING, ReasonerConfig, ReasonerService, ReasonerStats,
-                                            build_reasoner_grounder)
+from vrs_node.core.config import ReasonerConfig
+from vrs_node.core.reasoner_service import MAX_PENDING, ReasonerService, ReasonerStats, build_reasoner_grounder
 from vrs_node.io.image import stamp_to_ns
-from vrs_node.models.config import ModelConfig, settings
+from vrs_node.models.config import ModelConfig
 from vrs_node.models.profiles import load_configured_models
 from vrs_node.ros.diagnostics import DIAGNOSTICS_PERIOD_S, ERROR, OK, WARN, Health
 from vrs_node.ros.image_input import decode_image, subscribe_image
-from vrs_node.ros.node_command import configure_and_activate, plain_text, serve
-from vrs_node.ros.params import IMAGE_TRANSPORTS, NODE_SETTINGS, declare_parameters, parameter_help, read_config
+from vrs_node.ros.params import IMAGE_TRANSPORTS, declare_parameters, read_config, reasoner_parameters
 from vrs_node.ros.qos import PROTOCOL_QOS, RELIABLE_5
 from vrs_node.ros.status import diagnostic_array
 
-__all__ = ["ReasonerNode", "ReasonerLifecycleNode", "main", "lifecycle_main", "reasoner_parameters",
-           "reasoner_health"]
+__all__ = ["ReasonerNode", "ReasonerLifecycleNode", "reasoner_health"]
 
 
 def reasoner_health(stats: ReasonerStats, previous: ReasonerStats, held: int, capacity: int,
@@ -83,12 +77,6 @@ def reasoner_health(stats: ReasonerStats, previous: ReasonerStats, held: int, ca
     if problems:
         return Health(WARN, "; ".join(problems), values)
     return Health(OK, f"answering requests ({held} frames held)", values)
-
-
-def reasoner_parameters() -> list:
-    """The node's parameters as settings: the model's, the reasoner's, then its input's."""
-    own = [s for s in NODE_SETTINGS if s.name in ("image_transport", "max_image_pixels")]
-    return [*settings(ModelConfig), *settings(ReasonerConfig), *own]
 
 
 class ReasonerInterface:
@@ -230,27 +218,3 @@ class ReasonerLifecycleNode(ReasonerInterface, LifecycleNode):
         if self.grounder is None:
             return "unconfigured: the models are not loaded, no request is answered"
         return "inactive: the models are loaded, no request is answered until activated"
-
-
-def _check_command_line(args: list[str] | None, lifecycle: bool) -> None:
-    """``--help`` (the module docstring and the parameters) and no argument outside ``--ros-args``."""
-    lines = parameter_help(lifecycle, reasoner_parameters())
-    argv = list(sys.argv if args is None else args)
-    parser = argparse.ArgumentParser(prog=Path(argv[0]).name if argv else "vrs-reasoner",
-                                     description=plain_text(__doc__),
-                                     epilog="parameters (--ros-args -p NAME:=VALUE):\n" + "\n".join(lines),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.parse_args(remove_ros_args(argv)[1:])
-
-
-def main(args=None) -> int:
-    """Console entry point ``vrs-reasoner``; ``args`` like ``sys.argv``; ``--help`` answers without ROS."""
-    _check_command_line(args, lifecycle=False)
-    return serve(ReasonerNode, args)
-
-
-def lifecycle_main(args=None) -> int:
-    """Console entry point ``vrs-lifecycle-reasoner``: configures and activates itself unless
-    ``autostart`` is false; ``args`` and ``--help`` as for :func:`main`."""
-    _check_command_line(args, lifecycle=True)
-    return serve(ReasonerLifecycleNode, args, start=configure_and_activate)
