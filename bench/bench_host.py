@@ -59,7 +59,7 @@ from std_msgs.msg import Header, String  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from vrs_node.core.hole_filling import fill_holes_in_mask_scores  # noqa: E402
-from vrs_node.core.tracker import TrackResult  # noqa: E402
+from vrs_node.core.track_result import TrackResult  # noqa: E402
 from vrs_node.io.image import (compressed_msg_to_rgb, image_msg_to_rgb, mask_to_msg,  # noqa: E402
                                overlay_mask, rgb_to_msg)
 from vrs_node.models.sam2_build import FILL_HOLE_AREA, SamImageTransform  # noqa: E402

@@ -402,7 +402,7 @@ def part_host(device, sizes: Sizes, frames, mask, clock: Clock, state: dict) -> 
     in it (the device machine may have no ROS 2): ``bench/bench_host.py`` measures those where ROS is.
     """
     from vrs_node.core.hole_filling import fill_holes_in_mask_scores
-    from vrs_node.core.tracker import TrackResult
+    from vrs_node.core.track_result import TrackResult
     from vrs_node.models.sam2_build import FILL_HOLE_AREA, SamImageTransform
 
     transform = SamImageTransform(sizes.image_size)

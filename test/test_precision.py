@@ -16,7 +16,8 @@ import torch
 
 from conftest import davis_sequence
 from vrs_node.core.prompts import MaskPrompt
-from vrs_node.core.tracker import FrameFeatures, StreamingTracker, TrackResult
+from vrs_node.core.track_result import TrackResult
+from vrs_node.core.tracker import FrameFeatures, StreamingTracker
 from vrs_node.models.mllm import ATTENTION
 from vrs_node.models.precision import resolve_precision, tracker_precision_options
 from vrs_node.models.profiles import LoadedModels, build_grounding_models, get_profile, load_models

@@ -15,7 +15,7 @@ from vrs_node.core.hole_filling import connected_components
 from vrs_node.core.prompts import MaskPrompt, PointsPrompt
 from vrs_node.core.target_results import TargetResults
 from vrs_node.core.targets import MultiTargetTracker
-from vrs_node.core.tracker import TrackResult
+from vrs_node.core.track_result import TrackResult
 from vrs_node.models.sam2_build import SAM2_CONFIGS, Sam2Spec
 
 N_FRAMES = 30

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import warnings
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -14,7 +15,8 @@ from conftest import box_of, make_tracker
 from vrs_node.core.hole_filling import HOLE_FILL_LOGIT, connected_components, fill_holes_in_mask_scores
 from vrs_node.core.prompt_inputs import point_input
 from vrs_node.core.prompts import MaskPrompt, PointsPrompt, TokenPrompt
-from vrs_node.core.tracker import CPU_MASK_TOLERANCE, StreamingTracker, TrackResult
+from vrs_node.core.track_result import CPU_MASK_TOLERANCE, TrackResult, positive_upsampled
+from vrs_node.core.tracker import StreamingTracker
 from vrs_node.models.sam2_build import (DEVICE_BACKEND_MAX_ABS, SAM2_CONFIGS, Sam2Spec, SamImageTransform,
                                         _resize_float)
 
@@ -349,6 +351,41 @@ def test_mask_is_the_camera_logits_above_zero(resize, size, camera_hw):
     differ = mask != (logits > 0)
     assert np.all(np.abs(logits[differ]) < CPU_MASK_TOLERANCE) and differ.sum() <= 1e-5 * mask.size
     assert 0.3 < mask.mean() < 0.7 and not mask[logits == 0].any()
+
+
+def blobs(n: int, centres, radius: float) -> np.ndarray:
+    """n x n float32 logits: positive discs of ``radius`` (in values) at ``centres`` ((row, col)
+    fractions of n), about -8 elsewhere; the logit falls off linearly from each centre."""
+    yy, xx = np.mgrid[:n, :n].astype(np.float32)
+    distance = np.min([np.hypot(yy - r * n, xx - c * n) for r, c in centres], axis=0)
+    return np.maximum(radius - distance, -8.0).astype(np.float32)
+
+
+@pytest.mark.parametrize("camera_hw", [(1080, 1920), (720, 1280), (1001, 777), (45, 70), (30, 30)])
+@pytest.mark.parametrize("centres", [[(0.5, 0.45)], [(0.0, 0.0), (0.9, 0.7)], [(0.3, 1.0)]])
+def test_positive_upsampled_equals_the_whole_frames_resize(camera_hw, centres):
+    """Upsampling only the aligned box around the positive values gives the whole frame's OpenCV
+    resize > 0, up to pixels whose value is within 1e-5 of 0 (the sample positions' rounding): small
+    objects, objects at the borders, two apart, camera sizes with and without a common divisor."""
+    values = blobs(64, centres, 6.0)
+    full = cv2.resize(values, camera_hw[::-1], interpolation=cv2.INTER_LINEAR)
+    mask = positive_upsampled(values, camera_hw)
+    assert mask.shape == camera_hw and mask.dtype == bool and 0 < mask.sum() < mask.size
+    differ = mask != (full > 0)
+    assert np.all(np.abs(full[differ]) < 1e-5), np.abs(full[differ]).max()
+    assert not positive_upsampled(np.full((64, 64), -1.0, np.float32), camera_hw).any()
+
+
+@pytest.mark.parametrize("resize", ["squash", "pad"])
+@pytest.mark.parametrize("size, camera_hw", [(256, (1080, 1920)), (1024, (480, 640)), (64, (45, 70))])
+def test_a_small_targets_mask_is_the_camera_logits_above_zero(resize, size, camera_hw):
+    """TrackResult.mask() of a small object (the mask upsampled around it only) is still
+    camera_logits() > 0 within CPU_MASK_TOLERANCE, in both geometries."""
+    low = torch.from_numpy(blobs(size // 4, [(0.4, 0.6)], size / 64))[None, None]
+    result = TrackResult(low, 1.0, camera_hw, SamImageTransform(size, resize))
+    mask, logits = result.mask(), result.camera_logits().numpy()
+    differ = mask != (logits > 0)
+    assert np.all(np.abs(logits[differ]) < CPU_MASK_TOLERANCE) and 0 < mask.mean() < 0.2
 
 
 @pytest.mark.parametrize("resize", ["squash", "pad"])

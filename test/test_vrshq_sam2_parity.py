@@ -29,7 +29,8 @@ from conftest import VRSHQ_GOLDEN as GOLDEN, davis_sequence
 
 from vrs_node.core.prompts import TokenPrompt
 from vrs_node.core.propagation import propagate_reference, propagation_steps, reference_order
-from vrs_node.core.tracker import StreamingTracker, TrackResult
+from vrs_node.core.track_result import TrackResult
+from vrs_node.core.tracker import StreamingTracker
 from vrs_node.models.sam2_build import SamImageTransform
 from vrs_node.models.sam2_variant import VRSHQ_TINY_SAM2
 from vrs_node.models.vrshq_checkpoint import load_vrshq_checkpoint

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vrs_node.core.tracker import TrackResult
+from vrs_node.core.track_result import TrackResult
 
 BATCHED_KEYS = ("maskmem_features", "pred_masks", "obj_ptr", "object_score_logits")
 """The per-target tensors of a stored step (batched along dim 0); ``maskmem_pos_enc`` is shared."""

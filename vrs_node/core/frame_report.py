@@ -28,7 +28,7 @@ from vrs_node.core.results import (STATUS_ERROR, STATUS_GROUNDING, STATUS_NO_PRO
                                    STATUS_TRACKING, FrameResult)
 from vrs_node.core.target_specs import TargetReport, mask_box
 from vrs_node.core.target_results import TargetResults
-from vrs_node.core.tracker import TrackResult
+from vrs_node.core.track_result import TrackResult
 
 NO_PROMPT_REASON = "no prompt yet: set an instruction, or a point, box or mask prompt"
 _PRECEDENCE = (STATUS_TRACKING, STATUS_ERROR, STATUS_GROUNDING, STATUS_TARGET_ABSENT, STATUS_NO_PROMPT)

@@ -18,7 +18,8 @@ import torch
 
 from vrs_node.core.frames import Frame
 from vrs_node.core.prompts import TokenPrompt
-from vrs_node.core.tracker import FrameFeatures, StreamingTracker, TrackResult
+from vrs_node.core.track_result import TrackResult
+from vrs_node.core.tracker import FrameFeatures, StreamingTracker
 from vrs_node.core.vrshq import Keyframe, choose_keyframe
 from vrs_node.models.mllm import GroundingTokens
 from vrs_node.models.prompt import Instruction

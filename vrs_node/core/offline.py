@@ -29,7 +29,8 @@ from vrs_node.core.grounder import Grounder
 from vrs_node.core.grounding import Grounding
 from vrs_node.core.prompts import Prompt, TokenPrompt
 from vrs_node.core.propagation import first_results, propagate_reference
-from vrs_node.core.tracker import FrameFeatures, StreamingTracker, TrackResult
+from vrs_node.core.track_result import TrackResult
+from vrs_node.core.tracker import FrameFeatures, StreamingTracker
 from vrs_node.models.prompt import Instruction
 
 

@@ -22,7 +22,8 @@ import time
 from collections.abc import Iterator, Sequence
 
 from vrs_node.core.prompts import Prompt
-from vrs_node.core.tracker import FrameFeatures, StreamingTracker, TrackResult
+from vrs_node.core.track_result import TrackResult
+from vrs_node.core.tracker import FrameFeatures, StreamingTracker
 
 
 def reference_order(num_frames: int, keyframe: int) -> list[int]:

@@ -35,7 +35,7 @@ class FrameResult:
     overlap the target with the higher object score wins) and ``targets`` one
     :class:`~vrs_node.core.target_specs.TargetReport` per target, ids ascending. ``tracks`` maps
     each target with a SAM-2 result on this frame to its
-    :class:`~vrs_node.core.tracker.TrackResult` (low-res logits on the model's device, cheap to keep):
+    :class:`~vrs_node.core.track_result.TrackResult` (low-res logits on the model's device, cheap to keep):
     a target's own mask, before overlaps are resolved, is ``tracks[id].mask()`` when its object
     score is above the threshold (what replaying several expressions together scores).
     """

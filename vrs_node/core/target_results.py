@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vrs_node.core.tracker import TrackResult
+from vrs_node.core.track_result import TrackResult
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@
 stream. Per frame the image encoder runs once (:meth:`StreamingTracker.encode`); each target keeps
 its own memory bank with :class:`~vrs_node.core.tracker.StreamingTracker`'s bounds (at most
 ``max_cond_frames`` conditioning frames, the last ``keep_non_cond`` tracked outputs) and gets its
-own result (:class:`~vrs_node.core.tracker.TrackResult`) per frame.
+own result (:class:`~vrs_node.core.track_result.TrackResult`) per frame.
 
 Batching: targets whose banks hold frames at the same memory steps (the same *layout*) form a
 *cohort* (:mod:`vrs_node.core.cohorts`: each step's tensors batched along dim 0, one row per
@@ -47,7 +47,8 @@ from vrs_node.core.frames import Frame
 from vrs_node.core.prompts import Prompt, checked_prompt
 from vrs_node.core.target_results import TargetResults
 from vrs_node.core.target_specs import DEFAULT_MAX_TARGETS, MAX_TARGET_ID, check_target_id
-from vrs_node.core.tracker import FrameFeatures, StreamingTracker, TrackResult
+from vrs_node.core.track_result import TrackResult
+from vrs_node.core.tracker import FrameFeatures, StreamingTracker
 from vrs_node.models.sam2_build import SamImageTransform
 
 

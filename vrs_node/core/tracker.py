@@ -33,7 +33,6 @@ import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -43,11 +42,9 @@ from vrs_node.core.hole_filling import fill_holes_in_mask_scores
 from vrs_node.core.prompt_inputs import decoded_mask_input, mask_input, point_input
 from vrs_node.core.prompts import MaskPrompt, PointsPrompt, Prompt, TokenPrompt, checked_prompt
 from vrs_node.core.token_decoding import decode_heads, object_score_logits
+from vrs_node.core.track_result import TrackResult
 from vrs_node.models.sam2_build import FILL_HOLE_AREA, SamImageTransform
 
-CPU_MASK_TOLERANCE = 1e-3
-"""On the CPU, :meth:`TrackResult.mask` may differ from ``camera_logits() > 0`` only at pixels
-whose camera-size logit is within this of 0 (OpenCV's and torch's bilinear round differently)."""
 DEFAULT_NUM_FRAMES = 1 << 30
 """``num_frames`` given to ``track_step``: SAM-2 only uses it as min(num_frames, 16) and as an upper
 bound on frame indices, so a stream passes a number larger than any index."""
@@ -68,59 +65,6 @@ class FrameFeatures:
     top_pos_embed: torch.Tensor
     feat_sizes: tuple[tuple[int, int], ...]
     image_hw: tuple[int, int]
-
-
-@dataclass(frozen=True)
-class TrackResult:
-    """One frame's SAM-2 output: low-res mask logits (1 x 1 x S/4 x S/4) and the object-score logit.
-
-    The object-score (occlusion) logit > 0 means "target visible"; when it is <= 0 SAM-2 has
-    already set every mask logit to ``sam2.modeling.sam2_base.NO_OBJ_SCORE``.
-    """
-
-    low_res_logits: torch.Tensor
-    object_score: float
-    image_hw: tuple[int, int]
-    transform: SamImageTransform
-
-    def camera_logits(self) -> torch.Tensor:
-        """Mask logits at camera resolution (H x W, float32).
-
-        ``squash``: bilinear (align_corners=False) from S/4 straight to H x W, as the predictor
-        does. ``pad``: bilinear to S x S, crop the padding to the content (h', w'), bilinear to
-        H x W, as VRS-HQ does.
-        """
-        def bilinear(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-            return F.interpolate(logits[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
-        return self._to_camera(self.low_res_logits.float()[0, 0], bilinear)
-
-    def mask(self) -> np.ndarray:
-        """Binary mask at camera resolution (H x W bool numpy): the logits brought to camera size as
-        :meth:`camera_logits` does, > 0; off the CPU thresholded on the device (only the bool mask
-        comes back). On the CPU the bilinear steps are OpenCV's ``INTER_LINEAR`` (torch's
-        half-pixel-centre sampling, 2-3x faster at 1080p), rounding differently: the mask equals
-        ``camera_logits() > 0`` except where the logit is within :data:`CPU_MASK_TOLERANCE` of 0
-        (max |difference| of the logits measured: 9e-4 at S = 1024 and 1080p). On the CPU, without a
-        positive low-res logit (an absent target) it is all False at once: bilinear steps of values
-        <= 0 stay <= 0 (on a device that check would cost one more synchronisation)."""
-        logits = self.low_res_logits
-        if logits.device.type != "cpu":
-            return (self.camera_logits() > 0).cpu().numpy()
-        if not bool((logits > 0).any()):
-            return np.zeros(self.image_hw, bool)
-
-        def bilinear(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-            return cv2.resize(values, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
-        return self._to_camera(logits.float()[0, 0].numpy(), bilinear) > 0
-
-    def _to_camera(self, logits, bilinear):
-        """S/4 logits (2-D) at camera size with ``bilinear(values, (h, w))`` (torch or OpenCV):
-        the ``squash`` or ``pad`` geometry of :meth:`camera_logits`."""
-        if self.transform.resize == "pad":
-            size = self.transform.image_size
-            valid_h, valid_w = self.transform.valid_size(*self.image_hw)
-            logits = bilinear(logits, (size, size))[:valid_h, :valid_w]
-        return bilinear(logits, tuple(self.image_hw))
 
 
 class StreamingTracker:

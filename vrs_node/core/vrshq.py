@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from vrs_node.core.tracker import FrameFeatures, StreamingTracker, TrackResult
+from vrs_node.core.track_result import TrackResult
+from vrs_node.core.tracker import FrameFeatures, StreamingTracker
 
 TDA_ALPHA = 0.1
 """VRS-HQ's alpha (``evaluation_multiseg.py``; its code comment says it was 0.25 before)."""
