@@ -22,12 +22,7 @@ def connected_components(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     labels are 0 on zero pixels and > 0 on set pixels, areas give each set pixel the pixel count
     of its component (0 on zero pixels). OpenCV's ``connectedComponentsWithStats``, on the CPU.
     """
-    binary = _host_binary(mask != 0)
-    labels = np.zeros(binary.shape, np.int32)
-    areas = np.zeros(binary.shape, np.int32)
-    for i in range(binary.shape[0]):
-        labels[i, 0], label_areas = _label(binary[i, 0])
-        areas[i, 0] = label_areas[labels[i, 0]]
+    labels, areas = _components(mask != 0)
     return torch.from_numpy(labels).to(mask.device), torch.from_numpy(areas).to(mask.device)
 
 
@@ -42,29 +37,24 @@ def fill_holes_in_mask_scores(mask: torch.Tensor, max_area: int) -> torch.Tensor
     """
     if max_area <= 0:
         return mask
-    background = _host_binary(mask <= 0)
-    holes = np.zeros(background.shape, bool)
-    for i in range(background.shape[0]):
-        labels, label_areas = _label(background[i, 0])
-        small = label_areas <= max_area
-        small[0] = False  # label 0 = the foreground
-        holes[i, 0] = small[labels]
+    labels, areas = _components(mask <= 0)
+    holes = (labels > 0) & (areas <= max_area)
     if not holes.any():
         return mask
     return torch.where(torch.from_numpy(holes).to(mask.device), HOLE_FILL_LOGIT, mask)
 
 
-def _host_binary(mask: torch.Tensor) -> np.ndarray:
-    """N x 1 x H x W bool masks as a uint8 0/1 numpy array on the host (ValueError for another shape)."""
+def _components(mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`connected_components` of N x 1 x H x W bool masks as host numpy arrays (ValueError
+    for another shape)."""
     if mask.ndim != 4 or mask.shape[1] != 1:
         raise ValueError(f"expected N x 1 x H x W masks, got {tuple(mask.shape)}")
-    return mask.cpu().numpy().view(np.uint8)
-
-
-def _label(binary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, area of each label) of a 2-D uint8 0/1 image's 8-connected components; label 0 is
-    the zero pixels, and its area is given as 0."""
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8, ltype=cv2.CV_32S)
-    areas = stats[:, cv2.CC_STAT_AREA].astype(np.int32)
-    areas[0] = 0
+    binary = mask.cpu().numpy().view(np.uint8)
+    labels = np.zeros(binary.shape, np.int32)
+    areas = np.zeros(binary.shape, np.int32)
+    for i in range(binary.shape[0]):
+        _, lab, stats, _ = cv2.connectedComponentsWithStats(binary[i, 0], connectivity=8, ltype=cv2.CV_32S)
+        area = stats[:, cv2.CC_STAT_AREA].astype(np.int32)
+        area[0] = 0  # label 0 = the zero pixels
+        labels[i, 0], areas[i, 0] = lab, area[lab]
     return labels, areas

@@ -24,7 +24,8 @@ Hole filling (``fill_hole_area``, :mod:`vrs_node.core.hole_filling`): as in the 
 mask its memory is encoded from, since the predictor encodes prompted frames from their stored
 output); a tracked frame's memory is encoded inside ``track_step`` from the unfilled mask.
 
-The prompts and their conversion to SAM-2's inputs are :mod:`vrs_node.core.prompts`'s.
+The prompts are :mod:`vrs_node.core.prompts`'s, their conversion to SAM-2's inputs
+:mod:`vrs_node.core.prompt_inputs`'s; a frame's output is a :class:`~vrs_node.core.track_result.TrackResult`.
 """
 
 from __future__ import annotations
