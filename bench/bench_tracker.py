@@ -356,7 +356,8 @@ def run_interleaved(tracker, predictor, folder: Path, frames, mask, predictor_fi
             for step in steps:
                 step(i)
         assert next(gen, None) is None, "the predictor yielded more frames than expected"
-        del state, gen
+        gen.close()  # its frame holds the predictor's state
+        del state
     rec.update({
         "predictor_frame_s": p_t, "tracker_frame_s": t_t, "tracker_encode_s": enc_t,
         "tracker_track_s": trk_t, "nonempty_frames": nonempty,

@@ -77,7 +77,7 @@ def answers():
     """Every command's ``--help``, a ROS argument given without ``--ros-args``, and the guard's
     control (a command line that starts ROS), run once for the module."""
     return without_ros(*[(name, "--help") for name in COMMANDS], ("vrs-node", "-p", "mode:=sync"),
-                       ("vrs-camera", "--ros-args", "-p", "source:=/no/such/source"))
+                       ("vrs-reasoner", "-p", "max_batch:=2"), ("vrs-camera", "--ros-args", "-p", "source:=/no/such/source"))
 
 
 def test_every_command_prints_its_help_without_starting_ros(answers):
@@ -96,6 +96,10 @@ def test_an_argument_outside_ros_args_is_refused_with_a_hint(answers):
     assert stray.returncode == 2 and "rclpy.init" not in stray.stderr
     assert "vrs-node: error: unrecognized arguments: -p (ROS arguments go after --ros-args, " \
            "e.g. vrs-node --ros-args -p mode:=sync)" in stray.stderr
+    stray = answers[("vrs-reasoner", "-p", "max_batch:=2")]
+    assert stray.returncode == 2 and "rclpy.init" not in stray.stderr
+    assert "vrs-reasoner: error: unrecognized arguments: -p max_batch:=2 (ROS arguments go after --ros-args, " \
+           "e.g. vrs-reasoner --ros-args -p max_batch:=2)" in stray.stderr
 
 
 def test_the_node_help_says_what_it_does_its_topics_parameters_and_ros_arguments(answers):
@@ -116,6 +120,22 @@ def test_the_node_help_says_what_it_does_its_topics_parameters_and_ros_arguments
     assert "vrs_lifecycle_node --ros-args -p autostart:=false" in lifecycle
     assert "ros2 run vrs_node vrs_lifecycle_node --ros-args" in lifecycle
     assert "Lifecycle (VrsLifecycleNode)" in lifecycle
+
+
+def test_the_reasoner_help_says_what_it_does_its_own_parameters_and_ros_arguments(answers):
+    text = answers[("vrs-reasoner", "--help")].stdout
+    assert "- sub ~/requests (" in text and "- pub ~/responses (" in text and "It loads no SAM-2." in text
+    for name in ("model_profile", "device", "window_frames", "max_batch", "image_transport"):
+        assert f"\n  {name} (default " in text, name
+    for name in ("mode", "score_threshold", "reasoner_timeout_s"):  # the tracking node's, not the reasoner's
+        assert f"\n  {name} (default " not in text, name
+    assert 'parameters (README "Reasoner on another machine"):' in text and "-r FROM:=TO remaps a topic" in text
+    assert "\n  vrs-reasoner --ros-args -r __ns:=/gpu -r image:=/camera/image_raw -p image_transport:=compressed\n" in text
+    assert "ros2 run vrs_node vrs_reasoner --ros-args" in text and "``" not in text
+    lifecycle = answers[("vrs-lifecycle-reasoner", "--help")].stdout
+    assert "\n  autostart (default True" in lifecycle and "\n  autostart (default " not in text
+    assert "ros2 run vrs_node vrs_lifecycle_reasoner --ros-args" in lifecycle
+    assert "vrs-lifecycle-reasoner --ros-args -p autostart:=false" in lifecycle
 
 
 HEAVY_MODULES_AFTER = """\

@@ -1,13 +1,18 @@
-"""The command line of ``vrs-node`` and ``vrs-lifecycle-node``: ``--help`` and the argument check
-before ROS starts (:func:`parse_command_line`), serving a node until a stop signal (:func:`serve`;
-also ``vrs-reasoner``'s) and a lifecycle node's start (:func:`configure_and_activate`)."""
+"""The command line of the nodes (``vrs-node``, ``vrs-reasoner`` and their lifecycle variants):
+``--help`` and the argument check before ROS starts (:func:`parse_command_line`, what each node's
+help says: :class:`NodeHelp`), serving a node until a stop signal (:func:`serve`) and a lifecycle
+node's start (:func:`configure_and_activate`)."""
 
 from __future__ import annotations
 
 import argparse
+import ast
+import importlib.util
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import rclpy
 from rclpy.exceptions import ParameterException
@@ -15,33 +20,72 @@ from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.utilities import remove_ros_args
 
 from vrs_node.ros.cli import ros_command
-from vrs_node.ros.params import parameter_help
+from vrs_node.ros.params import parameter_help, reasoner_parameters
 
 ROS_ARGUMENTS_HELP = """\
 ROS arguments go after --ros-args: -p NAME:=VALUE sets a parameter, --params-file FILE.yaml sets
-many (config/vrs_node.yaml, installed in share/vrs_node/config/), -r FROM:=TO remaps a topic (also
-__ns:=/NAMESPACE, __node:=NAME). For example:
+many, -r FROM:=TO remaps a topic (also __ns:=/NAMESPACE, __node:=NAME). For example:
 
+"""
+"""The start of a node's ROS-argument help (:func:`help_parser`); its examples follow."""
+
+
+@dataclass(frozen=True)
+class NodeHelp:
+    """What a node command's ``--help`` says (:func:`help_parser`): ``module`` is the node's module,
+    whose docstring (:func:`module_doc`) says what the node does, its topics, services and lifecycle;
+    ``executable`` and ``lifecycle_executable`` are its ``ros2 run`` names; ``parameters`` gives
+    its parameters' help lines for the lifecycle node or not (:func:`~vrs_node.ros.params.parameter_help`);
+    ``documented`` says where else they are; ``examples`` are command lines formatted with ``prog``
+    and ``executable``; ``hint`` is the parameter setting shown when an argument is outside
+    ``--ros-args``."""
+
+    module: str
+    executable: str
+    lifecycle_executable: str
+    parameters: Callable[[bool], list[str]]
+    documented: str
+    examples: str
+    hint: str
+
+    def ros2_executable(self, lifecycle: bool) -> str:
+        """The ``ros2 run`` name of the node or of its lifecycle variant."""
+        return self.lifecycle_executable if lifecycle else self.executable
+
+
+TRACKING_NODE = NodeHelp(
+    "vrs_node.ros.node", "vrs_node", "vrs_lifecycle_node", parameter_help,
+    'README "Topics, services, parameters"; all of them, commented, in config/vrs_node.yaml, '
+    "installed in share/vrs_node/config/",
+    """\
   {prog} --ros-args -p model_profile:=tiny-random -p mode:=sync -r image:=/camera/image_raw
   {prog} --ros-args --params-file config/vrs_node.yaml -r __ns:=/vrs -p instruction:="the black swan"
   ros2 run vrs_node {executable} --ros-args -p device:=cuda     (on a ROS 2 install)
-"""
-"""The end of a node's ``--help`` (:func:`help_parser`)."""
+""", "mode:=sync")
+"""``vrs-node`` and ``vrs-lifecycle-node``."""
+
+REASONER_NODE = NodeHelp(
+    "vrs_node.ros.reasoner", "vrs_reasoner", "vrs_lifecycle_reasoner", lambda lifecycle: parameter_help(lifecycle, reasoner_parameters()),
+    'README "Reasoner on another machine"',
+    """\
+  {prog} --ros-args -r __ns:=/gpu -r image:=/camera/image_raw -p image_transport:=compressed
+  {prog} --ros-args -p model_profile:=vrshq-7b -p vrshq_checkpoint:=/models/VRS-HQ -p device:=cuda
+  ros2 run vrs_node {executable} --ros-args -r __ns:=/gpu     (on a ROS 2 install)
+""", "max_batch:=2")
+"""``vrs-reasoner`` and ``vrs-lifecycle-reasoner``."""
 
 
-def help_parser(prog: str, about: str, lifecycle: bool) -> argparse.ArgumentParser:
-    """The command-line parser of a node: its help is ``about`` (the node module's docstring: what the
-    node does, its topics, services and lifecycle; Sphinx markup dropped), every parameter with its
-    default and description (:func:`~vrs_node.ros.params.parameter_help`), and how to pass ROS
-    arguments; ``lifecycle``: of the lifecycle node."""
-    parameters = ["parameters (README \"Topics, services, parameters\"; all of them, commented, in "
-                  "config/vrs_node.yaml):", *parameter_help(lifecycle)]
-    ros = ROS_ARGUMENTS_HELP.format(prog=prog, executable="vrs_lifecycle_node" if lifecycle else "vrs_node")
+def help_parser(prog: str, node: NodeHelp, lifecycle: bool) -> argparse.ArgumentParser:
+    """The command-line parser of ``node`` (its lifecycle variant if ``lifecycle``): its help is the
+    node module's docstring (Sphinx markup dropped), every parameter with its default and
+    description, and how to pass ROS arguments, with examples."""
+    parameters = [f"parameters ({node.documented}):", *node.parameters(lifecycle)]
+    ros = ROS_ARGUMENTS_HELP + node.examples.format(prog=prog, executable=node.ros2_executable(lifecycle))
     if lifecycle:
         ros += f"  {prog} --ros-args -p autostart:=false     (left unconfigured for a lifecycle manager)\n"
     return argparse.ArgumentParser(
         prog=prog, usage="%(prog)s [-h] [--ros-args [-p NAME:=VALUE] [-r FROM:=TO] [--params-file FILE] ...]",
-        description=plain_text(about), epilog="\n".join(parameters) + "\n\n" + ros,
+        description=plain_text(module_doc(node.module)), epilog="\n".join(parameters) + "\n\n" + ros,
         formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
@@ -51,18 +95,25 @@ def plain_text(doc: str) -> str:
     return re.sub(r":\w+:`~?([^`]+)`", r"\1", doc).replace("``", "")
 
 
-def parse_command_line(args: list[str] | None, about: str, lifecycle: bool) -> None:
-    """Check a node's command line (``args`` like ``sys.argv``, program first; None: ``sys.argv``)
-    before ROS starts: ``-h``/``--help`` prints the help (:func:`help_parser` with ``about``) and
+def module_doc(module: str) -> str:
+    """The docstring of ``module`` (a dotted name) as its ``__doc__`` would be, read from its source
+    file without importing it (its parent packages are imported): a node's module loads torch."""
+    source = Path(importlib.util.find_spec(module).origin).read_text(encoding="utf-8")
+    return ast.get_docstring(ast.parse(source), clean=False)
+
+
+def parse_command_line(args: list[str] | None, node: NodeHelp, lifecycle: bool) -> None:
+    """Check ``node``'s command line (``args`` like ``sys.argv``, program first; None: ``sys.argv``)
+    before ROS starts: ``-h``/``--help`` prints the help (:func:`help_parser`) and
     exits 0; an argument outside ``--ros-args ...``, which ROS would silently ignore, is an error
     (exit 2)."""
     argv = list(sys.argv if args is None else args)
-    prog = Path(argv[0]).name if argv else ("vrs-lifecycle-node" if lifecycle else "vrs-node")
-    parser = help_parser(prog, about, lifecycle)
+    prog = Path(argv[0]).name if argv else node.ros2_executable(lifecycle).replace("_", "-")
+    parser = help_parser(prog, node, lifecycle)
     _, unknown = parser.parse_known_args(remove_ros_args(argv)[1:])
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)} (ROS arguments go after --ros-args, "
-                     f"e.g. {prog} --ros-args -p mode:=sync)")
+                     f"e.g. {prog} --ros-args -p {node.hint})")
 
 
 def serve(node_class, args: list[str] | None, start=None) -> int:
