@@ -7,7 +7,8 @@ at ``--size`` px (128 by default; random weights: cost only, never quality), hol
 time in a closed loop (the next once the last is answered), one instruction each, over its OWN
 stamp set, as trackers with their own windows do: client c names frames c .. c + ``--client-frames``
 - 1 of the window. For each ``max_batch`` in ``--max-batches`` (4: batched, the node's default; 1:
-unbatched, one request per prefill) and each client count in ``--clients``, the clients run for
+unbatched, one request per prefill), each ``batch_wait_s`` in ``--batch-waits`` (0, the node's default,
+by default) and each client count in ``--clients``, the clients run for
 ``--duration-s`` seconds after one warm-up request each (every frame's reasoner inputs, CLIP
 embedding and MLLM frame tokens, are then cached, as in a running reasoner, so the figure is the
 reasoning itself: anchor, lattice, the batched prefill, TDA). Each client count's configurations
@@ -56,6 +57,7 @@ def parse_args(argv=None):
     p.add_argument("--client-frames", type=int, default=8, help="frames each client names")
     p.add_argument("--clients", default="1,2,4", help="comma list of client counts")
     p.add_argument("--max-batches", default="4,1", help="comma list of max_batch values")
+    p.add_argument("--batch-waits", default="0", help="comma list of batch_wait_s values (seconds)")
     p.add_argument("--duration-s", type=float, default=6.0, help="timed seconds per configuration and round")
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds per configuration")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "reasoner.json")
@@ -115,10 +117,11 @@ class Clients:
         return len(flat), time.perf_counter() - start, flat
 
 
-def measure(grounder, images, stamps, max_batch, clients, args) -> dict:
+def measure(grounder, images, stamps, max_batch, batch_wait_s, clients, args) -> dict:
     """One configuration: a fresh service and its clients, warmed up, then timed."""
     holder: list[Clients] = []
-    service = ReasonerService(grounder, args.window, max_batch, lambda text: holder[0].on_response(text), log=print)
+    service = ReasonerService(grounder, args.window, max_batch, lambda text: holder[0].on_response(text), log=print,
+                              batch_wait_s=batch_wait_s)
     for image, stamp in zip(images, stamps):
         service.add_frame(image, stamp, "cam")
     holder.append(Clients(service, stamps, clients, args.client_frames))
@@ -131,7 +134,8 @@ def measure(grounder, images, stamps, max_batch, clients, args) -> dict:
         after, cpu = service.stats, time.process_time() - cpu
     finally:
         service.stop()
-    return {"max_batch": max_batch, "clients": clients, "answered": answered, "seconds": seconds, "cpu_s": cpu,
+    return {"max_batch": max_batch, "batch_wait_s": batch_wait_s, "clients": clients, "answered": answered,
+            "seconds": seconds, "cpu_s": cpu,
             "batches": after.batches - before.batches,
             "instructions": after.batch_instructions - before.batch_instructions,
             "largest_batch": after.largest_batch, "latency_sum_s": sum(latencies), "failures": after.failures}
@@ -141,7 +145,8 @@ def combine(runs: list[dict]) -> dict:
     """One configuration's figures over its rounds."""
     total = {k: sum(r[k] for r in runs) for k in ("answered", "seconds", "cpu_s", "batches", "instructions",
                                                    "latency_sum_s", "failures")}
-    return {"max_batch": runs[0]["max_batch"], "clients": runs[0]["clients"], "rounds": runs, **total,
+    return {"max_batch": runs[0]["max_batch"], "batch_wait_s": runs[0]["batch_wait_s"], "clients": runs[0]["clients"],
+            "rounds": runs, **total,
             "queries_per_s": total["answered"] / total["seconds"],
             "queries_per_cpu_s": total["answered"] / total["cpu_s"],
             "mean_batch": total["instructions"] / total["batches"],
@@ -157,7 +162,7 @@ def main(argv=None):
     images = davis_sequence("blackswan", args.window)[0]
     stamps = [STAMP0 + i * STEP for i in range(len(images))]
     clients = [int(c) for c in args.clients.split(",")]
-    max_batches = [int(b) for b in args.max_batches.split(",")]
+    settings = [(int(b), float(w)) for b in args.max_batches.split(",") for w in args.batch_waits.split(",")]
     if max(clients) + args.client_frames - 1 > len(images):
         raise SystemExit(f"{max(clients)} clients of {args.client_frames} frames need a window of "
                          f"{max(clients) + args.client_frames - 1} frames")
@@ -165,25 +170,28 @@ def main(argv=None):
               "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
               "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
               "load_average": os.getloadavg(), "args": {k: str(v) for k, v in vars(args).items()}, "rows": []}
-    plan = [(count, r, b) for count in clients for r in range(args.rounds)
-            for b in (max_batches if r % 2 == 0 else max_batches[::-1])]
-    runs: dict[tuple[int, int], list[dict]] = {}
-    for count, _, max_batch in tqdm(plan, desc="runs"):
-        runs.setdefault((count, max_batch), []).append(measure(grounder, images, stamps, max_batch, count, args))
-    for (count, max_batch), rounds in runs.items():
+    plan = [(count, r, setting) for count in clients for r in range(args.rounds)
+            for setting in (settings if r % 2 == 0 else settings[::-1])]
+    runs: dict[tuple[int, tuple[int, float]], list[dict]] = {}
+    for count, _, (max_batch, wait) in tqdm(plan, desc="runs"):
+        runs.setdefault((count, (max_batch, wait)), []).append(
+            measure(grounder, images, stamps, max_batch, wait, count, args))
+    for (count, (max_batch, wait)), rounds in runs.items():
         row = combine(rounds)
         report["rows"].append(row)
-        print(f"max_batch={max_batch} clients={count}: {row['queries_per_s']:.2f} queries/s "
+        print(f"max_batch={max_batch} batch_wait_s={wait:g} clients={count}: {row['queries_per_s']:.2f} queries/s "
               f"({row['queries_per_cpu_s']:.2f} per CPU s), mean batch {row['mean_batch']:.2f}, "
               f"mean latency {row['mean_latency_s'] * 1e3:.0f} ms")
     report["load_average_after"] = os.getloadavg()
-    print(f"\n| clients | {' | '.join(f'max_batch={b}: q/s, q/CPU s, mean batch' for b in max_batches)} |")
-    print(f"|---|{'---|' * len(max_batches)}")
+    heads = [f"max_batch={b}, batch_wait_s={w:g}: q/s, q/CPU s, mean batch, latency" for b, w in settings]
+    print(f"\n| clients | {' | '.join(heads)} |")
+    print(f"|---|{'---|' * len(settings)}")
     for count in clients:
-        cells = [next(r for r in report["rows"] if r["clients"] == count and r["max_batch"] == b)
-                 for b in max_batches]
-        print(f"| {count} | " + " | ".join("%.1f, %.1f, %.2f" % (r["queries_per_s"], r["queries_per_cpu_s"],
-                                                                   r["mean_batch"]) for r in cells) + " |")
+        cells = [next(r for r in report["rows"] if r["clients"] == count and (r["max_batch"], r["batch_wait_s"]) == s)
+                 for s in settings]
+        print(f"| {count} | " + " | ".join("%.1f, %.1f, %.2f, %.0f ms" % (
+            r["queries_per_s"], r["queries_per_cpu_s"], r["mean_batch"], r["mean_latency_s"] * 1e3)
+            for r in cells) + " |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     print(f"wrote {args.out}")

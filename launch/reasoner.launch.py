@@ -27,12 +27,15 @@ def generate_launch_description():
                               description="released VRS-HQ directory (model_profile vrshq-7b)"),
         DeclareLaunchArgument("window_frames", default_value="16", description="camera frames held"),
         DeclareLaunchArgument("max_batch", default_value="4", description="most instructions per batched prefill"),
+        DeclareLaunchArgument("batch_wait_s", default_value="0.0",
+                              description="how long a batch that is not full waits for more requests"),
     ]
     parameters = [{"model_profile": LaunchConfiguration("model_profile"), "device": LaunchConfiguration("device"),
                    "image_transport": LaunchConfiguration("image_transport"),
                    "vrshq_checkpoint": LaunchConfiguration("vrshq_checkpoint"),
                    "window_frames": ParameterValue(LaunchConfiguration("window_frames"), value_type=int),
-                   "max_batch": ParameterValue(LaunchConfiguration("max_batch"), value_type=int)}]
+                   "max_batch": ParameterValue(LaunchConfiguration("max_batch"), value_type=int),
+                   "batch_wait_s": ParameterValue(LaunchConfiguration("batch_wait_s"), value_type=float)}]
     node = Node(package="vrs_node", executable="vrs_reasoner", name="vrs_reasoner",
                 namespace=LaunchConfiguration("namespace"), parameters=parameters,
                 remappings=[("image", LaunchConfiguration("image"))],

@@ -77,7 +77,8 @@ def answers():
     """Every command's ``--help``, a ROS argument given without ``--ros-args``, and the guard's
     control (a command line that starts ROS), run once for the module."""
     return without_ros(*[(name, "--help") for name in COMMANDS], ("vrs-node", "-p", "mode:=sync"),
-                       ("vrs-reasoner", "-p", "max_batch:=2"), ("vrs-camera", "--ros-args", "-p", "source:=/no/such/source"))
+                       ("vrs-reasoner", "-p", "max_batch:=2"),
+                       ("vrs-camera", "--ros-args", "-p", "source:=/no/such/source"))
 
 
 def test_every_command_prints_its_help_without_starting_ros(answers):
@@ -130,7 +131,8 @@ def test_the_reasoner_help_says_what_it_does_its_own_parameters_and_ros_argument
     for name in ("mode", "score_threshold", "reasoner_timeout_s"):  # the tracking node's, not the reasoner's
         assert f"\n  {name} (default " not in text, name
     assert 'parameters (README "Reasoner on another machine"):' in text and "-r FROM:=TO remaps a topic" in text
-    assert "\n  vrs-reasoner --ros-args -r __ns:=/gpu -r image:=/camera/image_raw -p image_transport:=compressed\n" in text
+    example = "vrs-reasoner --ros-args -r __ns:=/gpu -r image:=/camera/image_raw -p image_transport:=compressed"
+    assert f"\n  {example}\n" in text
     assert "ros2 run vrs_node vrs_reasoner --ros-args" in text and "``" not in text
     lifecycle = answers[("vrs-lifecycle-reasoner", "--help")].stdout
     assert "\n  autostart (default True" in lifecycle and "\n  autostart (default " not in text

@@ -136,14 +136,15 @@ def test_the_launch_file_starts_the_reasoner_with_its_arguments(ros_nodes, tmp_p
 
     with launch_shim():
         result = evaluate(REPO / "launch" / "reasoner.launch.py", {"image": "/robot/cam", "namespace": "gpu",
-                                                                    "max_batch": "3", "device": "cpu"},
+                                                                    "max_batch": "3", "batch_wait_s": "0.05",
+                                                                    "device": "cpu"},
                           tmp_dir=tmp_path)
     cmd = result.node("vrs_reasoner")
     assert cmd.executable == "vrs_reasoner"
     node = ReasonerNode(cli_args=cmd.ros_args, parameter_overrides=[Parameter("image_size", value=128)])
     ros_nodes.append(node)
     assert node.get_fully_qualified_name() == "/gpu/vrs_reasoner"
-    assert node.service.max_batch == 3 and node.service.window.capacity == 16
+    assert node.service.max_batch == 3 and node.service.window.capacity == 16 and node.service.batch_wait_s == 0.05
     assert node.get_parameter("device").value == "cpu"
     assert [s.node_name for s in node.get_subscriptions_info_by_topic("/robot/cam")] == ["vrs_reasoner"]
     assert node.resolve_topic_name("~/requests") == "/gpu/vrs_reasoner/requests"

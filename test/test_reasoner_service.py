@@ -1,12 +1,14 @@
 """The reasoner server's logic without ROS: answers equal a local ``reason_many``, batching up to
 ``max_batch`` with one ``reason_many`` per batch whatever frames its requests name (each answer as
-its request's alone), stamps the reasoner does not hold, refusals, per-frame inputs computed once,
-the service's counters."""
+its request's alone), a batch waiting ``batch_wait_s`` for more requests, stamps the reasoner does
+not hold, refusals, per-frame inputs computed once, the service's counters."""
 
 from __future__ import annotations
 
 import json
+import math
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -37,9 +39,10 @@ def stamps(n: int) -> list[int]:
     return [STAMP0 + i * STEP for i in range(n)]
 
 
-def service(models, frames, max_batch=4, window=8):
+def service(models, frames, max_batch=4, window=8, batch_wait_s=0.0):
     sent = []
-    s = ReasonerService(build_reasoner_grounder(models), window, max_batch, sent.append, log=sent.append)
+    s = ReasonerService(build_reasoner_grounder(models), window, max_batch, sent.append, log=sent.append,
+                        batch_wait_s=batch_wait_s)
     for image, stamp in zip(frames, stamps(len(frames))):
         s.add_frame(image, stamp, "cam")
     return s, sent
@@ -172,6 +175,72 @@ def test_waiting_requests_are_batched_up_to_max_batch(models, frames):
     assert (stats.requests, stats.refused, stats.answered, stats.pending) == (5, 0, 5, 0)
     assert (stats.batches, stats.batch_instructions, stats.largest_batch) == (2, 6, 3)
     assert (stats.instructions_answered, stats.failures, stats.last_error) == (6, 0, "")
+
+
+def record_calls(s):
+    """[(instructions, time.monotonic()) of each ``reason_many`` call of ``s``'s grounder]."""
+    calls, original = [], s.grounder.reason_many
+    s.grounder.reason_many = lambda window, instructions, **options: calls.append(
+        (len(instructions), time.monotonic())) or original(window, instructions, **options)
+    return calls
+
+
+def answered(s, sent, count):
+    """An event set once ``s`` has published ``count`` responses into ``sent``."""
+    done, publish = threading.Event(), s._publish
+    s._publish = lambda text: publish(text) or (len(sent) >= count and done.set())
+    return done
+
+
+def test_a_batch_that_is_not_full_waits_batch_wait_s_after_its_first_request(models, frames):
+    s, sent = service(models, frames, max_batch=3, batch_wait_s=1.0)
+    calls, done = record_calls(s), answered(s, sent, 2)
+    all_stamps = stamps(len(frames))
+    s.start()
+    try:
+        first = time.monotonic()
+        s.submit(Request("client-0", 0, ["the swan"], all_stamps).to_json())
+        time.sleep(0.3)  # arrives while the first waits: the same batch
+        s.submit(Request("client-1", 1, ["the water"], all_stamps).to_json())
+        assert done.wait(120)
+    finally:
+        s.stop()
+    assert [n for n, _ in calls] == [2] and calls[0][1] - first >= 1.0
+    assert all(isinstance(a, Answer) for t in sent for a in Response.from_json(t).results)
+
+
+def test_a_full_batch_or_one_the_next_request_does_not_fit_runs_without_waiting(models, frames):
+    s, sent = service(models, frames, max_batch=3, batch_wait_s=30.0)  # a wait would fail the 25 s below
+    calls, done = record_calls(s), answered(s, sent, 5)
+    all_stamps = stamps(len(frames))
+    for i, texts in enumerate([["a"], ["b", "c"], ["d", "e"], ["f", "g"], ["h"]]):
+        s.submit(Request(f"client-{i}", i, texts, all_stamps).to_json())
+    s.start()
+    try:
+        assert done.wait(25)
+    finally:
+        s.stop()
+    # [1 + 2] full; [2], since the next 2 do not fit; [2 + 1] full
+    assert [n for n, _ in calls] == [3, 2, 3]
+    assert s.stats.pending == 0 and s.stats.answered == 5
+
+
+def test_stop_ends_a_batch_waiting_for_more_requests_at_once(models, frames):
+    s, sent = service(models, frames, batch_wait_s=30.0)
+    calls = record_calls(s)
+    s.start()
+    s.submit(Request("client-0", 0, ["the swan"], stamps(len(frames))).to_json())
+    time.sleep(0.2)
+    start = time.monotonic()
+    s.stop(timeout_s=10)
+    assert not s._thread.is_alive() and time.monotonic() - start < 10
+    assert calls == [] and sent == []
+
+
+@pytest.mark.parametrize("wait", [-0.1, math.nan, math.inf])
+def test_batch_wait_s_must_be_a_finite_number_of_at_least_0(models, wait):
+    with pytest.raises(ValueError, match="batch_wait_s"):
+        ReasonerService(build_reasoner_grounder(models), 8, 4, lambda text: None, batch_wait_s=wait)
 
 
 def test_refused_requests_are_answered_when_the_client_is_known_and_logged(models, frames):

@@ -63,6 +63,9 @@ class ReasonerConfig:
     window_frames: int = setting(16, "camera frames (and their reasoner inputs) held for requests", range=(1, 1000))
     max_batch: int = setting(4, "most instructions answered by one batched prefill, and in one request",
                              range=(1, 16))
+    batch_wait_s: float = setting(0.0, "how long after its first request arrived a batch that is not full waits for "
+                                       "more requests (0: the requests waiting when the worker is free)",
+                                  range=(0.0, 1.0))
     sparse_frames: int = setting(0, "pooled context frames over the requested frames given to the MLLM besides "
                                     "the dense lattice (0 = VRS-HQ)", range=(0, 64))
 

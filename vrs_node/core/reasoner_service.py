@@ -7,7 +7,10 @@ wire text (:mod:`vrs_node.core.reasoner_protocol`) on any thread and answers the
 worker thread, so the caller (a ROS callback) never waits on a model.
 
 Batching: the worker takes the waiting requests in arrival order while their instructions add up
-to at most ``max_batch`` (always at least one request), and answers all the instructions of a
+to at most ``max_batch`` (always at least one request). With ``batch_wait_s`` > 0 a batch that is
+not full waits for more requests until ``batch_wait_s`` after its first request arrived (a request
+that waited while the worker was busy adds no wait), or until the next request does not fit. It
+answers all the instructions of a
 batch with one :meth:`Grounder.reason_many` call (one batched prefill), whatever frames each
 request names: each instruction is reasoned about over the held frames whose stamps its request
 names (``reason_many``'s ``frames``), as it would be alone, and the per-frame inputs of a frame
@@ -31,6 +34,7 @@ requests never fill the queue.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -96,19 +100,24 @@ class ReasonerService:
     """Frames and requests in, responses out through ``publish(text)`` (module docstring).
 
     ``window_frames`` (≥ 1) frames are held; ``max_batch`` (≥ 1) bounds the instructions answered
-    by one batch and in one request; ``log(text)`` receives a line per refused request. Call
-    :meth:`start` to run the worker and :meth:`stop` to end it; :meth:`answer` is the worker's
-    step, callable directly."""
+    by one batch and in one request; ``batch_wait_s`` (≥ 0) is how long after its first request
+    arrived a batch that is not full may wait for more (module docstring); ``log(text)`` receives a
+    line per refused request. Call :meth:`start` to run the worker and :meth:`stop` to end it;
+    :meth:`answer` is the worker's step, callable directly."""
 
     def __init__(self, grounder: Grounder, window_frames: int, max_batch: int, publish: Callable[[str], None],
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, batch_wait_s: float = 0.0):
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError(f"max_batch must be an int >= 1, got {max_batch!r}")
+        if not 0.0 <= batch_wait_s < float("inf"):
+            raise ValueError(f"batch_wait_s must be a finite number >= 0, got {batch_wait_s!r}")
         self.grounder = grounder
         self.window = FrameWindow(window_frames)
         self.max_batch = max_batch
+        self.batch_wait_s = batch_wait_s
         self._publish, self._log = publish, log
         self._pending: deque[Request] = deque()
+        self._arrivals: deque[float] = deque()  # time.monotonic() of each request in _pending
         self._wake = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -147,6 +156,7 @@ class ReasonerService:
                     raise ProtocolError(f"the reasoner is busy: {MAX_PENDING_PER_CLIENT} requests of this client "
                                         f"are waiting already; retry later", request.client_id, request.request_id)
                 self._pending.append(request)
+                self._arrivals.append(time.monotonic())
                 self._wake.notify()
         except ProtocolError as exc:
             self._refuse(exc)
@@ -162,6 +172,7 @@ class ReasonerService:
         with self._wake:
             self._stopping = True
             self._pending.clear()
+            self._arrivals.clear()
             self._wake.notify_all()
         if self._thread is not None:
             self._thread.join(timeout_s)
@@ -230,18 +241,25 @@ class ReasonerService:
             self._publish(Response(exc.client_id, exc.request_id, error=str(exc)).to_json())
 
     def _take(self) -> list[Request] | None:
-        """The next batch (waiting for one), or None once stopping."""
+        """The next batch (waiting for its first request, then up to ``batch_wait_s`` after that
+        request arrived while it is not full and the next request fits), or None once stopping."""
         with self._wake:
             while not self._pending and not self._stopping:
                 self._wake.wait()
             if self._stopping:
                 return None
-            batch = [self._pending.popleft()]
-            count = len(batch[0].instructions)
-            while self._pending and count + len(self._pending[0].instructions) <= self.max_batch:
-                count += len(self._pending[0].instructions)
-                batch.append(self._pending.popleft())
-            return batch
+            deadline = self._arrivals[0] + self.batch_wait_s
+            batch, count = [], 0
+            while not self._stopping:
+                while self._pending and (not batch or count + len(self._pending[0].instructions) <= self.max_batch):
+                    count += len(self._pending[0].instructions)
+                    batch.append(self._pending.popleft())
+                    self._arrivals.popleft()
+                left = deadline - time.monotonic()
+                if self._pending or count >= self.max_batch or left <= 0:
+                    return batch
+                self._wake.wait(left)
+            return None
 
     def _run(self) -> None:
         while (batch := self._take()) is not None:

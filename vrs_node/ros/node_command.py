@@ -65,7 +65,8 @@ TRACKING_NODE = NodeHelp(
 """``vrs-node`` and ``vrs-lifecycle-node``."""
 
 REASONER_NODE = NodeHelp(
-    "vrs_node.ros.reasoner", "vrs_reasoner", "vrs_lifecycle_reasoner", lambda lifecycle: parameter_help(lifecycle, reasoner_parameters()),
+    "vrs_node.ros.reasoner", "vrs_reasoner", "vrs_lifecycle_reasoner",
+    lambda lifecycle: parameter_help(lifecycle, reasoner_parameters()),
     'README "Reasoner on another machine"',
     """\
   {prog} --ros-args -r __ns:=/gpu -r image:=/camera/image_raw -p image_transport:=compressed

@@ -26,7 +26,8 @@ the models; its command (:mod:`vrs_node.ros.entry_points`) configures and activa
 ``autostart`` is false.
 
 Parameters: the model settings of ``vrs-node`` (``model_profile``, ``device``, ``precision``, ...),
-``window_frames``, ``max_batch``, ``sparse_frames``, ``image_transport``, ``max_image_pixels``.
+``window_frames``, ``max_batch``, ``batch_wait_s``, ``sparse_frames``, ``image_transport``,
+``max_image_pixels``.
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ class ReasonerInterface:
         """A fresh service (an empty window) fed by the camera and ``~/requests``, its worker running."""
         self.service = ReasonerService(self.grounder, self.config.window_frames, self.config.max_batch,
                                        lambda text: self.responses.publish(String(data=text)),
-                                       log=self.get_logger().warning)
+                                       log=self.get_logger().warning, batch_wait_s=self.config.batch_wait_s)
         self._max_pixels = self._param("max_image_pixels")
         self._inputs = [
             self.create_subscription(String, "~/requests", lambda msg: self.service.submit(msg.data), PROTOCOL_QOS),
