@@ -29,6 +29,7 @@ from vrs_node.models.llama_tokenizer import TokenizerFileError
 from vrs_node.models.mllm import ATTENTION, VrshqMLLM, clip_l14_224_config, tiny_config, vrshq_7b_config
 from vrs_node.models.prompt import IMAGE_TOKEN_INDEX, build_prompt, clean_instruction, tokenize_prompt
 from vrs_node.models.sam2_build import Sam2Spec, SamImageTransform, build_sam2_model
+import vrs_node.models.vrshq_checkpoint as vrshq_checkpoint
 from vrs_node.models.vrshq_checkpoint import load_vrshq_checkpoint
 from vrs_node.models.vrshq_files import CheckpointError, mllm_config_from_json, resolve_vision_tower
 
@@ -234,6 +235,33 @@ def test_every_key_is_consumed_and_the_models_equal_the_written_ones(release, lo
         decoded.append(tracker.decode_token(tracker.encode(images[0]), result.tak))
     assert torch.equal(decoded[0].low_res_logits, decoded[1].low_res_logits)
     assert decoded[0].object_score == decoded[1].object_score
+
+
+def test_a_part_loads_without_the_other_parts_files_or_model(release, loaded, scratch, monkeypatch):
+    """``parts="tracker"``: SAM-2 alone, from a copy without the tokenizer's files whose config.json
+    names a vision tower that does not exist (a robot whose reasoner runs elsewhere);
+    ``parts="reasoner"``: the MLLM alone, SAM-2 never built."""
+    no_tower = config_json(release.mllm, str(scratch / "no-such-tower"))
+    path = variant(release, scratch / "sam2-only", {
+        "config.json": lambda p: write_json(p, no_tower), "tokenizer.model": None, "tokenizer_config.json": None,
+        "special_tokens_map.json": None, "added_tokens.json": None})
+    tracker = load_vrshq_checkpoint(path, sam2_spec=SAM2_SPEC, parts="tracker")
+    assert (tracker.mllm, tracker.tokenizer, tracker.special_ids, tracker.vision_weights) == (None, None, None, "")
+    assert (tracker.consumed_keys, tracker.sam2_spec) == (loaded.consumed_keys, loaded.sam2_spec)
+    got = tracker.sam2_model.state_dict()
+    for name, tensor in loaded.sam2_model.state_dict().items():  # NaN: the reference's never-loaded gammas
+        torch.testing.assert_close(got[name], tensor, rtol=0, atol=0, equal_nan=True, msg=name)
+    assert not tracker.sam2_model.training
+    with pytest.raises(FileNotFoundError, match="no CLIP-224 vision tower"):
+        load_vrshq_checkpoint(path, sam2_spec=SAM2_SPEC)  # every part needs the tower
+
+    monkeypatch.setattr(vrshq_checkpoint, "build_sam2_model", lambda *args, **kwargs: pytest.fail("SAM-2 built"))
+    reasoner = load_vrshq_checkpoint(release.path, sam2_spec=SAM2_SPEC, parts="reasoner")
+    assert reasoner.sam2_model is None and reasoner.special_ids == loaded.special_ids
+    got = reasoner.mllm.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in loaded.mllm.state_dict().items())
+    with pytest.raises(ValueError, match="choose one of all, tracker, reasoner"):
+        load_vrshq_checkpoint(release.path, parts="sam2")
 
 
 def test_the_tokenizer_gives_the_added_ids_and_keeps_instructions_inert(release, loaded):

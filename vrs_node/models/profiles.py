@@ -225,11 +225,9 @@ def load_models(profile: ModelProfile, device: str | torch.device = "cpu", image
     ``vrshq_checkpoint`` (a directory in the released VRS-HQ layout) is required by, and only
     accepted for, ``language="vrshq-checkpoint"`` profiles; it provides SAM-2, the MLLM and the
     tokenizer. ``clip_anchor`` is open_clip's ``pretrained`` for the CLIP-336 anchor scorer there.
-    :func:`~vrs_node.models.vrshq_checkpoint.load_vrshq_checkpoint` always loads both models, so
-    one part is loaded with the other and dropped: ``parts="tracker"`` loads the checkpoint in host
-    memory with the MLLM in bfloat16 (as released: mapped from the files, not copied) and moves
-    only SAM-2 to ``device``; ``parts="reasoner"`` loads SAM-2 (0.22B parameters for the 7B
-    release) on ``device`` beside the MLLM, drops it and returns the freed memory to the driver.
+    :func:`~vrs_node.models.vrshq_checkpoint.load_vrshq_checkpoint` then loads only ``parts``:
+    ``"tracker"`` builds no MLLM and needs no CLIP-224 tower or tokenizer, ``"reasoner"`` builds no
+    SAM-2.
 
     ``compile``: SAM-2's parts are compiled in place (:func:`~vrs_node.models.sam2_compile.compile_sam2`:
     sam2's ``max-autotune`` on CUDA, inductor's default mode elsewhere); the first frames of each
@@ -255,8 +253,6 @@ def load_models(profile: ModelProfile, device: str | torch.device = "cpu", image
     else:
         sam2, transform, grounding, spec = _load_checkpoint_parts(profile, vrshq_checkpoint, parts, device, build_on,
                                                                   name, image_size, clip_anchor)
-        if parts == "reasoner":
-            release_accelerator_memory(device)  # the checkpoint's SAM-2, loaded and dropped
     tracker_options = {**spec.tracker_options(), **tracker_precision_options(name, device)} if sam2 is not None else {}
     if reasoner_quantization != "none":
         quantize_reasoner(grounding.mllm, reasoner_quantization, device)
@@ -288,16 +284,14 @@ def _load_checkpoint_parts(profile: ModelProfile, vrshq_checkpoint: str | None, 
                            clip_anchor: str) -> tuple[torch.nn.Module | None, SamImageTransform | None,
                                                       GroundingModels | None, Sam2Spec]:
     """(SAM-2, its transform, grounding models, SAM-2's spec) of a ``vrshq-checkpoint`` profile's
-    ``parts``, the part not asked for loaded and dropped (:func:`load_models`); the spec is the one
-    recognised from the weights."""
+    ``parts`` (:func:`load_models`; None for a part not loaded); the spec is the one recognised from
+    the weights."""
     if not vrshq_checkpoint:
         raise ValueError(f"profile {profile.name!r} needs vrshq_checkpoint: the directory of the released "
                          f"VRS-HQ weights (Hugging Face {HF_REPO})")
-    if parts == "tracker":  # the MLLM stays mapped from the files (bfloat16 on CPU: no copy) until dropped
-        ckpt = load_vrshq_checkpoint(vrshq_checkpoint, device="cpu", dtype=torch.bfloat16, sam2_image_size=image_size)
-    else:
-        ckpt = load_vrshq_checkpoint(vrshq_checkpoint, device=build_on, dtype=PRECISIONS[precision],
-                                     sam2_image_size=image_size)
+    # SAM-2 is built on device; the MLLM on build_on (the host when it is then quantized onto device)
+    ckpt = load_vrshq_checkpoint(vrshq_checkpoint, device=device if parts == "tracker" else build_on,
+                                 dtype=PRECISIONS[precision], sam2_image_size=image_size, parts=parts)
     spec = ckpt.sam2_spec
     sam2, transform, grounding = None, None, None
     if parts != "reasoner":

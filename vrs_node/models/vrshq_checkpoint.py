@@ -27,6 +27,10 @@ Contract of :func:`load_vrshq_checkpoint`:
   is used only when it does not. The two differ by the bfloat16 rounding;
 - the SAM-2 architecture is recognised from the weights (:mod:`vrs_node.models.sam2_variant`)
   unless ``sam2_spec`` is given;
+- ``parts`` (:data:`CHECKPOINT_PARTS`) loads both models (``"all"``), SAM-2 only (``"tracker"``: no
+  tokenizer, vision tower or MLLM is needed or read beyond the weight files' keys, so a tracker
+  whose reasoner runs elsewhere needs no CLIP-224 tower) or the MLLM only (``"reasoner"``: SAM-2 is
+  not built); the part not loaded is routed but not checked key by key against its model;
 - reference quirk reproduced (``reference_quirks=True``, the default): transformers 4.31's
   ``from_pretrained`` renames every key containing ``gamma`` (``beta``) to ``weight`` (``bias``), so
   such tensors (SAM-2's CXBlock layer scales ``memory_encoder.fuser.layers.*.gamma``) are never
@@ -82,6 +86,11 @@ from vrs_node.models.vrshq_weights import (VISION_PREFIX, leave_unloaded_nan, re
                                            tower_weights)
 
 
+CHECKPOINT_PARTS = ("all", "tracker", "reasoner")
+"""What :func:`load_vrshq_checkpoint` loads: both models, SAM-2 only, or the MLLM (with its
+tokenizer) only."""
+
+
 @dataclass(frozen=True)
 class VrshqCheckpoint:
     """A loaded release: models in eval mode without gradients, on the requested device.
@@ -90,13 +99,15 @@ class VrshqCheckpoint:
     ``added_tokens.json``; ``consumed_keys`` counts the checkpoint keys used or deliberately dropped
     (all of them); ``vision_weights`` says where the CLIP-224 weights came from (the tower
     directory, or ``"checkpoint"``); ``sam2_spec`` is the SAM-2 architecture the weights were
-    loaded into and ``sam2_variant`` its name (``"given"`` when the caller chose it).
+    loaded into and ``sam2_variant`` its name (``"given"`` when the caller chose it). A part not
+    loaded (``parts``) is None: ``mllm``, ``tokenizer`` and ``special_ids`` for ``"tracker"``
+    (``vision_weights`` ``""``), ``sam2_model`` for ``"reasoner"``.
     """
 
-    mllm: VrshqMLLM
-    sam2_model: torch.nn.Module
+    mllm: VrshqMLLM | None
+    sam2_model: torch.nn.Module | None
     tokenizer: Any
-    special_ids: SpecialTokenIds
+    special_ids: SpecialTokenIds | None
     config_json: dict
     consumed_keys: int
     vision_weights: str
@@ -106,14 +117,16 @@ class VrshqCheckpoint:
 
 def load_vrshq_checkpoint(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
                           sam2_spec: Sam2Spec | None = None, vision_tower: str | Path | None = None,
-                          sam2_image_size: int | None = None, reference_quirks: bool = True) -> VrshqCheckpoint:
+                          sam2_image_size: int | None = None, reference_quirks: bool = True,
+                          parts: str = "all") -> VrshqCheckpoint:
     """Load the released VRS-HQ directory ``path`` (see the module docstring for the contract).
 
     ``sam2_spec`` is the SAM-2 architecture the ``model.visual_model.*`` weights are loaded into
     (strictly; its ``checkpoint`` must be None: the weights come from here); None recognises it
     from the weights. ``sam2_image_size`` overrides that spec's input size (the weights do not
     depend on it). ``vision_tower`` overrides config.json's CLIP-224 location. ``reference_quirks``
-    reproduces transformers 4.31's never-loaded ``*gamma`` tensors (module docstring).
+    reproduces transformers 4.31's never-loaded ``*gamma`` tensors (module docstring). ``parts``:
+    :data:`CHECKPOINT_PARTS` (ValueError otherwise).
     """
     directory = Path(path)
     if not directory.is_dir() or not (directory / "config.json").is_file():
@@ -121,32 +134,40 @@ def load_vrshq_checkpoint(path: str | Path, device: str | torch.device = "cpu", 
                                 f"{', '.join(EXPECTED_FILES)} (download Hugging Face {HF_REPO})")
     if sam2_spec is not None and sam2_spec.checkpoint is not None:
         raise ValueError("sam2_spec.checkpoint must be None: SAM-2's weights come from the VRS-HQ checkpoint")
+    if parts not in CHECKPOINT_PARTS:
+        raise ValueError(f"unknown checkpoint parts {parts!r}; choose one of {', '.join(CHECKPOINT_PARTS)}")
     device = torch.device(device)
     if dtype is None:
         dtype = resolve_precision("auto", device)
     config_json = read_json(directory / "config.json")
-    vision_dir = resolve_vision_tower(config_json, directory, vision_tower)
-    mllm_config = mllm_config_from_json(config_json, vision_dir)
-    tokenizer = load_vrshq_tokenizer(directory)
-    special_ids = checked_special_ids(directory, tokenizer, mllm_config.llm.vocab_size)
     state, shard_of = read_state(directory)
-    parts, released_name, unknown = route_state(state)
-    sam2_variant, sam2_spec = _sam2_spec(directory, parts["sam2"], sam2_spec, sam2_image_size)
-    with torch.device("meta"):
-        mllm = VrshqMLLM(mllm_config, ClipPreprocessor.from_pretrained(vision_dir, mllm_config.vision.image_size))
-    sam2_model = build_sam2_model(sam2_spec, device=device, seed=None)
-    expected = {"mllm": set(mllm.state_dict()), "sam2": set(sam2_model.state_dict())}
-    for part in parts:
-        unknown += [released_name[part, k] for k in parts[part] if k not in expected[part]]
+    routed, released_name, unknown = route_state(state)
+    sam2_variant, sam2_spec = _sam2_spec(directory, routed["sam2"], sam2_spec, sam2_image_size)
+    models: dict[str, torch.nn.Module] = {}
+    tokenizer, special_ids, vision_weights = None, None, ""
+    if parts != "tracker":
+        vision_dir = resolve_vision_tower(config_json, directory, vision_tower)
+        mllm_config = mllm_config_from_json(config_json, vision_dir)
+        tokenizer = load_vrshq_tokenizer(directory)
+        special_ids = checked_special_ids(directory, tokenizer, mllm_config.llm.vocab_size)
+        with torch.device("meta"):
+            models["mllm"] = VrshqMLLM(mllm_config,
+                                       ClipPreprocessor.from_pretrained(vision_dir, mllm_config.vision.image_size))
+    if parts != "reasoner":
+        models["sam2"] = build_sam2_model(sam2_spec, device=device, seed=None)
+    expected = {part: set(model.state_dict()) for part, model in models.items()}
+    for part in expected:
+        unknown += [released_name[part, k] for k in routed[part] if k not in expected[part]]
     if unknown:
         raise CheckpointError(f"{len(unknown)} checkpoint keys have no place in VRS-HQ: {key_examples(unknown)}")
-    parts = {part: {k: v for k, v in tensors.items() if k in expected[part]} for part, tensors in parts.items()}
-    vision_weights = _add_vision_weights(parts["mllm"], vision_dir, dtype)
-    if reference_quirks:
-        leave_unloaded_nan(parts["sam2"], released_name, shard_of)
-    _install(directory, parts, expected, mllm, sam2_model, device, dtype)
-    return VrshqCheckpoint(mllm, sam2_model, tokenizer, special_ids, config_json, len(state), vision_weights,
-                           sam2_spec, sam2_variant)
+    routed = {part: routed[part] for part in expected}
+    if "mllm" in routed:
+        vision_weights = _add_vision_weights(routed["mllm"], vision_dir, dtype)
+    if reference_quirks and "sam2" in routed:
+        leave_unloaded_nan(routed["sam2"], released_name, shard_of)
+    _install(directory, routed, expected, models, device, dtype)
+    return VrshqCheckpoint(models.get("mllm"), models.get("sam2"), tokenizer, special_ids, config_json, len(state),
+                           vision_weights, sam2_spec, sam2_variant)
 
 
 def _sam2_spec(directory: Path, sam2_part: dict[str, torch.Tensor], given: Sam2Spec | None,
@@ -178,18 +199,23 @@ def _add_vision_weights(mllm_part: dict[str, torch.Tensor], vision_dir: Path, dt
 
 
 def _install(directory: Path, parts: dict[str, dict[str, torch.Tensor]], expected: dict[str, set[str]],
-             mllm: VrshqMLLM, sam2_model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
-    """Every expected parameter present, then the MLLM's tensors assigned (each cast to ``device``,
-    ``dtype``), SAM-2's copied, the MLLM's buffers rebuilt; both models to eval without gradients."""
+             models: dict[str, torch.nn.Module], device: torch.device, dtype: torch.dtype) -> None:
+    """For each loaded part of ``models`` (``"mllm"``, ``"sam2"``): every expected parameter
+    present, then the MLLM's tensors assigned (each cast to ``device``, ``dtype``) and its buffers
+    rebuilt, SAM-2's copied; each model to eval without gradients."""
     for part in parts:
         missing = expected[part] - set(parts[part])
         if missing:
             raise CheckpointError(f"the checkpoint lacks {len(missing)} {part} parameters: {key_examples(missing)}")
     try:
-        mllm.load_state_dict({k: v.to(device, dtype) for k, v in parts["mllm"].items()}, strict=True, assign=True)
-        sam2_model.load_state_dict(parts["sam2"], strict=True)
+        if "mllm" in models:
+            models["mllm"].load_state_dict({k: v.to(device, dtype) for k, v in parts["mllm"].items()}, strict=True,
+                                           assign=True)
+        if "sam2" in models:
+            models["sam2"].load_state_dict(parts["sam2"], strict=True)
     except RuntimeError as err:  # shapes: config.json or sam2_spec disagree with the weights
         raise CheckpointError(f"{directory}: weights do not fit the configured architecture: {err}") from err
-    rebuild_buffers(mllm, device)
-    for model in (mllm, sam2_model):
+    if "mllm" in models:
+        rebuild_buffers(models["mllm"], device)
+    for model in models.values():
         model.eval().requires_grad_(False)
