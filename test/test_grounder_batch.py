@@ -15,6 +15,7 @@ import torch
 from conftest import davis_sequence, make_grounder, make_tracker
 from test_grounder import Counting, filled_window
 from vrs_node.core.frames import CLIP_KEY, MLLM_KEY, SAM2_KEY, FrameWindow
+from vrs_node.core.token_decoding import SCORE_BATCH, score_chunks
 from vrs_node.models.mllm import PrefillInput
 from vrs_node.models.prompt import IMAGE_TOKEN_INDEX, clean_instruction
 
@@ -82,27 +83,35 @@ def decoder_calls(tracker):
 
 
 def test_tks_scores_each_dense_frame_once_and_decodes_masks_only_on_keyframes(setup, monkeypatch):
-    """Lattices {0, 3, ..}, {1, 4, ..}, {0, 3, ..}, {2, 5, ..}: one object-score call per distinct
-    dense frame, with the TAK' of each instruction whose lattice holds it, in lattice order; then
-    one mask decode (the only mask-decoder calls) per distinct keyframe, with its instructions' TAK'."""
+    """Lattices {0, 3, ..}, {1, 4, ..}, {0, 3, ..}, {2, 5, ..}: one grouped object-score call, each
+    distinct dense frame once with the TAK' of each instruction whose lattice holds it, in lattice
+    order, in two-way-transformer calls of at most SCORE_BATCH tokens; then one mask decode (the only
+    mask-decoder calls) per distinct keyframe, with its instructions' TAK'."""
     grounder, window = setup
     reasoning = grounder.reason_many(window, instructions(), [0, 1, 0, 5])
-    tracker, scored, decoded = grounder.tracker, [], []
-    real_score, real_decode = tracker.token_object_scores, tracker.decode_tokens
-    monkeypatch.setattr(tracker, "token_object_scores", lambda f, t: scored.append(t) or real_score(f, t))
+    tracker, scored, decoded, transformer_batches = grounder.tracker, [], [], []
+    real_score, real_decode = tracker.grouped_object_scores, tracker.decode_tokens
+    monkeypatch.setattr(tracker, "grouped_object_scores", lambda groups: scored.append(groups) or real_score(groups))
     monkeypatch.setattr(tracker, "decode_tokens", lambda f, t: decoded.append((f, t)) or real_decode(f, t))
     calls, handle = decoder_calls(tracker)
+    batches = tracker.model.sam_mask_decoder.transformer.register_forward_hook(
+        lambda mod, args, out: transformer_batches.append(args[0].shape[0]))
     try:
         selected = grounder.select_many(reasoning)
     finally:
         handle.remove()
+        batches.remove()
     holders = {}
     for r in reasoning:
         for frame in r.dense:
             holders.setdefault(frame.index, []).append(r.token)
-    assert len(scored) == len(holders) < sum(len(r.dense) for r in reasoning)
-    for tokens, expected in zip(scored, holders.values()):
+    (groups,) = scored
+    assert len(groups) == len(holders) < sum(len(r.dense) for r in reasoning)
+    for (_, tokens), expected in zip(groups, holders.values()):
         assert torch.equal(torch.stack(tokens), torch.stack(expected))
+    scoring = transformer_batches[:-len(decoded)]  # then one transformer call per keyframe decode
+    assert sum(scoring) == sum(len(t) for t in holders.values()) and max(scoring) <= SCORE_BATCH
+    assert len(scoring) == len(score_chunks([len(t) for t in holders.values()])) < len(holders)
     keyframes = {}
     for s, r in zip(selected, reasoning):
         keyframes.setdefault(id(s.keyframe_features), []).append(r.token)
@@ -217,19 +226,44 @@ def test_timings_are_the_batch_stages_and_each_instruction_tks(setup):
     assert len({g.timings_s["tks"] for g in results}) > 1
 
 
+def test_grouped_object_scores_are_each_frames_own_within_rounding(setup):
+    """Frames scored together (more tokens than one call takes, a frame without tokens) give each
+    frame's own token_object_scores within a larger batch's rounding; one group is bit for bit."""
+    grounder, window = setup
+    tracker = grounder.tracker
+    feats = [window.get_feature(f.index, SAM2_KEY) for f in window.snapshot()[:8]]
+    tokens = [torch.randn(256, generator=torch.Generator().manual_seed(s)) for s in range(3)]
+    groups = [(f, tokens if i != 5 else []) for i, f in enumerate(feats)]
+    assert sum(len(t) for _, t in groups) > SCORE_BATCH
+    together = tracker.grouped_object_scores(groups)
+    alone = [tracker.token_object_scores(f, t) for f, t in groups]
+    assert [len(s) for s in together] == [len(t) for _, t in groups] and together[5] == []
+    flat = lambda scores: torch.tensor([x for s in scores for x in s])  # noqa: E731
+    torch.testing.assert_close(flat(together), flat(alone), rtol=0, atol=1e-5)
+    assert tracker.grouped_object_scores(groups[:1]) == alone[:1]
+    assert len({round(x, 4) for s in together for x in s}) > len(tokens), "frames and tokens must score differently"
+
+
+def test_score_chunks_keep_groups_whole_and_runs_within_the_limit():
+    assert score_chunks([3, 0, 16, 5, 5, 7], limit=16) == [[0], [2], [3, 4], [5]]
+    assert score_chunks([20, 1], limit=16) == [[0], [1]]  # a larger group is a run of its own
+    assert score_chunks([1] * 5, limit=2) == [[0, 1], [2, 3], [4]] and score_chunks([0, 0]) == []
+
+
 def test_reasoning_runs_no_sam2_and_selection_does(setup, monkeypatch):
     grounder, window = setup
     tracker = grounder.tracker
-    score, decode = tracker.token_object_scores, tracker.decode_tokens
-    for name in ("token_object_scores", "decode_tokens"):
+    score, decode = tracker.grouped_object_scores, tracker.decode_tokens
+    for name in ("grouped_object_scores", "decode_tokens"):
         monkeypatch.setattr(tracker, name, lambda *a: pytest.fail("SAM-2 while reasoning"))
     reasoning = grounder.reason_many(window, instructions())
     calls = []
-    monkeypatch.setattr(tracker, "token_object_scores", lambda *a: calls.append(a) or score(*a))
+    monkeypatch.setattr(tracker, "grouped_object_scores", lambda groups: calls.append(groups) or score(groups))
     monkeypatch.setattr(tracker, "decode_tokens", decode)
     selected = grounder.select_many(reasoning)
-    assert len(calls) == len({f.index for r in reasoning for f in r.dense})
-    assert sum(len(tokens) for _, tokens in calls) == sum(len(r.dense) for r in reasoning)
+    (groups,) = calls
+    assert len(groups) == len({f.index for r in reasoning for f in r.dense})
+    assert sum(len(tokens) for _, tokens in groups) == sum(len(r.dense) for r in reasoning)
     assert [g.keyframe for g in selected] == [g.keyframe for g in grounder.ground_many(window, instructions())]
 
 

@@ -114,9 +114,10 @@ def select_keyframes(tracker: StreamingTracker, reasonings: Sequence[Reasoning])
     """The keyframe selection part of a query: TKS of each reasoning's TAK' on its candidates'
     SAM-2 features (scored by ``tracker``) -> its keyframe, that frame's decode, and the answer.
 
-    Batched over the reasonings: one :meth:`~StreamingTracker.token_object_scores` call (the object
-    scores alone, no masks) per distinct candidate features (a dense frame, whatever lattices hold
-    it) with the TAK' of every reasoning that has it as a candidate; TKS chooses per reasoning;
+    Batched over the reasonings and frames: the object scores alone, no masks, of each distinct
+    candidate features (a dense frame, whatever lattices hold it) with the TAK' of every reasoning
+    that has it as a candidate, all frames in one :meth:`~StreamingTracker.grouped_object_scores`
+    call (decoder calls of up to 16 tokens); TKS chooses per reasoning;
     then one ``decode_tokens`` call per distinct keyframe for the reasonings that chose it. Result
     i equals ``select_keyframes(tracker, [reasonings[i]])`` within the batched decoder's float
     rounding; one reasoning's keyframe decode is ``decode_token``'s. ``timings_s["tks"]`` is the
@@ -139,28 +140,31 @@ def select_keyframes(tracker: StreamingTracker, reasonings: Sequence[Reasoning])
 
 
 def _score_candidates(tracker: StreamingTracker, reasonings: Sequence[Reasoning]) -> list[list[float]]:
-    """``[i][j]``: reasoning i's TAK' object score on its candidate j (:func:`_per_frame`)."""
-    flat = _per_frame(tracker.token_object_scores, [(f, r.token) for r in reasonings for f in r.candidates])
+    """``[i][j]``: reasoning i's TAK' object score on its candidate j (:func:`_per_frame`, all
+    frames in one grouped call)."""
+    flat = _per_frame(tracker.grouped_object_scores, [(f, r.token) for r in reasonings for f in r.candidates])
     starts = np.cumsum([0] + [len(r.candidates) for r in reasonings])
     return [flat[a:b] for a, b in zip(starts[:-1], starts[1:])]
 
 
 def _decode_keyframes(tracker: StreamingTracker, keyframes: Sequence[FrameFeatures],
                       tokens: Sequence[torch.Tensor]) -> list[TrackResult]:
-    """``tokens[i]`` decoded on ``keyframes[i]`` (:func:`_per_frame`)."""
-    return _per_frame(tracker.decode_tokens, list(zip(keyframes, tokens)))
+    """``tokens[i]`` decoded on ``keyframes[i]`` (:func:`_per_frame`, one call per keyframe)."""
+    return _per_frame(lambda groups: [tracker.decode_tokens(*group) for group in groups],
+                      list(zip(keyframes, tokens)))
 
 
 def _per_frame(run, pairs: Sequence[tuple[FrameFeatures, torch.Tensor]]) -> list:
-    """``run(features, tokens)`` (a batched tracker call, one output per token) once per distinct
-    features (the same object) with the tokens of every pair naming them; the outputs in the
-    order of ``pairs``."""
+    """``run(groups)`` over one (features, tokens) group per distinct features (the same object)
+    with the tokens of every pair naming them, in first-named order (``run`` gives one output
+    list per group, one output per token); the outputs in the order of ``pairs``."""
     frames: dict[int, tuple[FrameFeatures, list[int]]] = {}
     for k, (feats, _) in enumerate(pairs):
         frames.setdefault(id(feats), (feats, []))[1].append(k)
+    groups = [(feats, [pairs[k][1] for k in slots]) for feats, slots in frames.values()]
     out = [None] * len(pairs)
-    for feats, slots in frames.values():
-        for k, value in zip(slots, run(feats, [pairs[k][1] for k in slots])):
+    for (_, slots), values in zip(frames.values(), run(groups)):
+        for k, value in zip(slots, values):
             out[k] = value
     return out
 

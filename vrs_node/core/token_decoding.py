@@ -8,10 +8,12 @@ output. N tokens run as one batch (batch dim N; the frame's features expanded to
 - :func:`decode_heads`: the gated low-res mask logits and the object-score logits, as
   ``SAM2Base._forward_sam_heads`` gives them;
 - :func:`object_score_logits`: the object-score logits alone, bit for bit those of
-  :func:`decode_heads` on the same tokens. SAM-2's mask decoder computes them from the two-way
-  transformer's object-score token (``pred_obj_score_head``), before and apart from the mask
+  :func:`decode_heads` on the same tokens of one frame. SAM-2's mask decoder computes them from the
+  two-way transformer's object-score token (``pred_obj_score_head``), before and apart from the mask
   upscaling and hypernetworks that this skips: about half the decoder's cost at 256 px. Token-driven
-  keyframe selection reads only these of every candidate frame.
+  keyframe selection reads only these of every candidate frame, for several frames in one call
+  (their inputs concatenated along the batch dim: each row is computed as alone, up to the float
+  rounding of a larger batch).
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ import torch
 
 if TYPE_CHECKING:
     from vrs_node.core.tracker import FrameFeatures
+
+SCORE_BATCH = 16
+"""Most tokens one object-score call decodes when groups are scored together (:func:`score_chunks`):
+enough to pay a call's fixed cost once for a lattice's frames, while bounding the batched
+activations (tokens x image tokens x 256 floats: 64 MiB each at 1024 px)."""
 
 _EMPTY_BANK = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
 """A conditioning frame reads no memory: sam2 is handed an empty bank."""
@@ -62,19 +69,40 @@ def decode_heads(model: torch.nn.Module, feats: FrameFeatures, tokens: Sequence[
     return {"pred_masks": low_res, "object_score_logits": object_score}
 
 
-def object_score_logits(model: torch.nn.Module, feats: FrameFeatures, tokens: Sequence[torch.Tensor],
+def object_score_logits(model: torch.nn.Module, groups: Sequence[tuple[FrameFeatures, Sequence[torch.Tensor]]],
                         num_frames: int) -> torch.Tensor:
-    """The object-score logits (N x 1) of :func:`decode_heads` on the same arguments, without the
-    masks: the steps of sam2's ``MaskDecoder.predict_masks`` up to its two-way transformer, then
-    ``pred_obj_score_head`` of the object-score token. A decoder without object scores
+    """The object-score logits (N x 1, N the tokens of all ``groups`` in order) of
+    :func:`decode_heads` on each group's frame and tokens, without the masks, in one call: the
+    steps of sam2's ``MaskDecoder.predict_masks`` up to its two-way transformer, then
+    ``pred_obj_score_head`` of the object-score token. One group is bit for bit
+    :func:`decode_heads`' scores on the same arguments. A decoder without object scores
     (``pred_obj_scores`` off: sam2 then gives 10 for every token) runs :func:`decode_heads`."""
     decoder = model.sam_mask_decoder
     if not decoder.pred_obj_scores:
-        return decode_heads(model, feats, tokens, num_frames)["object_score_logits"]
-    pix, sparse, dense = _prompt_inputs(model, feats, tokens, num_frames)
+        return torch.cat([decode_heads(model, feats, tokens, num_frames)["object_score_logits"]
+                          for feats, tokens in groups])
+    inputs = [_prompt_inputs(model, feats, tokens, num_frames) for feats, tokens in groups]
+    pix, sparse, dense = inputs[0] if len(inputs) == 1 else [torch.cat(parts) for parts in zip(*inputs)]
+    n = sparse.shape[0]
     output_tokens = torch.cat([decoder.obj_score_token.weight, decoder.iou_token.weight,
                                decoder.mask_tokens.weight], dim=0)
-    prompt_tokens = torch.cat((output_tokens.unsqueeze(0).expand(len(tokens), -1, -1), sparse), dim=1)
-    image_pe = torch.repeat_interleave(model.sam_prompt_encoder.get_dense_pe(), len(tokens), dim=0)
+    prompt_tokens = torch.cat((output_tokens.unsqueeze(0).expand(n, -1, -1), sparse), dim=1)
+    image_pe = torch.repeat_interleave(model.sam_prompt_encoder.get_dense_pe(), n, dim=0)
     hs, _ = decoder.transformer(pix + dense, image_pe, prompt_tokens)
     return decoder.pred_obj_score_head(hs[:, 0, :])
+
+
+def score_chunks(counts: Sequence[int], limit: int = SCORE_BATCH) -> list[list[int]]:
+    """The indices of groups of ``counts[i]`` tokens, in order, cut into runs whose tokens add up
+    to at most ``limit`` (a group with more is a run of its own; a group of 0 is in no run)."""
+    runs: list[list[int]] = []
+    total = limit
+    for i, n in enumerate(counts):
+        if n == 0:
+            continue
+        if total + n > limit:
+            runs.append([])
+            total = 0
+        runs[-1].append(i)
+        total += n
+    return runs

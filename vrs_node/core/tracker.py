@@ -42,7 +42,7 @@ from vrs_node.core.frames import Frame, check_frame
 from vrs_node.core.hole_filling import fill_holes_in_mask_scores
 from vrs_node.core.prompt_inputs import decoded_mask_input, mask_input, point_input
 from vrs_node.core.prompts import MaskPrompt, PointsPrompt, Prompt, TokenPrompt, checked_prompt
-from vrs_node.core.token_decoding import decode_heads, object_score_logits
+from vrs_node.core.token_decoding import decode_heads, object_score_logits, score_chunks
 from vrs_node.core.track_result import TrackResult
 from vrs_node.models.sam2_build import FILL_HOLE_AREA, SamImageTransform
 
@@ -245,10 +245,25 @@ class StreamingTracker:
         """The object score of each token as :meth:`decode_tokens` gives it (bit for bit: the same
         batch, the same computation), without decoding masks
         (:func:`~vrs_node.core.token_decoding.object_score_logits`); no tokens: []."""
-        if not tokens:
-            return []
-        with self.autocast():
-            return object_score_logits(self.model, feats, tokens, self.num_frames).reshape(-1).tolist()
+        return self.grouped_object_scores([(feats, tokens)])[0]
+
+    @torch.inference_mode()
+    def grouped_object_scores(self, groups: Sequence[tuple[FrameFeatures, Sequence[torch.Tensor]]]
+                              ) -> list[list[float]]:
+        """:meth:`token_object_scores` of each (features, tokens) group, the groups decoded together
+        in calls of at most :data:`~vrs_node.core.token_decoding.SCORE_BATCH` tokens
+        (:func:`~vrs_node.core.token_decoding.score_chunks`): a call's fixed cost (prompt and
+        positional encodings, dispatch) is paid once for its frames. Within float rounding of one
+        call per group (a larger batch); a call of one group is that group's call, bit for bit."""
+        scores: list[list[float]] = [[] for _ in groups]
+        for run in score_chunks([len(tokens) for _, tokens in groups]):
+            with self.autocast():
+                logits = object_score_logits(self.model, [groups[i] for i in run], self.num_frames)
+            flat = logits.reshape(-1).tolist()
+            for i in run:
+                n = len(groups[i][1])
+                scores[i], flat = flat[:n], flat[n:]
+        return scores
 
     @property
     def maskmem_pos_enc(self) -> list[torch.Tensor] | None:

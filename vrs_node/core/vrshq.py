@@ -65,11 +65,11 @@ def select_keyframe(tracker: StreamingTracker, candidates: Sequence[FrameFeature
                     token: torch.Tensor, tda_weights: torch.Tensor) -> Keyframe:
     """Token-driven Keyframe Selection on cached features: each candidate's object score with
     ``token`` (TAK') as [NaP, NaP, TAK'] on a fresh conditioning frame
-    (:meth:`StreamingTracker.token_object_scores`: no mask decoded), :func:`choose_keyframe`, then
+    (:meth:`StreamingTracker.grouped_object_scores`: no mask decoded), :func:`choose_keyframe`, then
     the chosen candidate decoded (:meth:`StreamingTracker.decode_token`; VRS-HQ decodes it a second
     time on a fresh state, which gives the same output).
     """
-    object_scores = [tracker.token_object_scores(feats, [token])[0] for feats in candidates]
+    object_scores = [s for (s,) in tracker.grouped_object_scores([(feats, [token]) for feats in candidates])]
     position, scores = choose_keyframe(object_scores, tda_weights)
     return Keyframe(position, scores, torch.tensor(object_scores), tracker.decode_token(candidates[position], token))
 
