@@ -1,15 +1,19 @@
-"""TDA and TKS against a direct transcription of the formulas, and cases with a known keyframe."""
+"""TDA and TKS against a direct transcription of the formulas, and cases with a known keyframe
+(TKS through :func:`~vrs_node.core.grounding.select_keyframes`, as the grounders run it)."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import make_tracker
 
-from vrs_node.core.vrshq import (keyframe_scores, select_keyframe,
-                                     temporal_dynamic_aggregation)
+from vrs_node.core.frames import FrameWindow
+from vrs_node.core.grounding import Reasoning, select_keyframes
+from vrs_node.core.vrshq import keyframe_scores, temporal_dynamic_aggregation
+from vrs_node.models.prompt import clean_instruction
 
 
 def transcribed_tda(seg, tak, alpha):
@@ -54,6 +58,18 @@ def test_keyframe_scores_formula():
     assert torch.allclose(keyframe_scores(logits, weights), torch.tensor(want))
 
 
+def select_keyframe(tracker, candidates, token, tda_weights):
+    """TKS of one reasoning over ``candidates`` (features), its lattice frames 0.. of a fresh
+    window; the fields TKS does not read are placeholders."""
+    window = FrameWindow(len(candidates))
+    dense = [window.append(np.zeros((8, 8, 3), np.uint8), i) for i in range(len(candidates))]
+    reasoning = Reasoning(instruction=clean_instruction("the swan"), anchor=0, dense=dense,
+                          candidates=list(candidates), sparse_frames=[], input_ids=[], tokens=None, token=token,
+                          tda_weights=tda_weights, timings_s={})
+    (grounding,) = select_keyframes(tracker, [reasoning])
+    return grounding
+
+
 def test_select_keyframe_picks_the_known_frame(blackswan):
     """Constructed cases: identical candidates (equal object scores) -> the largest TDA weight
     wins and a tie goes to the earliest; equal TDA weights -> the highest object score wins."""
@@ -63,15 +79,15 @@ def test_select_keyframe_picks_the_known_frame(blackswan):
     token = torch.randn(256, generator=torch.Generator().manual_seed(3))
     same = [feats, feats, feats]  # identical frames -> identical object scores
     chosen = select_keyframe(tracker, same, token, torch.tensor([0.1, 0.7, 0.2]))
-    assert chosen.position == 1
+    assert chosen.keyframe == 1
     tied = select_keyframe(tracker, same, token, torch.full((3,), 1 / 3))
-    assert tied.position == 0, "ties go to the earliest candidate, as in VRS-HQ"
+    assert tied.keyframe == 0, "ties go to the earliest candidate, as in VRS-HQ"
     others = [tracker.encode(f) for f in frames[1:4]]
     scored = [tracker.decode_token(f, token).object_score for f in others]
     best = max(range(3), key=lambda i: (scored[i], -i))
     chosen = select_keyframe(tracker, others, token, torch.full((3,), 1 / 3))
-    assert chosen.position == best
-    assert chosen.result.object_score == scored[best]
+    assert chosen.keyframe == best and chosen.tks_object_scores == pytest.approx(scored, abs=1e-5)
+    assert chosen.object_score == scored[best]
     assert tracker.state_size() == (0, 0), "keyframe selection must not touch the memory bank"
 
 

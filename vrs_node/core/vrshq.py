@@ -2,9 +2,9 @@
 Keyframe Selection (REFERENCE_VRSHQ_VIDEOLISA.md §1.7-1.8; VRS-HQ
 ``model/VISA_multiseg_cliptree_bf16.py``).
 
-Small pure functions over tensors, plus :func:`select_keyframe`, which scores candidate frames
-with the SAM-2 decoder on their already-computed image features (no frame is encoded again,
-where VRS-HQ re-encodes every candidate).
+Small pure functions over tensors; the keyframe selection that scores candidate frames with the
+SAM-2 decoder on their already-computed image features (no frame is encoded again, where VRS-HQ
+re-encodes every candidate) is :func:`vrs_node.core.grounding.select_keyframes`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 
 from vrs_node.core.track_result import TrackResult
-from vrs_node.core.tracker import FrameFeatures, StreamingTracker
 
 TDA_ALPHA = 0.1
 """VRS-HQ's alpha (``evaluation_multiseg.py``; its code comment says it was 0.25 before)."""
@@ -59,19 +58,6 @@ class Keyframe:
     scores: torch.Tensor
     object_scores: torch.Tensor
     result: TrackResult
-
-
-def select_keyframe(tracker: StreamingTracker, candidates: Sequence[FrameFeatures],
-                    token: torch.Tensor, tda_weights: torch.Tensor) -> Keyframe:
-    """Token-driven Keyframe Selection on cached features: each candidate's object score with
-    ``token`` (TAK') as [NaP, NaP, TAK'] on a fresh conditioning frame
-    (:meth:`StreamingTracker.grouped_object_scores`: no mask decoded), :func:`choose_keyframe`, then
-    the chosen candidate decoded (:meth:`StreamingTracker.decode_token`; VRS-HQ decodes it a second
-    time on a fresh state, which gives the same output).
-    """
-    object_scores = [s for (s,) in tracker.grouped_object_scores([(feats, [token]) for feats in candidates])]
-    position, scores = choose_keyframe(object_scores, tda_weights)
-    return Keyframe(position, scores, torch.tensor(object_scores), tracker.decode_token(candidates[position], token))
 
 
 def choose_keyframe(object_scores: Sequence[float], tda_weights: torch.Tensor) -> tuple[int, torch.Tensor]:
