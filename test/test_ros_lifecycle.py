@@ -158,18 +158,20 @@ def test_vrs_lifecycle_node_configures_and_activates_itself(tmp_path):
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     exe = Path(sys.executable).parent / "vrs-lifecycle-node"
     log = (tmp_path / "node.log").open("w")
-    proc = subprocess.Popen([str(exe), "--ros-args", "-p", "image_size:=128", "-r", "__node:=vrs_node"],
+    # a name of its own: the in-process lifecycle nodes of the tests above were /vrs_node in this domain
+    proc = subprocess.Popen([str(exe), "--ros-args", "-p", "image_size:=128", "-r", "__node:=vrs_autostart"],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
     rclpy.init()
     peer = rclpy.create_node("autostart_peer")
     try:
-        client = peer.create_client(GetState, "/vrs_node/get_state")
+        client = peer.create_client(GetState, "/vrs_autostart/get_state")
         executor = SingleThreadedExecutor()
         executor.add_node(peer)
         deadline = time.time() + 60
         label = None
         while label != "active":
-            assert time.time() < deadline and proc.poll() is None, (tmp_path / "node.log").read_text()
+            assert time.time() < deadline and proc.poll() is None, \
+                (f"last state {label!r}, service ready {client.service_is_ready()}", (tmp_path / "node.log").read_text())
             if client.service_is_ready():
                 future = client.call_async(GetState.Request())
                 executor.spin_until_future_complete(future, timeout_sec=5)
