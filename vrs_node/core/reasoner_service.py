@@ -116,8 +116,7 @@ class ReasonerService:
         self.max_batch = max_batch
         self.batch_wait_s = batch_wait_s
         self._publish, self._log = publish, log
-        self._pending: deque[Request] = deque()
-        self._arrivals: deque[float] = deque()  # time.monotonic() of each request in _pending
+        self._pending: deque[tuple[float, Request]] = deque()  # (time.monotonic() at arrival, request)
         self._wake = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -152,11 +151,10 @@ class ReasonerService:
                 if len(self._pending) >= MAX_PENDING:
                     raise ProtocolError(f"the reasoner is busy: {MAX_PENDING} requests are waiting; retry later",
                                         request.client_id, request.request_id)
-                if sum(r.client_id == request.client_id for r in self._pending) >= MAX_PENDING_PER_CLIENT:
+                if sum(r.client_id == request.client_id for _, r in self._pending) >= MAX_PENDING_PER_CLIENT:
                     raise ProtocolError(f"the reasoner is busy: {MAX_PENDING_PER_CLIENT} requests of this client "
                                         f"are waiting already; retry later", request.client_id, request.request_id)
-                self._pending.append(request)
-                self._arrivals.append(time.monotonic())
+                self._pending.append((time.monotonic(), request))
                 self._wake.notify()
         except ProtocolError as exc:
             self._refuse(exc)
@@ -172,7 +170,6 @@ class ReasonerService:
         with self._wake:
             self._stopping = True
             self._pending.clear()
-            self._arrivals.clear()
             self._wake.notify_all()
         if self._thread is not None:
             self._thread.join(timeout_s)
@@ -248,13 +245,13 @@ class ReasonerService:
                 self._wake.wait()
             if self._stopping:
                 return None
-            deadline = self._arrivals[0] + self.batch_wait_s
+            deadline = self._pending[0][0] + self.batch_wait_s
             batch, count = [], 0
             while not self._stopping:
-                while self._pending and (not batch or count + len(self._pending[0].instructions) <= self.max_batch):
-                    count += len(self._pending[0].instructions)
-                    batch.append(self._pending.popleft())
-                    self._arrivals.popleft()
+                while self._pending and (not batch or count + len(self._pending[0][1].instructions) <= self.max_batch):
+                    _, request = self._pending.popleft()
+                    batch.append(request)
+                    count += len(request.instructions)
                 left = deadline - time.monotonic()
                 if self._pending or count >= self.max_batch or left <= 0:
                     return batch

@@ -35,20 +35,22 @@ _EMPTY_BANK = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
 """A conditioning frame reads no memory: sam2 is handed an empty bank."""
 
 
-def _prompt_inputs(model: torch.nn.Module, feats: FrameFeatures, tokens: Sequence[torch.Tensor],
+def _prompt_inputs(model: torch.nn.Module, groups: Sequence[tuple[FrameFeatures, Sequence[torch.Tensor]]],
                    num_frames: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(image embedding N x C x h x w, sparse prompts N x 3 x C, dense prompts N x C x h x w) for
-    the N ``tokens`` on ``feats`` (views of shared tensors, expanded, not copied)."""
-    n, device = len(tokens), feats.vision_feats[-1].device
-    token = torch.stack([t.reshape(-1) for t in tokens]).to(device)[:, None]
-    pix = model._prepare_memory_conditioned_features(
+    """(image embeddings N x C x h x w, sparse prompts N x 3 x C, dense prompts N x C x h x w) for
+    the N tokens of ``groups`` in order, each on its group's frame: each frame's embedding once,
+    expanded over its tokens (concatenated across groups), the prompt encoder run once for all."""
+    device = groups[0][0].vision_feats[-1].device
+    pix = [model._prepare_memory_conditioned_features(
         frame_idx=0, is_init_cond_frame=True, current_vision_feats=list(feats.vision_feats[-1:]),
         current_vision_pos_embeds=[feats.top_pos_embed], feat_sizes=list(feats.feat_sizes[-1:]),
-        output_dict=_EMPTY_BANK, num_frames=num_frames)
+        output_dict=_EMPTY_BANK, num_frames=num_frames).expand(len(tokens), -1, -1, -1) for feats, tokens in groups]
+    token = torch.stack([t.reshape(-1) for _, tokens in groups for t in tokens]).to(device)[:, None]
+    n = token.shape[0]
     no_point = (torch.zeros(1, 1, 2, device=device), -torch.ones(1, 1, dtype=torch.int32, device=device))
     sparse, dense = model.sam_prompt_encoder(points=no_point, boxes=None, masks=None)
     sparse = torch.cat([sparse.expand(n, -1, -1), token.to(sparse.dtype)], dim=1)
-    return pix.expand(n, -1, -1, -1), sparse, dense.expand(n, -1, -1, -1)
+    return pix[0] if len(pix) == 1 else torch.cat(pix), sparse, dense.expand(n, -1, -1, -1)
 
 
 def decode_heads(model: torch.nn.Module, feats: FrameFeatures, tokens: Sequence[torch.Tensor],
@@ -58,7 +60,7 @@ def decode_heads(model: torch.nn.Module, feats: FrameFeatures, tokens: Sequence[
     <= 0, and the object-score logits (N x 1)."""
     from sam2.modeling.sam2_base import NO_OBJ_SCORE  # lazy, as in models/: importing sam2 starts hydra
 
-    pix, sparse, dense = _prompt_inputs(model, feats, tokens, num_frames)
+    pix, sparse, dense = _prompt_inputs(model, [(feats, tokens)], num_frames)
     high_res = [x.permute(1, 2, 0).view(x.size(1), x.size(2), *s).expand(len(tokens), -1, -1, -1)
                 for x, s in zip(feats.vision_feats[:-1], feats.feat_sizes[:-1])]
     low_res, _, _, object_score = model.sam_mask_decoder(
@@ -81,8 +83,7 @@ def object_score_logits(model: torch.nn.Module, groups: Sequence[tuple[FrameFeat
     if not decoder.pred_obj_scores:
         return torch.cat([decode_heads(model, feats, tokens, num_frames)["object_score_logits"]
                           for feats, tokens in groups])
-    inputs = [_prompt_inputs(model, feats, tokens, num_frames) for feats, tokens in groups]
-    pix, sparse, dense = inputs[0] if len(inputs) == 1 else [torch.cat(parts) for parts in zip(*inputs)]
+    pix, sparse, dense = _prompt_inputs(model, groups, num_frames)
     n = sparse.shape[0]
     output_tokens = torch.cat([decoder.obj_score_token.weight, decoder.iou_token.weight,
                                decoder.mask_tokens.weight], dim=0)

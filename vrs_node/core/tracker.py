@@ -252,8 +252,8 @@ class StreamingTracker:
                               ) -> list[list[float]]:
         """:meth:`token_object_scores` of each (features, tokens) group, the groups decoded together
         in calls of at most :data:`~vrs_node.core.token_decoding.SCORE_BATCH` tokens
-        (:func:`~vrs_node.core.token_decoding.score_chunks`): a call's fixed cost (prompt and
-        positional encodings, dispatch) is paid once for its frames. Within float rounding of one
+        (:func:`~vrs_node.core.token_decoding.score_chunks`): a call's fixed cost (the prompt
+        encoder, the positional encoding, dispatch) is paid once for its frames. Within float rounding of one
         call per group (a larger batch); a call of one group is that group's call, bit for bit."""
         scores: list[list[float]] = [[] for _ in groups]
         for run in score_chunks([len(tokens) for _, tokens in groups]):
