@@ -40,7 +40,7 @@ from vrs_node.models.sam2_build import Sam2Spec, SamImageTransform, build_sam2_m
 from vrs_node.models.sam2_compile import DEFAULT_MODE as DEFAULT_COMPILE_MODE
 from vrs_node.models.sam2_compile import compile_sam2
 from vrs_node.models.tokenizer import HF_REPO
-from vrs_node.models.vrshq_checkpoint import load_vrshq_checkpoint
+from vrs_node.models.vrshq_checkpoint import CHECKPOINT_PARTS, load_vrshq_checkpoint
 
 
 @dataclass(frozen=True)
@@ -200,10 +200,10 @@ def release_accelerator_memory(device: str | torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-MODEL_PARTS = ("all", "tracker", "reasoner")
-"""What :func:`load_models` loads (its ``parts``): every model of the profile; SAM-2 only (a tracker
-whose reasoner runs elsewhere); or the grounding models only (MLLM, tokenizer, CLIP anchor scorer:
-the ``vrs-reasoner`` node)."""
+MODEL_PARTS = CHECKPOINT_PARTS
+"""What :func:`load_models` loads (its ``parts``, a VRS-HQ checkpoint's choices): every model of
+the profile; SAM-2 only (a tracker whose reasoner runs elsewhere); or the grounding models only
+(MLLM, tokenizer, CLIP anchor scorer: the ``vrs-reasoner`` node)."""
 
 
 def load_models(profile: ModelProfile, device: str | torch.device = "cpu", image_size: int | None = None,
