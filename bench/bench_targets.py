@@ -17,9 +17,6 @@ Random weights: the figures say nothing about segmentation quality, only cost.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -30,7 +27,7 @@ if str(REPO) not in sys.path:
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from common import davis_sequence, grid_boxes  # noqa: E402
+from common import davis_sequence, grid_boxes, run_record, write_report  # noqa: E402
 
 from vrs_node.core.config import PipelineConfig  # noqa: E402
 from vrs_node.models.config import PRECISION_CHOICES  # noqa: E402
@@ -106,7 +103,7 @@ def run(args) -> dict:
             "frame_ratio": round(float(np.median(total[max_batch, n]) / base_total), 3),
             "track_ratio": round(float(np.median(track[max_batch, n]) / base_track), 3),
             "goal_ratio": GOALS.get(n),
-            "batches": [len(c) for c in trackers[max_batch, n].cohorts],
+            "batches": [len(c) for c in trackers[max_batch, n].batches],
             "state_bytes": trackers[max_batch, n].state_size()[1],
         } for n in args.counts}
     return rows
@@ -133,18 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     with torch.inference_mode():
         rows = run(args)
-    report = {
-        "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "device": args.device, "loadavg": [round(x, 2) for x in os.getloadavg()]},
-        "args": {k: str(v) for k, v in vars(args).items()},
-        "wall_s": round(time.time() - started, 1),
-        "targets": rows[str(args.max_batch[0])],
-        "by_max_batch": rows,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    report = {**run_record(argv, args, started),
+              "targets": rows[str(args.max_batch[0])],
+              "by_max_batch": rows}
+    write_report(args.out, report)
     for max_batch, by_count in rows.items():
         for n, row in by_count.items():
             print(f"max_batch {max_batch}, {n} targets: {row['frame_ms_median']:.1f} ms/frame ({row['frame_ratio']:.2f}x; "

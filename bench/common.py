@@ -7,7 +7,11 @@ script's own folder is first on ``sys.path``); they never import from ``test/``.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -56,3 +60,25 @@ def grid_boxes(height: int, width: int, count: int) -> list[tuple[float, float, 
     cw, ch = width / 4, height / 2
     return [((i % 4) * cw + 4, (i // 4) * ch + 4, (i % 4 + 1) * cw - 4, (i // 4 + 1) * ch - 4)
             for i in range(count)]
+
+
+def run_record(argv: list[str] | None, args, started: float) -> dict:
+    """The head of a bench script's JSON report: date, the command as run (``argv``, or the
+    process's arguments), the machine (CPUs, torch and its threads, ``args.device``, load average),
+    every argument and the wall time since ``started`` (a ``time.time()``)."""
+    import torch
+
+    return {
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+                    "device": args.device, "loadavg": [round(x, 2) for x in os.getloadavg()]},
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "wall_s": round(time.time() - started, 1),
+    }
+
+
+def write_report(path: Path, report: dict) -> None:
+    """``report`` as indented JSON at ``path`` (its folder made)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1) + "\n")

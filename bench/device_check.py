@@ -452,7 +452,7 @@ def part_targets(device, sizes: Sizes, frames, mask, clock: Clock, state: dict) 
             if k >= sizes.warmup:
                 times.append(time.perf_counter() - start)
         out[key] = {"p50_ms": percentile_ms(times, 50), "p99_ms": percentile_ms(times, 99),
-                    "state_bytes": tracker.state_size()[1], "batches": [len(c) for c in tracker.cohorts]}
+                    "state_bytes": tracker.state_size()[1], "batches": [len(c) for c in tracker.batches]}
         if "p50_ms" in out.get("1", {}):
             out[key]["ratio_to_1"] = out[key]["p50_ms"] / out["1"]["p50_ms"]
     return out

@@ -52,8 +52,24 @@ def test_target_batch_bounds_the_targets_tracked_in_one_call(clip):
     swan, water = boxes(clip)
     engine.set_targets([(1, swan), (2, water), (3, swan)])
     results = push_all(engine, clip[0][:3])
-    assert engine.target_tracker.cohorts == [(1, 2), (3,)]
+    assert engine.target_tracker.cohorts == engine.target_tracker.batches == [(1, 2), (3,)]
     assert all([t.id for t in r.targets] == [1, 2, 3] and r.status == STATUS_TRACKING for r in results)
+
+
+def test_targets_added_on_different_frames_share_one_tracking_call_once_their_memories_align(clip):
+    """Box targets added on frames 0 and 2 keep separate memories (different layouts); from frame
+    2 + 16 on, their memories have the same size and one batched call tracks both."""
+    engine, _ = grounding_engine(window_frames=4)
+    swan, water = boxes(clip)
+    calls = []
+    frames = (clip[0] * 2)[:20]
+    for i, image in enumerate(frames):
+        if i in (0, 2):
+            engine.add_target(swan if i == 0 else water)
+        engine.push(image, i * FRAME_NS, "camera")
+        calls.append(engine.target_tracker.batches)
+    assert engine.target_tracker.cohorts == [(1,), (2,)]
+    assert calls[2] == [(1,)] and calls[17] == [(1,), (2,)] and calls[18:] == [[(1, 2)]] * 2
 
 
 def test_where_targets_overlap_one_id_wins_and_the_other_is_reported_hidden(clip):

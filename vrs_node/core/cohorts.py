@@ -41,6 +41,21 @@ class Cohort:
         return tuple(sorted(t - self.step for t in self.bank[KINDS[0]])), \
             tuple(sorted(t - self.step for t in self.bank[KINDS[1]]))
 
+    def append_tracked(self, entry: dict, keep: int) -> None:
+        """``entry`` stored as the tracked output of the next step (``step`` advances), tracked
+        entries older than the last ``keep`` dropped."""
+        t, self.step = self.step, self.step + 1
+        tracked = self.bank[KINDS[1]]
+        tracked[t] = entry
+        for old in [k for k in tracked if k <= t - keep]:
+            del tracked[old]
+
+    def stored_size(self) -> tuple[int, int]:
+        """(stored frame outputs summed over the targets, bytes of their per-target tensors)."""
+        entries = [e for kind in KINDS for e in self.bank[kind].values()]
+        nbytes = sum(e[k].numel() * e[k].element_size() for e in entries for k in BATCHED_KEYS)
+        return len(entries) * len(self.ids), nbytes
+
     def shifted(self, step: int) -> dict:
         """The bank with every step moved by ``step - self.step`` (the same relative layout)."""
         delta = step - self.step
@@ -86,21 +101,28 @@ def take_rows(cohort: Cohort, ids: list[int], pos_enc: Sequence[torch.Tensor]) -
     return Cohort(list(ids), rebatch([cohort.bank], lambda ts: ts[0].index_select(0, rows), pos_enc), cohort.step)
 
 
+def first_fit(items: Sequence, key: Callable, size: Callable[[object], int], max_batch: int = 0) -> list[list]:
+    """``items`` packed by ``key``: each item joins the first pack of its key whose sizes plus its
+    own stay within ``max_batch`` (0: no limit), else starts a new one; packs in order of first
+    appearance, items in order within each."""
+    groups: dict[object, list[list]] = {}
+    for item in items:
+        packs = groups.setdefault(key(item), [])
+        pack = next((p for p in packs if not max_batch or sum(map(size, p)) + size(item) <= max_batch), None)
+        if pack is None:
+            packs.append([item])
+        else:
+            pack.append(item)
+    return [pack for packs in groups.values() for pack in packs]
+
+
 def join_equal_layouts(cohorts: list[Cohort], pos_enc: Sequence[torch.Tensor], max_batch: int = 0) -> list[Cohort]:
     """``cohorts`` with those of equal layouts joined (rows concatenated in order, banks moved to
     the latest of their steps: never below 0), in order of first appearance; with ``max_batch`` > 0
-    each cohort joins the first one of its layout that has room for its rows (first fit), so no
-    joined cohort has more than ``max_batch`` targets (0: no limit)."""
-    groups: dict[tuple, list[list[Cohort]]] = {}
-    for cohort in cohorts:
-        packs = groups.setdefault(cohort.layout(), [])
-        size = len(cohort.ids)
-        pack = next((p for p in packs if not max_batch or sum(len(c.ids) for c in p) + size <= max_batch), None)
-        if pack is None:
-            packs.append([cohort])
-        else:
-            pack.append(cohort)
-    return [_joined(pack, pos_enc) for packs in groups.values() for pack in packs]
+    each cohort joins the first one of its layout that has room for its rows (:func:`first_fit`),
+    so no joined cohort has more than ``max_batch`` targets (0: no limit)."""
+    packs = first_fit(cohorts, Cohort.layout, lambda c: len(c.ids), max_batch)
+    return [_joined(pack, pos_enc) for pack in packs]
 
 
 def _joined(pack: list[Cohort], pos_enc: Sequence[torch.Tensor]) -> Cohort:

@@ -8,12 +8,14 @@ own result (:class:`~vrs_node.core.track_result.TrackResult`) per frame.
 
 Batching: targets whose banks hold frames at the same memory steps (the same *layout*) form a
 *cohort* (:mod:`vrs_node.core.cohorts`: each step's tensors batched along dim 0, one row per
-target) and one ``SAM2Base.track_step`` call tracks the whole cohort, the frame's features
-expanded along the batch dimension as sam2's ``SAM2VideoPredictor._get_image_feature`` expands
-them. Targets conditioned together (same step, same earlier conditioning steps) join one cohort;
-a target added later, or re-conditioned alone, has a layout of its own and so its own cohort.
-Cohorts whose layouts become equal are joined (up to ``max_batch`` targets each); removing a
-target copies the other rows out of its cohort's tensors and leaves their values unchanged.
+target), stored together; cohorts whose layouts become equal are joined, up to ``max_batch``
+targets each. Per frame, the cohorts whose memories have the same token counts (cohorts of equal
+layouts, or of targets conditioned at different steps once 16 steps past their newest
+conditioning with as many conditioning frames kept) are tracked in one batched call of at most
+``max_batch`` targets (:mod:`vrs_node.core.joint_step`): sam2's memory step, decoder and memory
+encoder over all their rows, the frame's features expanded along the batch as sam2's
+``SAM2VideoPredictor._get_image_feature`` expands them (:attr:`MultiTargetTracker.batches`).
+Removing a target copies the other rows out of its cohort's tensors, values unchanged.
 
 Conditioning a target runs alone (batch 1, through a one-target tracker, exactly
 :meth:`StreamingTracker.condition`): prompts differ in shape, and sam2's predictor conditions
@@ -21,14 +23,12 @@ each object alone too (``add_new_mask``/``add_new_points_or_box`` on "the slice 
 object"). It never reads memory (``is_init_cond_frame``), so where it runs does not matter.
 
 Memory time: each cohort counts its own steps (one per frame it is conditioned on or tracked
-into), as a one-target :class:`StreamingTracker` does: a new target's memory starts at step 0, a
-re-conditioned one continues from its cohort's step. SAM-2 reads memory by step *differences*
-(``_prepare_memory_conditioned_features``: the closest conditioning frames, the previous
-``num_maskmem - 1`` steps at ``memory_temporal_stride_for_eval`` = 1, object pointers by
-``frame_idx - t``) and stops at steps < 0, so a bank moved to later steps (to join a cohort whose
-relative layout is equal) reads the same memory. That lets one target catch up alone through
-buffered frames (:meth:`MultiTargetTracker.catch_up`) while the others are untouched, prepared
-on another thread while tracking goes on (``prepare_catch_up``, then ``install``).
+into) as a one-target :class:`StreamingTracker` does: from 0 for a new memory, from its cohort's
+step for a re-conditioned one. SAM-2 reads memory by step *differences*
+(``_prepare_memory_conditioned_features``; it stops at steps < 0), so a bank moved to later steps
+to join a cohort of equal relative layout reads the same memory. That lets one target catch up
+alone through buffered frames (:meth:`MultiTargetTracker.catch_up`) while the others are
+untouched, prepared on another thread while tracking goes on (``prepare_catch_up``, ``install``).
 
 Prompts are queued (:meth:`~MultiTargetTracker.add`, :meth:`~MultiTargetTracker.set_prompt`) and
 applied on the next frame given to ``track``; the other targets are tracked into that frame.
@@ -42,7 +42,8 @@ from functools import wraps
 import numpy as np
 import torch
 
-from vrs_node.core.cohorts import BATCHED_KEYS, KINDS, Cohort, PreparedCatchUp, join_equal_layouts, take_rows, with_pos_enc
+from vrs_node.core.cohorts import KINDS, Cohort, PreparedCatchUp, join_equal_layouts, take_rows, with_pos_enc
+from vrs_node.core.joint_step import batched_steps, output_rows
 from vrs_node.core.frames import Frame
 from vrs_node.core.prompts import Prompt, checked_prompt
 from vrs_node.core.target_results import TargetResults
@@ -127,8 +128,15 @@ class MultiTargetTracker:
     @property
     @_locked
     def cohorts(self) -> list[tuple[int, ...]]:
-        """The tracked targets' ids grouped as they are batched (one tuple per ``track_step`` call)."""
+        """The tracked targets' ids grouped as their memories are stored (one tuple per cohort)."""
         return [tuple(c.ids) for c in self._cohorts]
+
+    @property
+    @_locked
+    def batches(self) -> list[tuple[int, ...]]:
+        """The ids the last :meth:`track` tracked from memory, one tuple per batched call (targets
+        conditioned on that frame are not in them: each is conditioned alone)."""
+        return list(self._batches)
 
     @_locked
     def reset(self) -> None:
@@ -137,6 +145,7 @@ class MultiTargetTracker:
         self._pending: dict[int, Prompt] = {}
         self._cohorts: list[Cohort] = []
         self._memory_versions: dict[int, int] = {}
+        self._batches: list[tuple[int, ...]] = []
 
     def encode(self, image: np.ndarray, camera_hw: tuple[int, int] | None = None) -> FrameFeatures:
         """:meth:`StreamingTracker.encode`: the image encoder, once per frame for all targets."""
@@ -199,7 +208,7 @@ class MultiTargetTracker:
     def extend_catch_up(self, prepared: PreparedCatchUp, following: list[FrameFeatures]) -> None:
         """Track a prepared catch-up further, through ``following`` (its results appended); on the
         thread that prepared it, without the lock (nothing of the targets is read or changed)."""
-        prepared.results += [self._track_cohort(prepared.cohort, feats)[prepared.target_id] for feats in following]
+        prepared.results += [self._track_cohorts([prepared.cohort], f)[0][prepared.target_id] for f in following]
 
     @_locked
     @torch.inference_mode()
@@ -212,13 +221,13 @@ class MultiTargetTracker:
         if prepared.basis is not None and self._memory_versions.get(target_id, 0) != prepared.basis:
             return None
         self._check_installable(target_id)
-        results = [self._track_cohort(prepared.cohort, feats)[target_id] for feats in following]
+        results = [self._track_cohorts([prepared.cohort], feats)[0][target_id] for feats in following]
         self._detach(target_id)
         self._bump(target_id)
         self._ids.add(target_id)
         self._pending.pop(target_id, None)
         self._cohorts.append(prepared.cohort)
-        self._join_equal_layouts()
+        self._cohorts = join_equal_layouts(self._cohorts, self._pos_enc, self.max_batch)
         return results
 
     @_locked
@@ -244,8 +253,8 @@ class MultiTargetTracker:
     @torch.inference_mode()
     def track(self, feats: FrameFeatures) -> TargetResults:
         """Process one new frame (one memory step): targets with a queued prompt are conditioned on
-        it, every other target is tracked into it from its memory, one batched ``track_step`` per
-        cohort. Returns every tracked target's result (none before the first prompt).
+        it, every other target is tracked into it from its memory, in batched calls
+        (:attr:`batches`). Returns every tracked target's result (none before the first prompt).
 
         A prompt that does not fit the frame (e.g. a mask of another size) raises
         :class:`TargetPromptError` (a ValueError naming the target) before anything changes: the
@@ -259,11 +268,11 @@ class MultiTargetTracker:
                 raise TargetPromptError(i, exc) from exc
         new_cohorts = [self._conditioned_cohort(i, entry) for i, (_, entry) in conditioned.items()]
         results = {i: result for i, (result, _) in conditioned.items()}
-        for cohort in self._cohorts:
-            results.update(self._track_cohort(cohort, feats))
+        tracked, self._batches = self._track_cohorts(self._cohorts, feats)
+        results.update(tracked)
         self._cohorts.extend(new_cohorts)
         self._pending.clear()
-        self._join_equal_layouts()
+        self._cohorts = join_equal_layouts(self._cohorts, self._pos_enc, self.max_batch)
         return TargetResults({i: results[i] for i in sorted(results)}, feats.image_hw)
 
     @_locked
@@ -279,15 +288,10 @@ class MultiTargetTracker:
         """(stored frame outputs summed over targets, bytes of every tensor the memory banks hold,
         the one shared ``maskmem_pos_enc`` counted once). Per target the outputs are bounded by
         ``max_cond_frames + keep_non_cond``, as :meth:`StreamingTracker.state_size`'s."""
-        entries = nbytes = 0
-        for cohort in self._cohorts:
-            for kind in KINDS:
-                for entry in cohort.bank[kind].values():
-                    entries += len(cohort.ids)
-                    nbytes += sum(entry[k].numel() * entry[k].element_size() for k in BATCHED_KEYS)
-        if self._cohorts:
-            nbytes += sum(p.numel() * p.element_size() for p in self._pos_enc)
-        return entries, nbytes
+        if not self._cohorts:
+            return 0, 0
+        entries, nbytes = (sum(sizes) for sizes in zip(*(c.stored_size() for c in self._cohorts)))
+        return entries, nbytes + sum(p.numel() * p.element_size() for p in self._pos_enc)
 
     def _scratch_tracker(self) -> StreamingTracker:
         """This thread's one-target tracker (``single``'s model and settings) for conditioning
@@ -352,31 +356,28 @@ class MultiTargetTracker:
                 return own
         return None
 
-    def _track_cohort(self, cohort: Cohort, feats: FrameFeatures) -> dict[int, TrackResult]:
-        """One batched ``SAM2Base.track_step`` (memory encoded inside) for a cohort at its next
-        step: the frame's features expanded to the cohort's size; holes filled in the outputs, the
-        entry stored and the oldest tracked entries dropped as :meth:`StreamingTracker.track` does."""
-        t, cohort.step = cohort.step, cohort.step + 1
-        batch = len(cohort.ids)
+    def _track_cohorts(self, cohorts: list[Cohort], feats: FrameFeatures) -> tuple[dict[int, TrackResult], list]:
+        """Every cohort tracked into ``feats`` at its next step, those of one memory shape batched
+        (:func:`~vrs_node.core.joint_step.batched_steps`, at most ``max_batch`` targets a call);
+        holes filled in the outputs, each cohort's rows stored as its next step (``keep_non_cond``
+        kept). Returns the results and the ids of each call (:attr:`batches`)."""
         with self._single.autocast():
-            out = self.model.track_step(
-                frame_idx=t, is_init_cond_frame=False,
-                current_vision_feats=[f.expand(-1, batch, -1) for f in feats.vision_feats],
-                current_vision_pos_embeds=[feats.top_pos_embed.expand(-1, batch, -1)],
-                feat_sizes=list(feats.feat_sizes), point_inputs=None, mask_inputs=None,
-                output_dict=cohort.bank, num_frames=self._single.num_frames, run_mem_encoder=True)
-        out["pred_masks"] = self._single.fill_holes(out["pred_masks"])  # output only, as track()
-        non_cond = cohort.bank[KINDS[1]]
-        non_cond[t] = with_pos_enc(self._scratch_tracker().compact(out), self._pos_enc)
-        for old in [k for k in non_cond if k <= t - self.keep_non_cond]:
-            del non_cond[old]
-        scores = out["object_score_logits"].reshape(-1).tolist()
-        return {i: TrackResult(out["pred_masks"][b:b + 1], scores[b], feats.image_hw, self.transform)
-                for b, i in enumerate(cohort.ids)}
-
-    def _join_equal_layouts(self) -> None:
-        """Join cohorts of equal layouts up to ``max_batch`` targets (:func:`~vrs_node.core.cohorts.join_equal_layouts`)."""
-        self._cohorts = join_equal_layouts(self._cohorts, self._pos_enc, self.max_batch)
+            steps = batched_steps(self.model, [(c.bank, c.step, len(c.ids)) for c in cohorts], feats,
+                                  self._single.num_frames, self.max_batch)
+        results, batches = {}, []
+        for call, out in steps:
+            out["pred_masks"] = self._single.fill_holes(out["pred_masks"])  # output only, as track()
+            scores = out["object_score_logits"].reshape(-1).tolist()
+            ids = [t for i in call for t in cohorts[i].ids]
+            start = 0
+            for cohort in (cohorts[i] for i in call):
+                entry = self._scratch_tracker().compact(output_rows(out, start, start + len(cohort.ids)))
+                cohort.append_tracked(with_pos_enc(entry, self._pos_enc), self.keep_non_cond)
+                start += len(cohort.ids)
+            results.update({t: TrackResult(out["pred_masks"][b:b + 1], scores[b], feats.image_hw, self.transform)
+                            for b, t in enumerate(ids)})
+            batches.append(tuple(ids))
+        return results, batches
 
     def _check_new(self, target_id) -> None:
         check_target_id(target_id)
