@@ -27,7 +27,7 @@ written down as not run, with the reason, never dropped silently):
    deactivate (weights to host memory, the allocator's cache returned).
 7. ``targets``: the per-frame cost (encode + track, p50) with 1/2/4/8 targets on Hiera-B+ in bf16
    (``MultiTargetTracker`` at the node's ``target_batch``, box prompts on a grid, all added on the
-   first frame), relative to 1; and 8 targets in one batch.
+   first frame), relative to 1; 8 targets in one batch; 8 targets added one per frame.
 
 Writes ``<out-dir>/device_<gpu>.json`` (after every part, so a run cut short keeps what it
 measured) and ``<out-dir>/device_<gpu>.md`` (the table, goals beside the figures). Refuses to run
@@ -87,8 +87,10 @@ GOALS = {
 }
 TARGET_COUNTS = (1, 2, 4, 8)
 TARGET_RUNS = {**{str(n): (n, f"{n} target{'s' * (n > 1)}") for n in TARGET_COUNTS},
-               "8_one_batch": (8, "8 targets in one batch")}
-"""part_targets' runs by key: (targets, label); all at the node's ``target_batch`` but the one batch."""
+               "8_one_batch": (8, "8 targets in one batch"), "8_staggered": (8, "8 targets added on 8 frames")}
+"""part_targets' runs by key: (targets, label); all at the node's ``target_batch`` but the one batch;
+all targets added on the first frame but the staggered ones (one per frame: separate memories,
+tracked in shared calls once 16 frames past the last addition, :mod:`vrs_node.core.joint_step`)."""
 TARGET_GOALS = {"4": "<= 1.6x of 1", "8": "<= 2.5x of 1"}
 """Issue 14's goals for the per-frame cost with several targets (by part_targets key)."""
 
@@ -428,8 +430,9 @@ def part_host(device, sizes: Sizes, frames, mask, clock: Clock, state: dict) -> 
 
 def part_targets(device, sizes: Sizes, frames, mask, clock: Clock, state: dict) -> dict:
     """Per-frame cost with 1/2/4/8 targets at the node's ``target_batch``, relative to 1 (issue
-    14's goals: 4 <= 1.6x, 8 <= 2.5x); and 8 targets in one batch (``8_one_batch``: whether a
-    larger ``target_batch`` pays on this GPU)."""
+    14's goals: 4 <= 1.6x, 8 <= 2.5x); 8 targets in one batch (``8_one_batch``: whether a larger
+    ``target_batch`` pays on this GPU); 8 targets added one per frame (``8_staggered``, timed from
+    16 frames after the last addition: what the joint steps save of separate memories)."""
     arch = "b+" if "b+" in sizes.archs else sizes.archs[0]
     loaded = load_models(get_profile(sizes.tracker_profile.format(arch)), device, image_size=sizes.image_size,
                          precision="bf16")
@@ -442,14 +445,19 @@ def part_targets(device, sizes: Sizes, frames, mask, clock: Clock, state: dict) 
             continue
         tracker = MultiTargetTracker(StreamingTracker(loaded.sam2, loaded.transform, **loaded.tracker_options),
                                      max(TARGET_COUNTS), max_batch)
-        for target_id, box in enumerate(grid_boxes(*frames[0].shape[:2], count), start=1):
+        staggered = key == "8_staggered"
+        boxes = grid_boxes(*frames[0].shape[:2], count)
+        for target_id, box in enumerate(boxes[:1] if staggered else boxes, start=1):
             tracker.add(target_id, PointsPrompt(box=box))
+        warmup = sizes.warmup + (count + 16 if staggered else 0)
         times = []
-        for k in range(sizes.warmup + sizes.timed):
+        for k in range(warmup + sizes.timed):
+            if staggered and 0 < k < count:
+                tracker.add(k + 1, PointsPrompt(box=boxes[k]))
             start = time.perf_counter()
             tracker.track(tracker.encode(frames[k % len(frames)]))
             sync(device)
-            if k >= sizes.warmup:
+            if k >= warmup:
                 times.append(time.perf_counter() - start)
         out[key] = {"p50_ms": percentile_ms(times, 50), "p99_ms": percentile_ms(times, 99),
                     "state_bytes": tracker.state_size()[1], "batches": [len(c) for c in tracker.batches]}

@@ -59,7 +59,9 @@ def test_cpu_smoke_runs_every_part(tmp_path):
     assert [targets[str(n)]["p50_ms"] > 0 for n in (1, 2, 4, 8)] == [True] * 4
     assert targets["1"]["ratio_to_1"] == 1.0 and targets["8"]["state_bytes"] > targets["1"]["state_bytes"]
     assert targets["8"]["batches"] == [4, 4] and targets["8_one_batch"]["batches"] == [8]
+    assert targets["8_staggered"]["batches"] == [4, 4], "separate memories, tracked in shared calls"
     table = (tmp_path / "device_cpu_smoke.md").read_text()
     assert "| hiera-t bf16+compile at 128 px |" in table and "instruction -> first mask" in table
     assert "| 8 targets (hiera-t bf16), per frame |" in table
     assert "| 8 targets in one batch (hiera-t bf16), per frame |" in table
+    assert "| 8 targets added on 8 frames (hiera-t bf16), per frame |" in table
