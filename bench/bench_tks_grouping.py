@@ -1,15 +1,23 @@
 #!/usr/bin/env python3
-"""Benchmark: TKS's object scores of all candidate frames in grouped decoder calls vs one call per frame.
+"""Benchmark: TKS's decoder work on all frames of a query in grouped calls vs one call per frame.
 
 One run, ``tiny-random`` at ``--size`` px (random weights: cost only, never quality), a window of
 ``--window`` DAVIS-2016 ``blackswan`` frames with their SAM-2 features and every per-frame input
-cached (as for the periodic re-queries of running targets). ``grouped`` is the product
-(:meth:`StreamingTracker.grouped_object_scores`: every candidate frame of a query in decoder calls
-of up to ``SCORE_BATCH`` tokens); ``per_frame`` replaces it in the same process with one call per
-frame (each frame's group alone, what TKS did before), so both run on the same models and machine,
-interleaved (order alternating), ``--repeats`` times. For k in ``--ks``: the keyframe selection
-alone (``select_many`` on the reasonings of k instructions), and whole queries (k separate
-``ground`` calls, one ``ground_many``). Medians of this process's CPU time and of wall time.
+cached (as for the periodic re-queries of running targets). Three modes, swapped in within the same
+process, so all run on the same models and machine, interleaved (order rotating), ``--repeats``
+times:
+
+- ``grouped``, the product: the candidates' object scores
+  (:meth:`StreamingTracker.grouped_object_scores`) and the keyframes' decodes
+  (:meth:`StreamingTracker.grouped_decode_tokens`) each in decoder calls of up to ``SCORE_BATCH``
+  tokens over several frames;
+- ``decodes_per_keyframe``: scores grouped, one decode call per keyframe (before the keyframes'
+  decodes were grouped);
+- ``per_frame``: one call per frame for both (before the scores were grouped).
+
+For k in ``--ks``: the keyframe selection alone (``select_many`` on the reasonings of k
+instructions), and whole queries (k separate ``ground`` calls, one ``ground_many``). Medians of
+this process's CPU time and of wall time.
 
 Writes ``--out`` (JSON).
 """
@@ -65,8 +73,13 @@ def main(argv=None):
     window = filled_window(tracker, davis_sequence("blackswan", args.window)[0])
     grounder = make_grounder(build_grounding_models(profile), tracker)
     instructions = [clean_instruction(t) for t in INSTRUCTIONS]
-    grouped = tracker.grouped_object_scores
-    modes = {"grouped": grouped, "per_frame": lambda groups: [s for group in groups for s in grouped([group])]}
+    scores, decodes = tracker.grouped_object_scores, tracker.grouped_decode_tokens
+
+    def per_frame(grouped):
+        return lambda groups: [out for group in groups for out in grouped([group])]
+
+    modes = {"grouped": (scores, decodes), "decodes_per_keyframe": (scores, per_frame(decodes)),
+             "per_frame": (per_frame(scores), per_frame(decodes))}
     samples: dict[str, list[tuple[float, float]]] = {}
     with torch.inference_mode():
         grounder.ground_many(window, instructions)  # warm-up: every per-frame input and text cached
@@ -76,15 +89,15 @@ def main(argv=None):
                      "separate": lambda: [grounder.ground(window, i) for i in instructions[:k]],
                      "batched": lambda: grounder.ground_many(window, instructions[:k])}
             for r in range(args.repeats):
-                for mode in (list(modes) if r % 2 == 0 else list(modes)[::-1]):
-                    tracker.grouped_object_scores = modes[mode]
+                for mode in list(modes)[r % len(modes):] + list(modes)[:r % len(modes)]:
+                    tracker.grouped_object_scores, tracker.grouped_decode_tokens = modes[mode]
                     for case, run in cases.items():
                         samples.setdefault(f"k={k} {case} {mode}", []).append(timed(run))
-    tracker.grouped_object_scores = grouped
+    tracker.grouped_object_scores, tracker.grouped_decode_tokens = scores, decodes
     medians = {key: {"cpu_ms": statistics.median(s[0] for s in v) * 1e3,
                      "wall_ms": statistics.median(s[1] for s in v) * 1e3} for key, v in samples.items()}
     for key, m in medians.items():
-        print(f"{key:28s} CPU {m['cpu_ms']:7.1f} ms, wall {m['wall_ms']:7.1f} ms")
+        print(f"{key:40s} CPU {m['cpu_ms']:7.1f} ms, wall {m['wall_ms']:7.1f} ms")
     report = {"date": dt.datetime.now().isoformat(timespec="seconds"),
               "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
               "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "load_average": os.getloadavg(),

@@ -85,14 +85,14 @@ def decoder_calls(tracker):
 def test_tks_scores_each_dense_frame_once_and_decodes_masks_only_on_keyframes(setup, monkeypatch):
     """Lattices {0, 3, ..}, {1, 4, ..}, {0, 3, ..}, {2, 5, ..}: one grouped object-score call, each
     distinct dense frame once with the TAK' of each instruction whose lattice holds it, in lattice
-    order, in two-way-transformer calls of at most SCORE_BATCH tokens; then one mask decode (the only
-    mask-decoder calls) per distinct keyframe, with its instructions' TAK'."""
+    order, in two-way-transformer calls of at most SCORE_BATCH tokens; then one grouped mask decode
+    (the only mask-decoder call): each distinct keyframe once, with its instructions' TAK'."""
     grounder, window = setup
     reasoning = grounder.reason_many(window, instructions(), [0, 1, 0, 5])
     tracker, scored, decoded, transformer_batches = grounder.tracker, [], [], []
-    real_score, real_decode = tracker.grouped_object_scores, tracker.decode_tokens
+    real_score, real_decode = tracker.grouped_object_scores, tracker.grouped_decode_tokens
     monkeypatch.setattr(tracker, "grouped_object_scores", lambda groups: scored.append(groups) or real_score(groups))
-    monkeypatch.setattr(tracker, "decode_tokens", lambda f, t: decoded.append((f, t)) or real_decode(f, t))
+    monkeypatch.setattr(tracker, "grouped_decode_tokens", lambda groups: decoded.append(groups) or real_decode(groups))
     calls, handle = decoder_calls(tracker)
     batches = tracker.model.sam_mask_decoder.transformer.register_forward_hook(
         lambda mod, args, out: transformer_batches.append(args[0].shape[0]))
@@ -109,16 +109,19 @@ def test_tks_scores_each_dense_frame_once_and_decodes_masks_only_on_keyframes(se
     assert len(groups) == len(holders) < sum(len(r.dense) for r in reasoning)
     for (_, tokens), expected in zip(groups, holders.values()):
         assert torch.equal(torch.stack(tokens), torch.stack(expected))
-    scoring = transformer_batches[:-len(decoded)]  # then one transformer call per keyframe decode
+    scoring = transformer_batches[:-1]  # then the keyframes' decode, one transformer call
     assert sum(scoring) == sum(len(t) for t in holders.values()) and max(scoring) <= SCORE_BATCH
     assert len(scoring) == len(score_chunks([len(t) for t in holders.values()])) < len(holders)
     keyframes = {}
     for s, r in zip(selected, reasoning):
         keyframes.setdefault(id(s.keyframe_features), []).append(r.token)
-    assert len(decoded) == len(calls) == len(keyframes)
-    for (feats, tokens), kwargs in zip(decoded, calls):
+    (groups,) = decoded
+    (kwargs,) = calls
+    assert 1 < len(groups) == len(keyframes) < len(reasoning) + 1
+    for feats, tokens in groups:
         assert torch.equal(torch.stack(tokens), torch.stack(keyframes[id(feats)]))
-        assert torch.equal(kwargs["sparse_prompt_embeddings"][:, 2], torch.stack(tokens))
+    all_tokens = torch.stack([t for _, tokens in groups for t in tokens])
+    assert torch.equal(kwargs["sparse_prompt_embeddings"][:, 2], all_tokens)
 
 
 @pytest.mark.parametrize("autocast_dtype", [None, torch.bfloat16])
@@ -165,6 +168,33 @@ def test_decode_tokens_equals_decode_token_per_token(setup):
         assert b.low_res_logits.shape == a.low_res_logits.shape == (1, 1, 32, 32)
         torch.testing.assert_close(b.low_res_logits, a.low_res_logits, atol=1e-5, rtol=0)
         assert abs(b.object_score - a.object_score) <= 1e-5
+
+
+def test_grouped_decodes_are_each_frames_own_decode(setup):
+    """Tokens on several frames decoded together (calls of at most SCORE_BATCH tokens, frames kept
+    whole): each result is its frame's own decode_tokens (<= 1e-5); a group alone is bit for bit."""
+    grounder, window = setup
+    tracker = grounder.tracker
+    frames = [window.get_feature(f.index, SAM2_KEY) for f in window.snapshot()[:4]]
+    counts = [2, 3, 0, 12]  # runs [0, 1] and [3] (5 + 12 > SCORE_BATCH), a frame without tokens
+    seeds = iter(range(100))
+    groups = [(f, [torch.randn(256, generator=torch.Generator().manual_seed(next(seeds))) for _ in range(n)])
+              for f, n in zip(frames, counts)]
+    calls, handle = decoder_calls(tracker)
+    try:
+        grouped = tracker.grouped_decode_tokens(groups)
+    finally:
+        handle.remove()
+    assert [len(c["image_embeddings"]) for c in calls] == [5, 12]
+    assert [len(r) for r in grouped] == counts
+    for (feats, tokens), results in zip(groups, grouped):
+        for got, alone in zip(results, tracker.decode_tokens(feats, tokens)):
+            torch.testing.assert_close(got.low_res_logits, alone.low_res_logits, atol=1e-5, rtol=0)
+            assert abs(got.object_score - alone.object_score) <= 1e-5 and got.image_hw == alone.image_hw
+    assert not torch.equal(grouped[0][0].low_res_logits, grouped[1][0].low_res_logits)
+    (one,) = tracker.grouped_decode_tokens(groups[1:2])
+    assert all(torch.equal(a.low_res_logits, b.low_res_logits) and a.object_score == b.object_score
+               for a, b in zip(one, tracker.decode_tokens(*groups[1])))
 
 
 def test_a_batch_of_one_is_ground_exactly(setup):
@@ -253,13 +283,13 @@ def test_score_chunks_keep_groups_whole_and_runs_within_the_limit():
 def test_reasoning_runs_no_sam2_and_selection_does(setup, monkeypatch):
     grounder, window = setup
     tracker = grounder.tracker
-    score, decode = tracker.grouped_object_scores, tracker.decode_tokens
-    for name in ("grouped_object_scores", "decode_tokens"):
+    score, decode = tracker.grouped_object_scores, tracker.grouped_decode_tokens
+    for name in ("grouped_object_scores", "grouped_decode_tokens"):
         monkeypatch.setattr(tracker, name, lambda *a: pytest.fail("SAM-2 while reasoning"))
     reasoning = grounder.reason_many(window, instructions())
     calls = []
     monkeypatch.setattr(tracker, "grouped_object_scores", lambda groups: calls.append(groups) or score(groups))
-    monkeypatch.setattr(tracker, "decode_tokens", decode)
+    monkeypatch.setattr(tracker, "grouped_decode_tokens", decode)
     selected = grounder.select_many(reasoning)
     (groups,) = calls
     assert len(groups) == len({f.index for r in reasoning for f in r.dense})

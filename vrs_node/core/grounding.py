@@ -118,7 +118,8 @@ def select_keyframes(tracker: StreamingTracker, reasonings: Sequence[Reasoning])
     candidate features (a dense frame, whatever lattices hold it) with the TAK' of every reasoning
     that has it as a candidate, all frames in one :meth:`~StreamingTracker.grouped_object_scores`
     call (decoder calls of up to 16 tokens); TKS chooses per reasoning;
-    then one ``decode_tokens`` call per distinct keyframe for the reasonings that chose it. Result
+    then each distinct keyframe decoded with the TAK' of the reasonings that chose it, all in one
+    :meth:`~StreamingTracker.grouped_decode_tokens` call. Result
     i equals ``select_keyframes(tracker, [reasonings[i]])`` within the batched decoder's float
     rounding; one reasoning's keyframe decode is ``decode_token``'s. ``timings_s["tks"]`` is the
     reasoning's ``tda`` time (0 when it has none) plus its share of the selection (scoring, choices
@@ -149,9 +150,8 @@ def _score_candidates(tracker: StreamingTracker, reasonings: Sequence[Reasoning]
 
 def _decode_keyframes(tracker: StreamingTracker, keyframes: Sequence[FrameFeatures],
                       tokens: Sequence[torch.Tensor]) -> list[TrackResult]:
-    """``tokens[i]`` decoded on ``keyframes[i]`` (:func:`_per_frame`, one call per keyframe)."""
-    return _per_frame(lambda groups: [tracker.decode_tokens(*group) for group in groups],
-                      list(zip(keyframes, tokens)))
+    """``tokens[i]`` decoded on ``keyframes[i]`` (:func:`_per_frame`, all keyframes in one grouped call)."""
+    return _per_frame(tracker.grouped_decode_tokens, list(zip(keyframes, tokens)))
 
 
 def _per_frame(run, pairs: Sequence[tuple[FrameFeatures, torch.Tensor]]) -> list:

@@ -6,7 +6,7 @@ prompt encoder's two padding points, then the token), the image feature is the t
 output. N tokens run as one batch (batch dim N; the frame's features expanded to N, not copied).
 
 - :func:`decode_heads`: the gated low-res mask logits and the object-score logits, as
-  ``SAM2Base._forward_sam_heads`` gives them;
+  ``SAM2Base._forward_sam_heads`` gives them, for the tokens of one or several frames;
 - :func:`object_score_logits`: the object-score logits alone, bit for bit those of
   :func:`decode_heads` on the same tokens of one frame. SAM-2's mask decoder computes them from the
   two-way transformer's object-score token (``pred_obj_score_head``), before and apart from the mask
@@ -53,16 +53,19 @@ def _prompt_inputs(model: torch.nn.Module, groups: Sequence[tuple[FrameFeatures,
     return pix[0] if len(pix) == 1 else torch.cat(pix), sparse, dense.expand(n, -1, -1, -1)
 
 
-def decode_heads(model: torch.nn.Module, feats: FrameFeatures, tokens: Sequence[torch.Tensor],
+def decode_heads(model: torch.nn.Module, groups: Sequence[tuple[FrameFeatures, Sequence[torch.Tensor]]],
                  num_frames: int) -> dict:
-    """``SAM2Base._forward_sam_heads`` (single-mask output) for each of ``tokens``: the low-res
-    logits (N x 1 x S/4 x S/4, float32) set to sam2's ``NO_OBJ_SCORE`` where the object score is
-    <= 0, and the object-score logits (N x 1)."""
+    """``SAM2Base._forward_sam_heads`` (single-mask output) for each token of ``groups`` (features,
+    tokens) on its group's frame, in one mask-decoder call: the low-res logits (N x 1 x S/4 x S/4,
+    float32, N the tokens in order) set to sam2's ``NO_OBJ_SCORE`` where the object score is <= 0,
+    and the object-score logits (N x 1). One group's frame is expanded over its tokens, not
+    copied; several groups' inputs are concatenated along the batch dim."""
     from sam2.modeling.sam2_base import NO_OBJ_SCORE  # lazy, as in models/: importing sam2 starts hydra
 
-    pix, sparse, dense = _prompt_inputs(model, [(feats, tokens)], num_frames)
-    high_res = [x.permute(1, 2, 0).view(x.size(1), x.size(2), *s).expand(len(tokens), -1, -1, -1)
-                for x, s in zip(feats.vision_feats[:-1], feats.feat_sizes[:-1])]
+    pix, sparse, dense = _prompt_inputs(model, groups, num_frames)
+    levels = [[x.permute(1, 2, 0).view(x.size(1), x.size(2), *s).expand(len(tokens), -1, -1, -1)
+               for x, s in zip(feats.vision_feats[:-1], feats.feat_sizes[:-1])] for feats, tokens in groups]
+    high_res = levels[0] if len(levels) == 1 else [torch.cat(level) for level in zip(*levels)]
     low_res, _, _, object_score = model.sam_mask_decoder(
         image_embeddings=pix, image_pe=model.sam_prompt_encoder.get_dense_pe(),
         sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
@@ -81,8 +84,7 @@ def object_score_logits(model: torch.nn.Module, groups: Sequence[tuple[FrameFeat
     (``pred_obj_scores`` off: sam2 then gives 10 for every token) runs :func:`decode_heads`."""
     decoder = model.sam_mask_decoder
     if not decoder.pred_obj_scores:
-        return torch.cat([decode_heads(model, feats, tokens, num_frames)["object_score_logits"]
-                          for feats, tokens in groups])
+        return decode_heads(model, groups, num_frames)["object_score_logits"]
     pix, sparse, dense = _prompt_inputs(model, groups, num_frames)
     n = sparse.shape[0]
     output_tokens = torch.cat([decoder.obj_score_token.weight, decoder.iou_token.weight,

@@ -74,7 +74,8 @@ class StreamingTracker:
     Typical use: ``feats = tracker.encode(image)``; ``tracker.condition(feats, prompt)`` once;
     then ``tracker.track(tracker.encode(next_image))`` per frame. ``catch_up`` re-conditions on a
     past frame and tracks the buffered frames after it. ``decode_token`` scores a token prompt on a
-    frame without touching the memory (for keyframe selection); ``decode_tokens`` several at once.
+    frame without touching the memory (for keyframe selection); ``decode_tokens`` several at once,
+    ``grouped_decode_tokens`` several frames' at once.
 
     ``fill_hole_area``: the predictor's hole filling (module docstring; 0 turns it off);
     ``memory_dtype``: dtype the memory features are stored in (``Sam2Spec.tracker_options`` gives
@@ -224,7 +225,6 @@ class StreamingTracker:
         """
         return self.decode_tokens(feats, [token])[0]
 
-    @torch.inference_mode()
     def decode_tokens(self, feats: FrameFeatures, tokens: Sequence[torch.Tensor]) -> list[TrackResult]:
         """:meth:`decode_token` of each token on one frame, in one mask-decoder call: the tokens
         batched along the batch dim over the frame's features expanded (not copied), as sam2
@@ -232,13 +232,27 @@ class StreamingTracker:
         rounding (max |diff| measured on tiny-random, fp32 CPU, 128 and 256 px, 2-8 tokens: 4.2e-7
         in the logits, 4.8e-7 in the object score); no tokens: [] (no decoder call).
         """
-        if not tokens:
-            return []
-        with self.autocast():
-            out = decode_heads(self.model, feats, tokens, self.num_frames)
-        low_res, scores = self.fill_holes(out["pred_masks"]), out["object_score_logits"]
-        return [self._result({"pred_masks": low_res[i:i + 1], "object_score_logits": scores[i]}, feats)
-                for i in range(len(tokens))]
+        return self.grouped_decode_tokens([(feats, tokens)])[0]
+
+    @torch.inference_mode()
+    def grouped_decode_tokens(self, groups: Sequence[tuple[FrameFeatures, Sequence[torch.Tensor]]]
+                              ) -> list[list[TrackResult]]:
+        """:meth:`decode_tokens` of each (features, tokens) group, the groups decoded together in
+        calls of at most :data:`~vrs_node.core.token_decoding.SCORE_BATCH` tokens
+        (:func:`~vrs_node.core.token_decoding.score_chunks`); within float rounding of one call
+        per group, and a call of one group is that group's call, bit for bit."""
+        results: list[list[TrackResult]] = [[] for _ in groups]
+        for run in score_chunks([len(tokens) for _, tokens in groups]):
+            with self.autocast():
+                out = decode_heads(self.model, [groups[i] for i in run], self.num_frames)
+            low_res, scores = self.fill_holes(out["pred_masks"]), out["object_score_logits"]
+            start = 0
+            for i in run:
+                feats, n = groups[i][0], len(groups[i][1])
+                results[i] = [self._result({"pred_masks": low_res[b:b + 1], "object_score_logits": scores[b]}, feats)
+                              for b in range(start, start + n)]
+                start += n
+        return results
 
     @torch.inference_mode()
     def token_object_scores(self, feats: FrameFeatures, tokens: Sequence[torch.Tensor]) -> list[float]:
@@ -340,6 +354,6 @@ class StreamingTracker:
         low_res = prompt.low_res_logits
         if low_res is None:
             with self.autocast():
-                decoded = decode_heads(self.model, feats, [prompt.token], self.num_frames)
+                decoded = decode_heads(self.model, [(feats, [prompt.token])], self.num_frames)
             low_res = self.fill_holes(decoded["pred_masks"])
         return decoded_mask_input(low_res.to(self.device), self.model.image_size)
