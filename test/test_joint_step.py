@@ -38,9 +38,10 @@ def alone(feats, prompt, start):
     return [tracker.condition(feats[start], prompt)] + [tracker.track(f) for f in feats[start + 1:]]
 
 
-def test_one_bank_is_track_step_bit_for_bit(clip):
+@pytest.mark.parametrize("autocast_dtype", [None, torch.bfloat16])
+def test_one_bank_is_track_step_bit_for_bit(clip, autocast_dtype):
     feats, masks = clip
-    tracker = make_tracker(128)
+    tracker = make_tracker(128, autocast_dtype=autocast_dtype)
     tracker.condition(feats[0], MaskPrompt(masks[0]))
     for f in feats[1:9]:
         tracker.track(f)
@@ -49,7 +50,7 @@ def test_one_bank_is_track_step_bit_for_bit(clip):
         tracker.track(f)
     step, bank, frame = tracker._step, tracker._bank, feats[12]
     model = tracker.model
-    with torch.inference_mode():
+    with torch.inference_mode(), tracker.autocast():
         expected = model.track_step(
             frame_idx=step, is_init_cond_frame=False, current_vision_feats=list(frame.vision_feats),
             current_vision_pos_embeds=[frame.top_pos_embed], feat_sizes=list(frame.feat_sizes), point_inputs=None,
