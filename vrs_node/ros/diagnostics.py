@@ -18,7 +18,10 @@ reporting period, turns them into one status: a level, a message and key/value p
 - ``time_to_first_target_s``: from the monitor's creation (the node's start) to its first result
   with status ``tracking`` ("" before it);
 - ``model_profile``, ``device``, ``instruction``, ``target_present`` (the last result's mask);
-- ``targets``: the number of targets followed now (instructions and prompts);
+- ``targets``: the number of targets followed now (instructions and prompts); ``tracking_calls``:
+  the batched SAM-2 tracking calls of the last frame that tracked targets from memory (one per up
+  to ``target_batch`` targets whose memories have the same size: more calls than
+  ``ceil(targets / target_batch)`` means targets whose memories do not align yet);
 - ``reasoner``: ``local`` or ``remote:<namespace>``; with a remote one also ``reasoner_connected``,
   ``reasoner_requests``, ``reasoner_timeouts``, ``reasoner_refused`` (responses refused),
   ``reasoner_late``, ``reasoner_failures`` (instructions it failed), ``reasoner_last_fault``.
@@ -87,12 +90,14 @@ class HealthMonitor:
 
     def report(self, stats: EngineStats | None, instruction: str | None, model_error: str | None,
                inactive: str | None = None, image_publishers: int | None = None,
-               query_running_s: float | None = None, targets: int = 0, reasoner: dict | None = None) -> Health:
+               query_running_s: float | None = None, targets: int = 0, tracking_calls: int = 0,
+               reasoner: dict | None = None) -> Health:
         """The status of the period since the previous call (see the module docstring);
         ``inactive`` is why the node is not processing by design (a lifecycle state), if it is not;
         ``image_publishers`` the publishers on the camera topic (None: not subscribed);
         ``query_running_s`` how long the grounding query in progress has run (None: none runs);
-        ``targets`` the number of targets followed; ``reasoner``: the ``status`` message's
+        ``targets`` the number of targets followed, ``tracking_calls`` the last frame's batched
+        tracking calls; ``reasoner``: the ``status`` message's
         (:func:`~vrs_node.ros.status.reasoner_status`), None for a local reasoner."""
         now = time.monotonic()
         with self._lock:
@@ -123,7 +128,7 @@ class HealthMonitor:
             "query_running_s": f"{query_running_s:.1f}" if query_running_s is not None else "",
             "time_to_first_target_s": f"{first_target:.2f}" if first_target is not None else "",
             "target_present": str(bool(last is not None and last.mask.any())).lower(),
-            "targets": str(targets),
+            "targets": str(targets), "tracking_calls": str(tracking_calls),
             **_reasoner_values(reasoner),
         }
         if model_error:

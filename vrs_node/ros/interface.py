@@ -341,6 +341,7 @@ class VrsInterface:
                                     image_publishers=camera.get_publisher_count() if camera is not None else None,
                                     query_running_s=engine.query_elapsed_s if engine is not None else None,
                                     targets=len(engine.target_labels()) if engine is not None else 0,
+                                    tracking_calls=len(engine.target_tracker.batches) if engine is not None else 0,
                                     reasoner=self._reasoner_status() if self.reasoner_namespace is not None else None)
         self.diagnostics_pub.publish(status.diagnostic_array(health, f"{self.get_name()}: segmentation", self.device,
                                                              self.get_clock().now().to_msg()))
