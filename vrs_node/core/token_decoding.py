@@ -27,9 +27,9 @@ if TYPE_CHECKING:
     from vrs_node.core.tracker import FrameFeatures
 
 SCORE_BATCH = 16
-"""Most tokens one object-score call decodes when groups are scored together (:func:`score_chunks`):
-enough to pay a call's fixed cost once for a lattice's frames, while bounding the batched
-activations (tokens x image tokens x 256 floats: 64 MiB each at 1024 px)."""
+"""Most tokens one decoder call takes when groups of frames are scored or decoded together
+(:func:`score_chunks`): enough to pay a call's fixed cost once for a lattice's frames, while
+bounding the batched activations (tokens x image tokens x 256 floats: 64 MiB each at 1024 px)."""
 
 _EMPTY_BANK = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
 """A conditioning frame reads no memory: sam2 is handed an empty bank."""
