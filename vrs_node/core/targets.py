@@ -132,10 +132,10 @@ class MultiTargetTracker:
         return [tuple(c.ids) for c in self._cohorts]
 
     @property
-    @_locked
     def batches(self) -> list[tuple[int, ...]]:
         """The ids the last :meth:`track` tracked from memory, one tuple per batched call (targets
-        conditioned on that frame are not in them: each is conditioned alone)."""
+        conditioned on that frame are not in them: each is conditioned alone). Read without the
+        lock (``track`` replaces the list whole), so a monitor never waits for a frame."""
         return list(self._batches)
 
     @_locked

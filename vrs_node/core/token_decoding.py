@@ -50,7 +50,13 @@ def _prompt_inputs(model: torch.nn.Module, groups: Sequence[tuple[FrameFeatures,
     no_point = (torch.zeros(1, 1, 2, device=device), -torch.ones(1, 1, dtype=torch.int32, device=device))
     sparse, dense = model.sam_prompt_encoder(points=no_point, boxes=None, masks=None)
     sparse = torch.cat([sparse.expand(n, -1, -1), token.to(sparse.dtype)], dim=1)
-    return pix[0] if len(pix) == 1 else torch.cat(pix), sparse, dense.expand(n, -1, -1, -1)
+    return _batched(pix), sparse, dense.expand(n, -1, -1, -1)
+
+
+def _batched(per_group: list[torch.Tensor]) -> torch.Tensor:
+    """The groups' tensors as one batch: one group's as it is (an expanded view stays a view),
+    several concatenated along dim 0."""
+    return per_group[0] if len(per_group) == 1 else torch.cat(per_group)
 
 
 def decode_heads(model: torch.nn.Module, groups: Sequence[tuple[FrameFeatures, Sequence[torch.Tensor]]],
@@ -65,7 +71,7 @@ def decode_heads(model: torch.nn.Module, groups: Sequence[tuple[FrameFeatures, S
     pix, sparse, dense = _prompt_inputs(model, groups, num_frames)
     levels = [[x.permute(1, 2, 0).view(x.size(1), x.size(2), *s).expand(len(tokens), -1, -1, -1)
                for x, s in zip(feats.vision_feats[:-1], feats.feat_sizes[:-1])] for feats, tokens in groups]
-    high_res = levels[0] if len(levels) == 1 else [torch.cat(level) for level in zip(*levels)]
+    high_res = [_batched(list(level)) for level in zip(*levels)]
     low_res, _, _, object_score = model.sam_mask_decoder(
         image_embeddings=pix, image_pe=model.sam_prompt_encoder.get_dense_pe(),
         sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,

@@ -237,22 +237,16 @@ class StreamingTracker:
     @torch.inference_mode()
     def grouped_decode_tokens(self, groups: Sequence[tuple[FrameFeatures, Sequence[torch.Tensor]]]
                               ) -> list[list[TrackResult]]:
-        """:meth:`decode_tokens` of each (features, tokens) group, the groups decoded together in
-        calls of at most :data:`~vrs_node.core.token_decoding.SCORE_BATCH` tokens
-        (:func:`~vrs_node.core.token_decoding.score_chunks`); within float rounding of one call
-        per group, and a call of one group is that group's call, bit for bit."""
-        results: list[list[TrackResult]] = [[] for _ in groups]
-        for run in score_chunks([len(tokens) for _, tokens in groups]):
-            with self.autocast():
-                out = decode_heads(self.model, [groups[i] for i in run], self.num_frames)
+        """:meth:`decode_tokens` of each (features, tokens) group, the groups decoded together
+        (:meth:`_in_chunks`); within float rounding of one call per group, and a call of one group
+        is that group's call, bit for bit."""
+        def decode(chunk):
+            out = decode_heads(self.model, chunk, self.num_frames)
             low_res, scores = self.fill_holes(out["pred_masks"]), out["object_score_logits"]
-            start = 0
-            for i in run:
-                feats, n = groups[i][0], len(groups[i][1])
-                results[i] = [self._result({"pred_masks": low_res[b:b + 1], "object_score_logits": scores[b]}, feats)
-                              for b in range(start, start + n)]
-                start += n
-        return results
+            frames = [feats for feats, tokens in chunk for _ in tokens]
+            return [self._result({"pred_masks": low_res[b:b + 1], "object_score_logits": scores[b]}, feats)
+                    for b, feats in enumerate(frames)]
+        return self._in_chunks(groups, decode)
 
     @torch.inference_mode()
     def token_object_scores(self, feats: FrameFeatures, tokens: Sequence[torch.Tensor]) -> list[float]:
@@ -265,19 +259,25 @@ class StreamingTracker:
     def grouped_object_scores(self, groups: Sequence[tuple[FrameFeatures, Sequence[torch.Tensor]]]
                               ) -> list[list[float]]:
         """:meth:`token_object_scores` of each (features, tokens) group, the groups decoded together
-        in calls of at most :data:`~vrs_node.core.token_decoding.SCORE_BATCH` tokens
-        (:func:`~vrs_node.core.token_decoding.score_chunks`): a call's fixed cost (the prompt
-        encoder, the positional encoding, dispatch) is paid once for its frames. Within float rounding of one
-        call per group (a larger batch); a call of one group is that group's call, bit for bit."""
-        scores: list[list[float]] = [[] for _ in groups]
-        for run in score_chunks([len(tokens) for _, tokens in groups]):
+        (:meth:`_in_chunks`): a call's fixed cost (the prompt encoder, the positional encoding,
+        dispatch) is paid once for its frames. Within float rounding of one call per group (a
+        larger batch); a call of one group is that group's call, bit for bit."""
+        return self._in_chunks(groups, lambda chunk: object_score_logits(
+            self.model, chunk, self.num_frames).reshape(-1).tolist())
+
+    def _in_chunks(self, groups: Sequence[tuple[FrameFeatures, Sequence[torch.Tensor]]], run) -> list[list]:
+        """``run(chunk)`` (one output per token of the chunk's groups, in order) over ``groups`` in
+        calls of at most :data:`~vrs_node.core.token_decoding.SCORE_BATCH` tokens, groups kept whole
+        (:func:`~vrs_node.core.token_decoding.score_chunks`), each call under :meth:`autocast`; the
+        outputs split back into one list per group (a group without tokens: [])."""
+        outputs: list[list] = [[] for _ in groups]
+        for chunk in score_chunks([len(tokens) for _, tokens in groups]):
             with self.autocast():
-                logits = object_score_logits(self.model, [groups[i] for i in run], self.num_frames)
-            flat = logits.reshape(-1).tolist()
-            for i in run:
+                flat = run([groups[i] for i in chunk])
+            for i in chunk:
                 n = len(groups[i][1])
-                scores[i], flat = flat[:n], flat[n:]
-        return scores
+                outputs[i], flat = flat[:n], flat[n:]
+        return outputs
 
     @property
     def maskmem_pos_enc(self) -> list[torch.Tensor] | None:
