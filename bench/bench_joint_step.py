@@ -29,10 +29,9 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from bench_targets import GOALS, timed_step  # noqa: E402
-from common import davis_sequence, grid_boxes, run_record, write_report  # noqa: E402
+from common import add_target_model_arguments, davis_sequence, grid_boxes, run_record, write_report  # noqa: E402
 
 from vrs_node.core import joint_step  # noqa: E402
-from vrs_node.core.config import PipelineConfig  # noqa: E402
 
 MODES = ("joint", "separate")
 
@@ -97,11 +96,7 @@ def run(args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", default="tiny-random")
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--max-batch", type=int, default=PipelineConfig().target_batch,
-                        help="most targets in one call (the node's target_batch; 0 = all)")
+    add_target_model_arguments(parser)
     parser.add_argument("--counts", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--stagger", type=int, default=3, help="frames between two targets' additions")
     parser.add_argument("--warmup", type=int, default=17, help="frames after the last addition before timing")

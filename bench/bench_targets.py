@@ -27,9 +27,8 @@ if str(REPO) not in sys.path:
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from common import davis_sequence, grid_boxes, run_record, write_report  # noqa: E402
+from common import add_target_model_arguments, davis_sequence, grid_boxes, run_record, write_report  # noqa: E402
 
-from vrs_node.core.config import PipelineConfig  # noqa: E402
 from vrs_node.models.config import PRECISION_CHOICES  # noqa: E402
 
 GOALS = {4: 1.6, 8: 2.5}
@@ -111,14 +110,9 @@ def run(args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", default="tiny-random")
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--device", default="cpu")
+    add_target_model_arguments(parser, max_batch_nargs="+")
     parser.add_argument("--precision", default="fp32", choices=PRECISION_CHOICES,
                         help="tracking precision (auto: bf16 on CUDA, fp32 on the CPU)")
-    parser.add_argument("--max-batch", type=int, nargs="+", default=[PipelineConfig().target_batch],
-                        help="most targets in one batched track_step (the node's target_batch; 0 = all); "
-                             "several: compared in one run")
     parser.add_argument("--counts", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--warmup", type=int, default=16, help="frames before timing (banks full after 16)")
     parser.add_argument("--frames", type=int, default=10, help="timed frames per target count")

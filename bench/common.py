@@ -1,4 +1,5 @@
-"""Helpers the bench scripts share: the DAVIS-2016 sample frames, a mask's box, a filled window.
+"""Helpers the bench scripts share: the DAVIS-2016 sample frames, a mask's box, a filled window,
+the several-targets scripts' model arguments, the JSON report.
 
 The DAVIS data lives in ``../shared/data/davis2016`` beside the repository; ``VRS_DAVIS_DIR``
 overrides it, as it does for the tests. Bench scripts import this module as ``common`` (the
@@ -7,6 +8,7 @@ script's own folder is first on ``sys.path``); they never import from ``test/``.
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import os
@@ -82,3 +84,18 @@ def write_report(path: Path, report: dict) -> None:
     """``report`` as indented JSON at ``path`` (its folder made)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1) + "\n")
+
+
+def add_target_model_arguments(parser: argparse.ArgumentParser, max_batch_nargs: str | None = None) -> None:
+    """The several-targets scripts' model arguments: ``--profile`` (tiny-random), ``--size`` (256
+    px), ``--device`` (cpu) and ``--max-batch`` (the node's ``target_batch``; ``max_batch_nargs``
+    "+" takes several, to compare in one run)."""
+    from vrs_node.core.config import PipelineConfig
+
+    parser.add_argument("--profile", default="tiny-random")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--device", default="cpu")
+    default = PipelineConfig().target_batch
+    parser.add_argument("--max-batch", type=int, nargs=max_batch_nargs, default=[default] if max_batch_nargs else default,
+                        help="most targets in one batched call (the node's target_batch; 0 = all)"
+                             + ("; several: compared in one run" if max_batch_nargs else ""))

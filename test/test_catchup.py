@@ -9,6 +9,7 @@ import itertools
 import os
 import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from conftest import FRAME_NS, davis_sequence, grounding_engine, make_grounder, 
 from vrs_node.core.catchup import CatchUps
 from vrs_node.core.config import PipelineConfig
 from vrs_node.core.engine import StreamingEngine
-from vrs_node.core.frames import FrameWindow
+from vrs_node.core.frames import SAM2_KEY, FrameWindow
 from vrs_node.core.prompts import MaskPrompt, PointsPrompt
 from vrs_node.core.queries import QueryScheduler
 from vrs_node.core.results import STATUS_TRACKING, EngineStats
@@ -51,6 +52,19 @@ def two_targets(feats, prompts, upto: int) -> MultiTargetTracker:
     for f in feats[:upto]:
         tracker.track(f)
     return tracker
+
+
+def spy_calls(tracker: MultiTargetTracker, monkeypatch) -> list:
+    """A list that gets the ids of each batched call (one list per ``_track_cohorts``) of ``tracker``."""
+    calls, track = [], tracker._track_cohorts
+
+    def spy(*args):
+        results, batches = track(*args)
+        calls.append(batches)
+        return results, batches
+
+    monkeypatch.setattr(tracker, "_track_cohorts", spy)
+    return calls
 
 
 TOL = 1e-5
@@ -104,9 +118,56 @@ def test_extending_a_preparation_equals_preparing_through_all_frames(feats, prom
     tracker = two_targets(feats, prompts, 8)
     whole = tracker.prepare_catch_up(3, feats[2], prompts[3], feats[3:8], keep_memory=False)
     parts = tracker.prepare_catch_up(3, feats[2], prompts[3], feats[3:5], keep_memory=False)
-    tracker.extend_catch_up(parts, feats[5:8])
+    for f in feats[5:8]:
+        tracker.extend_catch_ups([parts], f)
     assert len(parts.results) == 6 and same(parts.results, whole.results)
     assert parts.cohort.layout() == whole.cohort.layout() and parts.cohort.step == whole.cohort.step
+
+
+def test_catch_ups_extended_together_each_equal_their_own(feats, prompts, monkeypatch):
+    """Two new targets on keyframe 2 extended through frames 3-7 together: one batched call a
+    frame, each within batching's rounding of its own preparation; two catch-ups of one target
+    are refused."""
+    tracker = two_targets(feats, prompts, 8)
+    together = [tracker.prepare_catch_up(i, feats[2], prompts[3], [], keep_memory=False) for i in (3, 4)]
+    calls = spy_calls(tracker, monkeypatch)
+    for f in feats[3:8]:
+        tracker.extend_catch_ups(together, f)
+    assert calls == [[(3, 4)]] * 5
+    for prepared in together:
+        alone = tracker.prepare_catch_up(prepared.target_id, feats[2], prompts[3], feats[3:8], keep_memory=False)
+        assert len(prepared.results) == 6 and close(prepared.results, alone.results)
+        assert prepared.cohort.layout() == alone.cohort.layout()
+    with pytest.raises(ValueError, match="one target"):
+        tracker.extend_catch_ups([together[0], together[0]], feats[8])
+
+
+def test_a_querys_catch_ups_are_prepared_together_the_targets_due_at_a_frame_in_one_call(clip, feats, prompts,
+                                                                                         monkeypatch):
+    """CatchUps.prepare of three answers, keyframes 2, 2 and 5, the newest frame 9: each target
+    tracked through frames up to 8 (the newest left to the tracking thread), within batching's
+    rounding of its catch-up prepared alone; frames 3-5 in one call for the two targets of
+    keyframe 2, frames 6-8 in one call for them and one for the third (memories of other sizes)."""
+    window = FrameWindow(12)
+    for i, image in enumerate(clip[0][:10]):
+        window.set_feature(window.append(image, i * FRAME_NS).index, SAM2_KEY, feats[i])
+
+    def answer(keyframe):
+        return SimpleNamespace(keyframe=keyframe, keyframe_features=feats[keyframe], prompt=prompts[3])
+
+    def catch_ups(tracker):
+        return CatchUps(window, tracker, PipelineConfig, EngineStats())
+
+    tracker = two_targets(feats, prompts, 10)
+    calls = spy_calls(tracker, monkeypatch)
+    together = catch_ups(tracker).prepare([(3, answer(2), True), (4, answer(2), True), (1, answer(5), False)])
+    assert calls == [[(3, 4)]] * 3 + [[(3, 4), (1,)]] * 3
+    for target_id, keyframe, new_target in [(3, 2, True), (4, 2, True), (1, 5, False)]:
+        prepared, through = together[target_id]
+        alone, alone_through = catch_ups(two_targets(feats, prompts, 10)).prepare([(target_id, answer(keyframe), new_target)])[target_id]
+        assert through == alone_through == 8 and len(prepared.results) == 9 - keyframe
+        assert close(prepared.results, alone.results)
+    assert catch_ups(tracker).prepare([(5, answer(9), True)]) == {}, "keyframe = newest: nothing to prepare"
 
 
 def test_a_preparation_whose_memory_changed_is_refused_and_changes_nothing(feats, prompts):

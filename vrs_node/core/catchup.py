@@ -9,7 +9,8 @@ other targets are untouched.
 A grounding's catch-up is *prepared* on the grounding thread as soon as its answer is in
 (:meth:`CatchUps.prepare`): the keyframe conditioned and the target tracked through the window's
 frames after it except the newest (the tracking thread may be processing that one), then through
-the frames processed meanwhile, the targets unchanged. The tracking thread then *installs* it when
+the frames processed meanwhile, the targets unchanged. The catch-ups of one query's answers are
+prepared together: at each frame, the targets due there are tracked in one batched call. The tracking thread then *installs* it when
 it applies the answer (:meth:`CatchUps.apply`), tracking it only through the frames it processed
 since (one, or none), so a grounding's catch-up costs the tracking thread about one frame wherever
 its keyframe lies. The memory installed is the one a catch-up run when the preparation started
@@ -23,7 +24,7 @@ within the same ``push``, with the result of running it on the tracking thread a
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from vrs_node.core.cohorts import PreparedCatchUp
 from vrs_node.core.config import PipelineConfig
@@ -66,26 +67,41 @@ class CatchUps:
         self._config = config
         self._stats = stats
 
-    def prepare(self, target_id: int, grounding: Grounding, new_target: bool) -> tuple[PreparedCatchUp, int] | None:
-        """The grounding's catch-up for target ``target_id`` (its memory anew when ``new_target``,
-        else its conditioning frames kept), prepared through the window's frames after the
-        keyframe except the newest, then through those processed meanwhile (:data:`PREPARE_ROUNDS`):
-        it and the index of the last frame it tracked (the keyframe's when none). None when the
-        keyframe is the newest frame (nothing to prepare)."""
+    def prepare(self, answers: Sequence[tuple[int, Grounding, bool]]) -> dict[int, tuple[PreparedCatchUp, int]]:
+        """The catch-ups of one query's answers, each ``(target_id, grounding, new_target)`` (its
+        memory anew when ``new_target``, else its conditioning frames kept), prepared together:
+        each through the window's frames after its keyframe except the newest, then all through
+        those processed meanwhile (:data:`PREPARE_ROUNDS`), frame by frame, the targets due at a
+        frame tracked in one batched call (:meth:`MultiTargetTracker.extend_catch_ups`: each
+        equals its own catch-up within batching's rounding). A target id -> its catch-up and the
+        index of the last frame it tracked (the keyframe's when none); a target whose keyframe is
+        the newest frame is left out (nothing to prepare)."""
         newest = self._window.latest
-        if newest is None or grounding.keyframe >= newest.index:
-            return None
-        prepared = self._targets.prepare_catch_up(target_id, grounding.keyframe_features, grounding.prompt, [],
-                                                  keep_memory=not new_target)
-        through = grounding.keyframe
-        for _ in range(1 + PREPARE_ROUNDS):  # the frames after the keyframe, then those processed meanwhile
-            newest = self._window.latest
-            newer = self._following(through, newest.index) if newest is not None else []
-            if not newer:
+        runs = {target_id: [self._targets.prepare_catch_up(target_id, grounding.keyframe_features, grounding.prompt,
+                                                           [], keep_memory=not new_target), grounding.keyframe]
+                for target_id, grounding, new_target in answers
+                if newest is not None and grounding.keyframe < newest.index}
+        for _ in range(1 + PREPARE_ROUNDS):  # the frames after the keyframes, then those processed meanwhile
+            if not self._extend(runs):
                 break
-            self._targets.extend_catch_up(prepared, [feats for _, feats in newer])
-            through = newer[-1][0]
-        return prepared, through
+        return {target_id: (prepared, through) for target_id, (prepared, through) in runs.items()}
+
+    def _extend(self, runs: dict[int, list]) -> bool:
+        """Track each run (``[prepared, through]``) through the frames after its ``through`` but
+        the newest, as :meth:`_following` picks them, frame by frame, the runs due at a frame in one
+        call; each run's ``through`` moved on. False when none had a frame to track (or the
+        window was emptied meanwhile)."""
+        newest = self._window.latest
+        if newest is None:
+            return False
+        due = {target_id: dict(self._following(through, newest.index)) for target_id, (_, through) in runs.items()}
+        frames = sorted({index for schedule in due.values() for index in schedule})
+        for index in frames:
+            ids = [target_id for target_id, schedule in due.items() if index in schedule]
+            self._targets.extend_catch_ups([runs[target_id][0] for target_id in ids], due[ids[0]][index])
+            for target_id in ids:
+                runs[target_id][1] = index
+        return bool(frames)
 
     def apply(self, target_id: int, pending: PendingPrompt, prompt: Prompt, keyframe: FrameFeatures, key: int,
               frame: Frame) -> None:

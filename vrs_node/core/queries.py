@@ -22,9 +22,10 @@ retried at the next trigger: the next periodic one, or,
 while the target is not tracked, after ``lost_after_frames`` more frames (frames still waiting for a
 grounding after a failed query count as frames without the target). Tracking goes on meanwhile.
 
-Before an answer is applied, the optional ``prepare`` callback gets it on the thread that ran the
-query (the engine prepares the target's catch-up there, off the tracking thread); what it returns
-is handed to ``apply`` with the answer (None when it raised: logged, the answer applied as it is).
+Before a query's answers are applied, the optional ``prepare`` callback gets them, all in one
+call, on the thread that ran the query (the engine prepares the targets' catch-ups there, together,
+off the tracking thread); what it made of each is handed to ``apply`` with the answer (None when
+it raised: logged, the answers applied as they are).
 
 Thread-safety: all state is guarded by one condition; ``apply`` is called while it is held (take
 no lock there that is held while calling into the scheduler), ``prepare`` and ``on_query`` while
@@ -119,14 +120,15 @@ class QueryScheduler:
 
     ``config()`` gives the current ``period_s`` and ``lost_after_frames`` (read at each use: they
     may change at run time); ``apply(target_id, grounding, new_target, prepared)`` receives each
-    applied answer, with what ``prepare(target_id, grounding, new_target)`` made of it first (None
-    without ``prepare``); ``stats.queries`` and ``stats.query_errors`` count finished and failed
+    applied answer, with what ``prepare`` made of it first (given a query's current answers as
+    ``[(target_id, grounding, new_target), ...]``, it returns a target id -> that; None without
+    ``prepare``); ``stats.queries`` and ``stats.query_errors`` count finished and failed
     queries (one per target of a batch); ``on_query`` gets a :class:`QueryReport` for each."""
 
     def __init__(self, grounder: Grounder | None, window: FrameWindow, config: Callable[[], PipelineConfig],
                  stats: EngineStats, apply: Callable[[int, Grounding, bool, Any], None],
                  on_query: Callable[[QueryReport], None] | None = None,
-                 prepare: Callable[[int, Grounding, bool], Any] | None = None):
+                 prepare: Callable[[list[tuple[int, Grounding, bool]]], dict[int, Any]] | None = None):
         self._grounder = grounder
         self._window = window
         self._config = config
@@ -336,20 +338,19 @@ class QueryScheduler:
         return followed if followed is not None and followed.generation == job.generation else None
 
     def _prepared(self, jobs: list[_Job], answers: list) -> dict[int, Any]:
-        """``prepare`` of each answer still current (a target's id -> what it returned), run with
-        the lock released; one that raises is logged and left out."""
+        """``prepare`` of the answers still current, all in one call (a target's id -> what it made
+        of its answer), run with the lock released; when it raises, logged and nothing prepared."""
         if self._prepare is None:
             return {}
         with self._cond:
             current = {job.target_id: not f.grounded for job in jobs if (f := self._current(job)) is not None}
-        prepared = {}
-        for job, answer in zip(jobs, answers):
-            if job.target_id in current and not isinstance(answer, Exception):
-                try:
-                    prepared[job.target_id] = self._prepare(job.target_id, answer, current[job.target_id])
-                except Exception:  # the answer is applied without it
-                    log.exception("preparing the answer for %r failed", job.instruction.text)
-        return prepared
+        todo = [(job.target_id, answer, current[job.target_id]) for job, answer in zip(jobs, answers)
+                if job.target_id in current and not isinstance(answer, Exception)]
+        try:
+            return self._prepare(todo) if todo else {}
+        except Exception:  # the answers are applied without it
+            log.exception("preparing the answers for %s failed", [job.instruction.text for job in jobs])
+            return {}
 
     def _finish(self, job: _Job, grounding: Grounding | None, error: str | None, latest: Frame | None,
                 latency_s: float, prepared: Any = None) -> QueryReport:

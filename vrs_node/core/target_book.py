@@ -29,7 +29,7 @@ from vrs_node.core.prompt_json import fit_to_image
 from vrs_node.core.cohorts import PreparedCatchUp
 from vrs_node.core.prompts import MaskPrompt, PointsPrompt, Prompt, TokenPrompt
 from vrs_node.core.queries import QueryScheduler
-from vrs_node.core.target_specs import MAX_TARGET_ID, TargetSpec, check_target_id
+from vrs_node.core.target_specs import MAX_TARGET_ID, TargetSpec, check_known_target, check_target_id
 from vrs_node.core.tracker import FrameFeatures
 from vrs_node.models.prompt import Instruction
 
@@ -112,8 +112,7 @@ class TargetBook:
     def remove(self, target_id: int) -> None:
         """Stop following ``target_id`` (ValueError for an unknown id)."""
         with self._lock:
-            if target_id not in self._targets:
-                raise ValueError(f"no target with id {target_id!r}; targets: {sorted(self._targets)}")
+            check_known_target(target_id, self._targets)
         self._queries.forget(target_id)
         with self._lock:
             self._targets.pop(target_id, None)

@@ -8,6 +8,7 @@ target's part of a processed frame (``FrameResult.targets``).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import cv2
@@ -26,6 +27,23 @@ def check_target_id(target_id) -> int:
     if not 1 <= target_id <= MAX_TARGET_ID:
         raise ValueError(f"a target id is in 1..{MAX_TARGET_ID} (0 is the background), got {target_id}")
     return int(target_id)
+
+
+def check_known_target(target_id, ids: Collection[int]) -> None:
+    """ValueError with the reason unless ``target_id`` is a valid id (:func:`check_target_id`) in ``ids``."""
+    check_target_id(target_id)
+    if target_id not in ids:
+        raise ValueError(f"no target with id {target_id!r}; targets: {sorted(ids)}")
+
+
+def check_new_target(target_id, ids: Collection[int], max_targets: int) -> None:
+    """ValueError with the reason unless ``target_id`` is a valid id not in ``ids`` and ``ids``
+    holds fewer than ``max_targets``."""
+    check_target_id(target_id)
+    if target_id in ids:
+        raise ValueError(f"target id {target_id} is already tracked: remove it first or use set_prompt")
+    if len(ids) >= max_targets:
+        raise ValueError(f"already {len(ids)} targets, the most this tracker takes (max_targets)")
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,8 @@ step for a re-conditioned one. SAM-2 reads memory by step *differences*
 (``_prepare_memory_conditioned_features``; it stops at steps < 0), so a bank moved to later steps
 to join a cohort of equal relative layout reads the same memory. That lets one target catch up
 alone through buffered frames (:meth:`MultiTargetTracker.catch_up`) while the others are
-untouched, prepared on another thread while tracking goes on (``prepare_catch_up``, ``install``).
+untouched, prepared on another thread while tracking goes on (``prepare_catch_up``; several extended
+in batched calls, ``extend_catch_ups``; ``install``).
 
 Prompts are queued (:meth:`~MultiTargetTracker.add`, :meth:`~MultiTargetTracker.set_prompt`) and
 applied on the next frame given to ``track``; the other targets are tracked into that frame.
@@ -47,7 +48,8 @@ from vrs_node.core.joint_step import batched_steps, output_rows
 from vrs_node.core.frames import Frame
 from vrs_node.core.prompts import Prompt, checked_prompt
 from vrs_node.core.target_results import TargetResults
-from vrs_node.core.target_specs import DEFAULT_MAX_TARGETS, MAX_TARGET_ID, check_target_id
+from vrs_node.core.target_specs import (DEFAULT_MAX_TARGETS, MAX_TARGET_ID, check_known_target, check_new_target,
+                                        check_target_id)
 from vrs_node.core.track_result import TrackResult
 from vrs_node.core.tracker import FrameFeatures, StreamingTracker
 from vrs_node.models.sam2_build import SamImageTransform
@@ -159,14 +161,14 @@ class MultiTargetTracker:
     def add(self, target_id: int, prompt: Prompt) -> None:
         """A new target, conditioned with ``prompt`` on the next frame given to :meth:`track` (its
         memory starts there). Refused (class docstring): a bad or duplicate id, too many targets."""
-        self._check_new(target_id)
+        check_new_target(target_id, self._ids, self.max_targets)
         self._pending[int(target_id)] = checked_prompt(prompt)
         self._ids.add(int(target_id))
 
     @_locked
     def cancel(self, target_id: int) -> None:
         """Drop target ``target_id``'s queued prompt; a target with no memory yet is forgotten."""
-        self._check_known(target_id)
+        check_known_target(target_id, self._ids)
         self._pending.pop(target_id, None)
         if not any(target_id in cohort.ids for cohort in self._cohorts):
             self._ids.discard(target_id)
@@ -201,14 +203,21 @@ class MultiTargetTracker:
             basis = self._memory_versions.get(target_id, 0) if keep_memory else None
         result, entry = self._condition(keyframe, prompt)
         prepared = PreparedCatchUp(int(target_id), self._cohort_after(target_id, own, entry), [result], basis)
-        self.extend_catch_up(prepared, following)
+        for feats in following:
+            self.extend_catch_ups([prepared], feats)
         return prepared
 
     @torch.inference_mode()
-    def extend_catch_up(self, prepared: PreparedCatchUp, following: list[FrameFeatures]) -> None:
-        """Track a prepared catch-up further, through ``following`` (its results appended); on the
-        thread that prepared it, without the lock (nothing of the targets is read or changed)."""
-        prepared.results += [self._track_cohorts([prepared.cohort], f)[0][prepared.target_id] for f in following]
+    def extend_catch_ups(self, prepared: list[PreparedCatchUp], feats: FrameFeatures) -> None:
+        """Track prepared catch-ups of distinct targets one frame further, into ``feats`` (each one's
+        result appended), batched as :meth:`track` batches (each within batching's rounding of its
+        own extension, a lone one bit for bit); on the thread that prepared them, without the lock
+        (nothing of the targets is read or changed). ValueError for two of one target."""
+        if len({p.target_id for p in prepared}) < len(prepared):
+            raise ValueError(f"catch-ups of one target extended together: {[p.target_id for p in prepared]}")
+        results = self._track_cohorts([p.cohort for p in prepared], feats)[0]
+        for p in prepared:
+            p.results.append(results[p.target_id])
 
     @_locked
     @torch.inference_mode()
@@ -236,14 +245,14 @@ class MultiTargetTracker:
         :meth:`StreamingTracker.condition` does (its tracked memory is dropped, its conditioning
         frames kept up to ``max_cond_frames``); the target leaves its cohort there. For a target
         whose first prompt is still queued, ``prompt`` replaces it."""
-        self._check_known(target_id)
+        check_known_target(target_id, self._ids)
         self._pending[int(target_id)] = checked_prompt(prompt)
 
     @_locked
     def remove(self, target_id: int) -> None:
         """Forget a target, its queued prompt and its memory; the rows of the other targets of its
         cohort are copied out unchanged (bit for bit)."""
-        self._check_known(target_id)
+        check_known_target(target_id, self._ids)
         self._detach(target_id)
         self._ids.discard(target_id)
         self._pending.pop(target_id, None)
@@ -279,7 +288,7 @@ class MultiTargetTracker:
     def stored_frames(self, target_id: int) -> tuple[int, int]:
         """(conditioning frames, tracked outputs) in target ``target_id``'s memory ((0, 0) before
         its first prompt is applied); ValueError for an unknown id."""
-        self._check_known(target_id)
+        check_known_target(target_id, self._ids)
         cohort = next((c for c in self._cohorts if target_id in c.ids), None)
         return (0, 0) if cohort is None else (len(cohort.bank[KINDS[0]]), len(cohort.bank[KINDS[1]]))
 
@@ -379,22 +388,9 @@ class MultiTargetTracker:
             batches.append(tuple(ids))
         return results, batches
 
-    def _check_new(self, target_id) -> None:
-        check_target_id(target_id)
-        if target_id in self._ids:
-            raise ValueError(f"target id {target_id} is already tracked: remove it first or use set_prompt")
-        if len(self._ids) >= self.max_targets:
-            raise ValueError(f"already {len(self._ids)} targets, the most this tracker takes (max_targets)")
-
     def _check_installable(self, target_id) -> None:
         """A known target, or a new one that :meth:`add` would take."""
         if target_id in self._ids:
-            self._check_known(target_id)
+            check_known_target(target_id, self._ids)
         else:
-            self._check_new(target_id)
-
-    def _check_known(self, target_id) -> None:
-        check_target_id(target_id)
-        if target_id not in self._ids:
-            raise ValueError(f"no target with id {target_id!r}; targets: {sorted(self._ids)}")
-
+            check_new_target(target_id, self._ids, self.max_targets)
