@@ -10,6 +10,8 @@ loaded) or busy (frames flooding in, reliable and deep, with an instruction re-g
 of camera time: in ``live`` mode the tracking and query threads are working, in ``sync`` mode the
 main thread is inside a frame callback); ``vrs-camera`` + ``vrs-view`` get one while streaming and
 recording, ``vrs-demo`` while publishing. Each must exit 0 with no traceback and no error logged.
+A node stopped while its query thread is still inside torch exits 0 at once (a control shows that
+Python's own exit aborts then).
 """
 
 from __future__ import annotations
@@ -277,6 +279,43 @@ def test_a_node_exits_0_on_sigint_and_sigterm_idle_or_busy(ros_nodes, spawn, com
     finally:
         executor.shutdown()
     node.stop(signum)
+
+
+BUSY_AT_EXIT = """\
+import os, signal, sys, threading
+import rclpy.node, torch
+from vrs_node.ros import node_command
+
+def query():  # a grounding query inside torch, for longer than any close() waits
+    a = torch.randn(256, 256)
+    while True:
+        a = (a @ a).tanh()
+
+class BusyNode(rclpy.node.Node):
+    def __init__(self):
+        super().__init__(sys.argv[2])
+        threading.Thread(target=query, name="vrs-grounding", daemon=True).start()
+        self.create_timer(0.2, lambda: os.kill(os.getpid(), signal.SIGTERM))
+
+if sys.argv[1] == "control":
+    node_command.safe_exit_code = lambda code: code
+sys.exit(node_command.serve(BusyNode, ["busy"]))
+"""
+"""A node command (``serve``) stopped while its query thread is inside torch; ``control``: without
+:func:`safe_exit_code`, the exit as Python would make it."""
+
+
+def test_a_node_stopped_while_its_query_is_inside_a_model_call_exits_0_at_once():
+    """The node is destroyed, its query thread still inside torch: the command exits 0, saying it
+    did not wait for the query; without safe_exit_code Python's exit aborts the process (SIGABRT,
+    "terminate called without an active exception")."""
+    runs = {case: subprocess.run([sys.executable, "-c", BUSY_AT_EXIT, case, f"busy_{os.getpid()}_{next(_ids)}"],
+                                 env=env(), capture_output=True, text=True, timeout=120)
+            for case in ("safe", "control")}
+    assert runs["safe"].returncode == 0, runs["safe"].stderr[-2000:]
+    assert "exiting without waiting for vrs-grounding: still inside a model call" in runs["safe"].stderr
+    assert "Traceback" not in runs["safe"].stderr
+    assert runs["control"].returncode == -signal.SIGABRT, (runs["control"].returncode, runs["control"].stderr[-2000:])
 
 
 def frames_written(output: str) -> int:

@@ -170,6 +170,34 @@ def test_live_query_runs_concurrently_with_tracking(frames):
     assert engine.stats.catchup_frames >= 1
 
 
+def test_close_waits_at_most_its_timeout_for_a_query_in_progress(frames, caplog):
+    """A query held inside the grounder: close(timeout_s) returns False after about its timeout,
+    naming the thread still running; once the query ends, the threads stop and close is True."""
+    tracker = make_tracker(128)
+    grounder = make_grounder(tracker)
+    release, inside = threading.Event(), threading.Event()
+
+    def held(window, instructions):
+        inside.set()
+        release.wait(60)
+        return [RuntimeError("held, then released")] * len(instructions)
+
+    grounder.ground_many = held
+    engine = StreamingEngine(tracker, PipelineConfig(mode="live", period_s=0), grounder=grounder,
+                             on_result=lambda result: None)
+    try:
+        engine.set_instruction("the black swan")
+        engine.push(frames[0], 0)
+        assert inside.wait(30)
+        started = time.monotonic()
+        assert engine.close(timeout_s=0.5) is False
+        assert 0.4 < time.monotonic() - started < 5
+        assert "vrs-grounding still running" in caplog.text
+    finally:
+        release.set()
+    assert engine.close(timeout_s=30) is True
+
+
 def test_a_failed_query_is_retried_at_the_next_period(frames):
     engine, reports = grounding_engine(period_s=2 * FRAME_NS / 1e9, window_frames=4)
     real_ground, calls = engine.grounder.ground_many, []

@@ -237,14 +237,23 @@ class StreamingEngine:
             self._slot.cond.notify()
         return None
 
-    def close(self, timeout_s: float = 10.0) -> None:
-        """Stop the live threads (the frame or query in progress is finished first)."""
+    def close(self, timeout_s: float = 10.0) -> bool:
+        """Stop the live threads (the frame or query in progress is finished first), waiting at
+        most ``timeout_s`` in all. False, logged, when one is still running then (a query inside
+        a model call: it ends on its own; a command's exit goes through
+        :func:`~vrs_node.core.process_exit.safe_exit_code`)."""
         with self._slot.cond:
             self._slot.closed = True
             self._slot.cond.notify()
         self._queries.stop()
+        deadline = time.monotonic() + timeout_s
         for worker in self._workers:
-            worker.join(timeout_s)
+            worker.join(max(0.0, deadline - time.monotonic()))
+        running = [worker.name for worker in self._workers if worker.is_alive()]
+        if running:
+            log.warning("%s still running %.0f s after close (a query inside a model call)", ", ".join(running),
+                        timeout_s)
+        return not running
 
     def _run_live(self) -> None:
         while True:

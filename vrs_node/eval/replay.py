@@ -57,6 +57,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from vrs_node.core.config import PipelineConfig
+from vrs_node.core.process_exit import safe_exit_code
 from vrs_node.eval import bag as bagio
 from vrs_node.eval.bag import BagError
 from vrs_node.eval.groups import pass_totals
@@ -325,8 +326,10 @@ def run(argv=None, predictor: Predictor | None = None) -> dict:
 
 
 def main(argv=None) -> int:
-    """Console entry point ``vrs-replay``: 0, or 1 when sequences failed (listed in the summary)."""
-    return 1 if run(argv).get("failures") else 0
+    """Console entry point ``vrs-replay``: 0, or 1 when sequences failed (listed in the summary); a
+    query still inside a model call at the end is not waited for
+    (:func:`~vrs_node.core.process_exit.safe_exit_code`)."""
+    return safe_exit_code(1 if run(argv).get("failures") else 0)
 
 
 if __name__ == "__main__":

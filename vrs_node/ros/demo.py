@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import sys
 import threading
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header, String
 from tqdm import tqdm
 
+from vrs_node.core.process_exit import safe_exit_code
 from vrs_node.io.image import image_msg_to_rgb, ns_to_stamp, rgb_to_msg, stamp_to_ns
 from vrs_node.io.overlay import overlay_instances
 from vrs_node.ros.cli import SpinThread, ros_command
@@ -268,10 +270,12 @@ def run(argv=None) -> dict:
     return write_outputs(args, frames, names, session.recorder, prompt, session.node.model_error)
 
 
-def main(argv=None) -> None:
-    """Console entry point ``vrs-demo``."""
+def main(argv=None) -> int:
+    """Console entry point ``vrs-demo``: 0 (a query still inside a model call at the end is not
+    waited for: :func:`~vrs_node.core.process_exit.safe_exit_code`)."""
     run(argv)
+    return safe_exit_code(0)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -19,6 +19,7 @@ from rclpy.exceptions import ParameterException
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.utilities import remove_ros_args
 
+from vrs_node.core.process_exit import safe_exit_code
 from vrs_node.ros.cli import ros_command
 from vrs_node.ros.params import parameter_help, reasoner_parameters
 
@@ -121,14 +122,16 @@ def serve(node_class, args: list[str] | None, start=None) -> int:
     """Run a ``node_class()`` node (then ``start(node)`` if given) until SIGINT or SIGTERM
     (:mod:`vrs_node.ros.cli`), which end it with exit code 0 at any point, idle or busy (while it
     spins, after the callback in progress); the node is destroyed (its engine threads stopped)
-    before ROS shuts down. A parameter the node refuses at start is one error line, exit code 1."""
+    before ROS shuts down, and a query still inside a model call then is not waited for
+    (:func:`~vrs_node.core.process_exit.safe_exit_code`). A parameter the node refuses at start
+    is one error line, exit code 1."""
     try:
         with ros_command(args) as stop:
             try:
                 node = node_class()
             except (ValueError, ParameterException) as exc:
                 rclpy.logging.get_logger("vrs_node").error(f"cannot start: {exc}")
-                return 1
+                return safe_exit_code(1)
             try:
                 if start is not None:
                     start(node)
@@ -137,7 +140,7 @@ def serve(node_class, args: list[str] | None, start=None) -> int:
                 node.destroy_node()
     except KeyboardInterrupt:  # the stop signal before the node spun (loading models, say)
         pass
-    return 0
+    return safe_exit_code(0)
 
 
 def configure_and_activate(node) -> None:
