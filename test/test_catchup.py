@@ -23,6 +23,7 @@ from vrs_node.core.frames import SAM2_KEY, FrameWindow
 from vrs_node.core.prompts import MaskPrompt, PointsPrompt
 from vrs_node.core.queries import QueryScheduler
 from vrs_node.core.results import STATUS_TRACKING, EngineStats
+from vrs_node.core.target_specs import TargetSpec
 from vrs_node.core.targets import MultiTargetTracker
 from vrs_node.models.prompt import clean_instruction
 
@@ -217,6 +218,22 @@ def test_sync_groundings_catch_up_through_prepared_catch_ups(clip):
     engine.set_instruction("the black swan")
     push_all(engine, clip[0])
     assert len(reports) >= 2 and all(q.applied for q in reports)
+    assert engine.stats.catchup_frames > 0
+    assert engine.stats.prepared_catchup_frames == engine.stats.catchup_frames
+
+
+def test_an_engines_batched_query_prepares_its_answers_catch_ups_in_one_call(clip, monkeypatch):
+    """Two instructions grounded by one query (sync mode, periodic re-queries on past keyframes):
+    the engine hands both answers to one CatchUps.prepare, and every catch-up frame is prepared."""
+    calls, real_prepare = [], CatchUps.prepare
+    monkeypatch.setattr(CatchUps, "prepare", lambda self, answers: calls.append(
+        sorted(target_id for target_id, _, _ in answers)) or real_prepare(self, answers))
+    engine, reports = grounding_engine(period_s=5 * FRAME_NS / 1e9, window_frames=6)
+    ids = engine.set_targets([(None, TargetSpec(instruction="the black swan")),
+                              (None, TargetSpec(instruction="the water"))])
+    push_all(engine, clip[0])
+    assert len(reports) >= 4 and all(q.applied for q in reports)
+    assert calls and all(call == sorted(ids) for call in calls), calls
     assert engine.stats.catchup_frames > 0
     assert engine.stats.prepared_catchup_frames == engine.stats.catchup_frames
 

@@ -10,15 +10,16 @@ A grounding's catch-up is *prepared* on the grounding thread as soon as its answ
 (:meth:`CatchUps.prepare`): the keyframe conditioned and the target tracked through the window's
 frames after it except the newest (the tracking thread may be processing that one), then through
 the frames processed meanwhile, the targets unchanged. The catch-ups of one query's answers are
-prepared together: at each frame, the targets due there are tracked in one batched call. The tracking thread then *installs* it when
-it applies the answer (:meth:`CatchUps.apply`), tracking it only through the frames it processed
-since (one, or none), so a grounding's catch-up costs the tracking thread about one frame wherever
-its keyframe lies. The memory installed is the one a catch-up run when the preparation started
-would have built (for a target that keeps its conditioning frames, the new keyframe sits at that
-memory step; a new target's memory is the same either way). A prepared catch-up whose target's
-memory changed meanwhile (another prompt applied, the target removed and added again) is dropped,
-and the catch-up runs on the tracking thread, as a prompt's always does. In sync mode both happen
-within the same ``push``, with the result of running it on the tracking thread at once.
+prepared together: at each frame, the targets due there are tracked in one batched call. The
+tracking thread then *installs* it when it applies the answer (:meth:`CatchUps.apply`), tracking it
+only through the frames it processed since (one, or none), so a grounding's catch-up costs the
+tracking thread about one frame wherever its keyframe lies. The memory installed is the one a
+catch-up run when the preparation started would have built (for a target that keeps its
+conditioning frames, the new keyframe sits at that memory step; a new target's memory is the same
+either way). A prepared catch-up whose target's memory changed meanwhile (another prompt applied,
+the target removed and added again) is dropped, and the catch-up runs on the tracking thread, as a
+prompt's always does. In sync mode both happen within the same ``push``, with the result of running
+it on the tracking thread at once.
 """
 
 from __future__ import annotations

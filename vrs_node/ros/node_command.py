@@ -125,22 +125,24 @@ def serve(node_class, args: list[str] | None, start=None) -> int:
     before ROS shuts down, and a query still inside a model call then is not waited for
     (:func:`~vrs_node.core.process_exit.safe_exit_code`). A parameter the node refuses at start
     is one error line, exit code 1."""
+    code = 0
     try:
         with ros_command(args) as stop:
             try:
                 node = node_class()
             except (ValueError, ParameterException) as exc:
                 rclpy.logging.get_logger("vrs_node").error(f"cannot start: {exc}")
-                return safe_exit_code(1)
-            try:
-                if start is not None:
-                    start(node)
-                stop.spin(node)
-            finally:
-                node.destroy_node()
+                code = 1
+            else:
+                try:
+                    if start is not None:
+                        start(node)
+                    stop.spin(node)
+                finally:
+                    node.destroy_node()
     except KeyboardInterrupt:  # the stop signal before the node spun (loading models, say)
         pass
-    return safe_exit_code(0)
+    return safe_exit_code(code)
 
 
 def configure_and_activate(node) -> None:
