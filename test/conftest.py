@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vrs_node.core.process_exit import safe_exit_code
 from vrs_node.core.tracker import StreamingTracker
 from vrs_node.models.profiles import build_sam2_for_profile, get_profile
 
@@ -29,6 +30,22 @@ VRSHQ_GOLDEN = Path(os.environ.get("VRS_GOLDEN_DIR", REPO.parent / "shared" / "g
 """The authors' VRS-HQ code's tiny checkpoint and golden outputs (shared/golden/vrshq_tiny/README.md)."""
 FUZZ_EXAMPLES: Counter = Counter()
 """Examples run to completion per fuzzed input surface (test_fuzz.py); printed at the session's end."""
+
+
+_EXIT_STATUS = [0]
+"""The session's exit status, kept for :func:`pytest_unconfigure`."""
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _EXIT_STATUS[0] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """The run ends with pytest's own status even when a test left a worker thread inside torch (a
+    live test that failed before closing its engine, say): Python's exit would abort the process
+    then (SIGABRT; vrs_node.core.process_exit)."""
+    safe_exit_code(_EXIT_STATUS[0])
 
 
 def pytest_terminal_summary(terminalreporter):
