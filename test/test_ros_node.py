@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import numpy as np
 import rclpy
@@ -13,6 +15,7 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from vrs_node.io.image import image_msg_to_rgb, stamp_to_ns
+from vrs_node.ros.interface import STOP_WAIT_S
 from vrs_node.ros.node import VrsNode
 
 
@@ -361,3 +364,30 @@ def test_two_targets_on_the_targets_topic_give_an_instance_mask_a_status_list_an
                              for s in h.statuses))
     assert h.node.set_parameters([Parameter("instructions", value=[])])[0].successful
     assert h.node.engine.target_labels() == {}
+
+
+def test_destroying_the_node_during_a_query_waits_at_most_stop_wait_s(ros):
+    """A query held inside the grounder when the node is destroyed: destroy_node returns after about
+    STOP_WAIT_S (not the engine's default 10 s), leaving the query to end on its own; a command
+    then exits through safe_exit_code (test_cli)."""
+    frames = davis_sequence("blackswan", 1)[0]
+    h = ros(mode="live")
+    release, inside = threading.Event(), threading.Event()
+
+    def held(window, instructions):
+        inside.set()
+        release.wait(60)
+        return [RuntimeError("held, then released")] * len(instructions)
+
+    h.node.engine.grounder.ground_many = held
+    try:
+        assert h.node.set_parameters([Parameter("instruction", value="the black swan")])[0].successful
+        h.send_frame(frame_msg(frames[0], 0))
+        assert inside.wait(30)
+        started = time.monotonic()
+        h.node.destroy_node()
+        waited = time.monotonic() - started
+    finally:
+        release.set()
+    assert STOP_WAIT_S - 0.5 < waited < STOP_WAIT_S + 5, waited
+    assert h.node.engine is None

@@ -43,6 +43,11 @@ from vrs_node.ros.params import (RUNTIME_ENGINE_PARAMETERS, check_choices, decla
 from vrs_node.ros.qos import LATCHED, RELIABLE_5, qos_fix
 from vrs_node.ros.remote import RemoteReasonerLink
 
+STOP_WAIT_S = 3.0
+"""Longest wait of a stop for the engine's frame or query in progress: below the 5 s ``ros2
+launch`` leaves between SIGINT and SIGTERM (``sigterm_timeout``; SIGKILL follows 5 s later), so a
+node stopped during a long query still exits on its own (:mod:`vrs_node.core.process_exit`)."""
+
 
 class VrsInterface:
     """The node's ROS interface over the engine, shared by :class:`~vrs_node.ros.node.VrsNode` and
@@ -154,7 +159,7 @@ class VrsInterface:
                 self.destroy_subscription(entity)
         self._inputs.clear()
         if self.engine is not None:
-            self.engine.close()
+            self.engine.close(STOP_WAIT_S)
             self.engine = None
             release_accelerator_memory(self.device)
         if self._link is not None:
