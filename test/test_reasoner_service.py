@@ -232,9 +232,34 @@ def test_stop_ends_a_batch_waiting_for_more_requests_at_once(models, frames):
     s.submit(Request("client-0", 0, ["the swan"], stamps(len(frames))).to_json())
     time.sleep(0.2)
     start = time.monotonic()
-    s.stop(timeout_s=10)
+    assert s.stop(timeout_s=10) is True
     assert not s._thread.is_alive() and time.monotonic() - start < 10
     assert calls == [] and sent == []
+
+
+def test_stop_waits_at_most_its_timeout_for_a_batch_inside_the_model(models, frames, caplog):
+    """A batch held inside reason_many: stop(timeout_s) returns False after about its timeout,
+    naming the thread; once the batch ends, the worker ends and stop is True."""
+    s, _ = service(models, frames)
+    release, inside = threading.Event(), threading.Event()
+
+    def held(window, instructions, **options):
+        inside.set()
+        release.wait(60)
+        raise RuntimeError("held, then released")
+
+    s.grounder.reason_many = held
+    s.start()
+    try:
+        s.submit(Request("client-0", 0, ["the swan"], stamps(len(frames))).to_json())
+        assert inside.wait(30)
+        start = time.monotonic()
+        assert s.stop(timeout_s=0.5) is False
+        assert 0.4 < time.monotonic() - start < 5
+        assert "vrs-reasoner still running" in caplog.text
+    finally:
+        release.set()
+    assert s.stop(timeout_s=30) is True
 
 
 @pytest.mark.parametrize("wait", [-0.1, math.nan, math.inf])

@@ -15,7 +15,7 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from vrs_node.io.image import image_msg_to_rgb, stamp_to_ns
-from vrs_node.ros.interface import STOP_WAIT_S
+from vrs_node.ros.cli import STOP_WAIT_S
 from vrs_node.ros.node import VrsNode
 
 

@@ -33,6 +33,7 @@ requests never fill the queue.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -47,6 +48,8 @@ from vrs_node.core.grounder import Grounder, GrounderConfig, Reasoning
 from vrs_node.core.reasoner_protocol import Answer, Failure, ProtocolError, Request, Response, request_from_json
 from vrs_node.models.profiles import LoadedModels
 from vrs_node.models.prompt import Instruction, clean_instruction
+
+log = logging.getLogger(__name__)
 
 MAX_PENDING = 64
 """Most requests waiting for the worker; more are refused ("busy"), so a flood cannot grow memory."""
@@ -165,14 +168,20 @@ class ReasonerService:
             self._thread = threading.Thread(target=self._run, name="vrs-reasoner", daemon=True)
             self._thread.start()
 
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """End the worker after the batch in progress; waiting requests are dropped unanswered."""
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        """End the worker after the batch in progress, waiting at most ``timeout_s``; waiting
+        requests are dropped unanswered. False, logged, when the batch is still running then (inside
+        a model call: it ends on its own)."""
         with self._wake:
             self._stopping = True
             self._pending.clear()
             self._wake.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
+        if self._thread is None:
+            return True
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            log.warning("%s still running %.0f s after stop (a batch inside a model call)", self._thread.name, timeout_s)
+        return not self._thread.is_alive()
 
     def answer(self, requests: Sequence[Request]) -> list[Response]:
         """One response per request, in order, with one ``reason_many`` call for all their

@@ -25,6 +25,11 @@ from rclpy.signals import SignalHandlerOptions
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 POLL_S = 0.1
 """Longest wait of :meth:`StopSignal.spin` between two looks at the stop signal."""
+STOP_WAIT_S = 3.0
+"""Longest wait of a stopping node for the frame, query or reasoning batch in progress: below the
+5 s ``ros2 launch`` leaves between SIGINT and SIGTERM (``sigterm_timeout``; SIGKILL follows 5 s
+later), so a node stopped during a long query still exits on its own
+(:mod:`vrs_node.core.process_exit`)."""
 
 
 class StopSignal:

@@ -35,6 +35,7 @@ from vrs_node.io.overlay import overlay_instances
 from vrs_node.models.config import ModelConfig
 from vrs_node.models.profiles import LoadedModels, load_configured_models, release_accelerator_memory
 from vrs_node.ros import status
+from vrs_node.ros.cli import STOP_WAIT_S
 from vrs_node.ros.diagnostics import DIAGNOSTICS_PERIOD_S, HealthMonitor
 from vrs_node.ros.image_input import decode_image, subscribe_image
 from vrs_node.ros.logs import RosLogHandler, forward_core_logs, stop_forwarding
@@ -42,11 +43,6 @@ from vrs_node.ros.params import (RUNTIME_ENGINE_PARAMETERS, check_choices, decla
                                  empty_lists_as_string_arrays, read_config, reasoner_namespace)
 from vrs_node.ros.qos import LATCHED, RELIABLE_5, qos_fix
 from vrs_node.ros.remote import RemoteReasonerLink
-
-STOP_WAIT_S = 3.0
-"""Longest wait of a stop for the engine's frame or query in progress: below the 5 s ``ros2
-launch`` leaves between SIGINT and SIGTERM (``sigterm_timeout``; SIGKILL follows 5 s later), so a
-node stopped during a long query still exits on its own (:mod:`vrs_node.core.process_exit`)."""
 
 
 class VrsInterface:

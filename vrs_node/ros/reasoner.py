@@ -42,6 +42,7 @@ from vrs_node.core.reasoner_service import MAX_PENDING, ReasonerService, Reasone
 from vrs_node.io.image import stamp_to_ns
 from vrs_node.models.config import ModelConfig
 from vrs_node.models.profiles import load_configured_models
+from vrs_node.ros.cli import STOP_WAIT_S
 from vrs_node.ros.diagnostics import DIAGNOSTICS_PERIOD_S, ERROR, OK, WARN, Health
 from vrs_node.ros.image_input import decode_image, subscribe_image
 from vrs_node.ros.params import IMAGE_TRANSPORTS, declare_parameters, read_config, reasoner_parameters
@@ -146,7 +147,7 @@ class ReasonerInterface:
             self.destroy_subscription(subscription)
         self._inputs = []
         if self.service is not None:
-            self.service.stop()
+            self.service.stop(STOP_WAIT_S)
             self.service = None
 
     def _on_image(self, msg) -> None:
