@@ -1,5 +1,6 @@
 """Property-based fuzz tests (hypothesis) of every input surface: image messages, compressed
-images, prompt JSON and instruction strings.
+images, prompt JSON, instruction strings and (live) ``targets`` commands (their parsing alone:
+test_target_commands.py).
 
 Invariants: the ROS-free functions behind each callback raise nothing but their documented
 refusal (ImageConversionError, PromptRefused, ValueError), accept exactly what their contract
@@ -32,6 +33,7 @@ from hypothesis import strategies as st
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
 from test_image import png_bytes
+from test_target_commands import COMMAND as TARGETS_COMMAND
 
 from vrs_node.core.prompt_json import (DEFAULT_MAX_PROMPT_POINTS, FIELDS, PromptRefused, fit_to_image,
                                        prompt_from_json)
@@ -362,8 +364,9 @@ class LiveFuzz:
         assert (mask.height, mask.width, mask.encoding) == (48, 64, "mono8")
         engine = self.h.node.engine
         assert len(engine.window) <= engine.window.capacity
-        memory = engine.target_tracker  # one target: its memory's bound
-        assert memory.state_size()[0] <= memory.max_cond_frames + memory.keep_non_cond
+        memory = engine.target_tracker  # at most max_targets targets, each within its memory's bound
+        assert len(memory.ids) <= memory.max_targets
+        assert memory.state_size()[0] <= len(memory.ids) * (memory.max_cond_frames + memory.keep_non_cond)
 
 
 def hostile_header(stamp) -> Header:
@@ -428,5 +431,41 @@ def test_fuzz_live_instructions(ros):
         node.h.node._on_instruction(String(data=raw))  # the subscription's callback, as the executor calls it
         node.valid_frame_gets_its_mask()
         FUZZ_EXAMPLES["live: instructions"] += 1
+
+    run()
+
+
+LIVE_ENTRY = st.fixed_dictionaries({}, optional={"id": st.integers(1, 5)}).flatmap(lambda entry: st.one_of(
+    st.builds(lambda x, y, w, h: {**entry, "box": [x, y, x + w, y + h]},
+              st.integers(0, 40), st.integers(0, 30), st.integers(1, 23), st.integers(1, 17)),
+    st.builds(lambda text: {**entry, "instruction": text}, st.sampled_from(["the cup", "the [SEG] hand", "  "]))))
+LIVE_COMMAND = st.one_of(
+    st.builds(lambda entry: {"op": "add", **entry}, LIVE_ENTRY),
+    st.builds(lambda i: {"op": "remove", "id": i}, st.integers(0, 5)),
+    st.just({"op": "clear"}),
+    st.builds(lambda entries: {"op": "set", "targets": entries}, st.lists(LIVE_ENTRY, max_size=4)),
+).map(json.dumps)
+"""Commands a user would send to a 64 x 48 stream, valid or not for the node's state: ids 1-5 (3
+targets at most), boxes in the frame, instructions (one empty)."""
+
+
+def test_fuzz_live_targets_commands(ros):
+    """``targets`` commands (:data:`LIVE_COMMAND`, test_target_commands.COMMAND's hostile ones, any
+    text) to a node taking at most 3 targets: each is answered on ``status`` (its ids, or the reason
+    it was refused, a refusal changing nothing) and the next valid frame gets its mask, the targets
+    and their memories within their bounds."""
+    node = LiveFuzz(ros(period_s=0.0, lost_after_frames=0, max_targets=3), raw_frame)
+    h = node.h
+
+    @fuzz(LIVE_EXAMPLES)
+    @given(text=st.one_of(LIVE_COMMAND, TARGETS_COMMAND, st.text(max_size=40)))
+    def run(text):
+        before = h.node.engine.target_labels()
+        reply = h.send_targets(text)
+        assert reply["status"] in ("accepted", "error"), reply
+        if reply["status"] == "error":
+            assert reply["reason"].startswith("targets command refused: ") and h.node.engine.target_labels() == before
+        node.valid_frame_gets_its_mask()
+        FUZZ_EXAMPLES["live: targets commands"] += 1
 
     run()
