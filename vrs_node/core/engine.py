@@ -76,6 +76,7 @@ from vrs_node.core.frame_report import frame_result
 from vrs_node.core.frames import SAM2_KEY, Frame, FrameWindow, check_frame
 from vrs_node.core.grounder import Grounder
 from vrs_node.core.prompt_json import fit_to_image
+from vrs_node.core.process_exit import join_workers
 from vrs_node.core.prompts import PointsPrompt, Prompt
 from vrs_node.core.queries import QueryReport, QueryScheduler
 from vrs_node.core.results import STATUS_GROUNDING, STATUS_TARGET_ABSENT, EngineStats, FrameResult
@@ -239,21 +240,14 @@ class StreamingEngine:
 
     def close(self, timeout_s: float = 10.0) -> bool:
         """Stop the live threads (the frame or query in progress is finished first), waiting at
-        most ``timeout_s`` in all. False, logged, when one is still running then (a query inside
-        a model call: it ends on its own; a command's exit goes through
-        :func:`~vrs_node.core.process_exit.safe_exit_code`)."""
+        most ``timeout_s`` in all. False, logged, when one is still running then
+        (:func:`~vrs_node.core.process_exit.join_workers`: a query inside a model call ends on its
+        own; a command's exit goes through :func:`~vrs_node.core.process_exit.safe_exit_code`)."""
         with self._slot.cond:
             self._slot.closed = True
             self._slot.cond.notify()
         self._queries.stop()
-        deadline = time.monotonic() + timeout_s
-        for worker in self._workers:
-            worker.join(max(0.0, deadline - time.monotonic()))
-        running = [worker.name for worker in self._workers if worker.is_alive()]
-        if running:
-            log.warning("%s still running %.0f s after close (a query inside a model call)", ", ".join(running),
-                        timeout_s)
-        return not running
+        return join_workers(self._workers, timeout_s)
 
     def _run_live(self) -> None:
         while True:

@@ -33,7 +33,6 @@ requests never fill the queue.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections import deque
@@ -45,11 +44,10 @@ import torch
 
 from vrs_node.core.frames import Frame, FrameWindow, check_frame
 from vrs_node.core.grounder import Grounder, GrounderConfig, Reasoning
+from vrs_node.core.process_exit import join_workers
 from vrs_node.core.reasoner_protocol import Answer, Failure, ProtocolError, Request, Response, request_from_json
 from vrs_node.models.profiles import LoadedModels
 from vrs_node.models.prompt import Instruction, clean_instruction
-
-log = logging.getLogger(__name__)
 
 MAX_PENDING = 64
 """Most requests waiting for the worker; more are refused ("busy"), so a flood cannot grow memory."""
@@ -170,18 +168,13 @@ class ReasonerService:
 
     def stop(self, timeout_s: float = 30.0) -> bool:
         """End the worker after the batch in progress, waiting at most ``timeout_s``; waiting
-        requests are dropped unanswered. False, logged, when the batch is still running then (inside
-        a model call: it ends on its own)."""
+        requests are dropped unanswered. False, logged, when the batch is still running then
+        (:func:`~vrs_node.core.process_exit.join_workers`)."""
         with self._wake:
             self._stopping = True
             self._pending.clear()
             self._wake.notify_all()
-        if self._thread is None:
-            return True
-        self._thread.join(timeout_s)
-        if self._thread.is_alive():
-            log.warning("%s still running %.0f s after stop (a batch inside a model call)", self._thread.name, timeout_s)
-        return not self._thread.is_alive()
+        return join_workers([self._thread] if self._thread is not None else [], timeout_s)
 
     def answer(self, requests: Sequence[Request]) -> list[Response]:
         """One response per request, in order, with one ``reason_many`` call for all their
