@@ -38,9 +38,22 @@ KEYFRAMES = {"same": lambda k: [0] * k, "spread": lambda k: [2 * i for i in rang
 """Keyframes (window positions) of the k answers, by pattern."""
 
 
+def keyframe_answers(window, positions: list[int], boxes: list) -> list[tuple[int, SimpleNamespace, bool]]:
+    """New-target answers 1..k, answer i on the window's frame at ``positions[i]`` with a box prompt
+    ``boxes[i]`` and that frame's cached SAM-2 features: what :meth:`CatchUps.prepare` reads of a
+    grounding (keyframe, its features, the prompt)."""
+    from vrs_node.core.frames import SAM2_KEY
+    from vrs_node.core.prompts import PointsPrompt
+
+    held = window.snapshot()
+    return [(i + 1, SimpleNamespace(keyframe=held[p].index, prompt=PointsPrompt(box=boxes[i]),
+                                    keyframe_features=window.get_feature(held[p].index, SAM2_KEY)), True)
+            for i, p in enumerate(positions)]
+
+
 def timed_prepare(single, window, answers: list, mode: str, max_batch: int) -> float:
     """Seconds to prepare ``answers`` ((target id, grounding-like, new target)) on a fresh
-    MultiTargetTracker over ``single``, in ``mode``."""
+    MultiTargetTracker over ``single``, in ``mode`` (synchronised on CUDA)."""
     from vrs_node.core.catchup import CatchUps
     from vrs_node.core.results import EngineStats
     from vrs_node.core.targets import MultiTargetTracker
@@ -51,6 +64,8 @@ def timed_prepare(single, window, answers: list, mode: str, max_batch: int) -> f
         prepared = catch_ups.prepare(answers)
     else:
         prepared = {i: p for answer in answers for i, p in catch_ups.prepare([answer]).items()}
+    if single.device.type == "cuda":
+        torch.cuda.synchronize(single.device)
     elapsed = time.perf_counter() - started
     assert len(prepared) == len(answers)
     return elapsed
@@ -58,8 +73,6 @@ def timed_prepare(single, window, answers: list, mode: str, max_batch: int) -> f
 
 def run(args) -> dict:
     """{pattern: {k: row}}: both modes timed ``--repeats`` times each, interleaved."""
-    from vrs_node.core.frames import SAM2_KEY
-    from vrs_node.core.prompts import PointsPrompt
     from vrs_node.core.tracker import StreamingTracker
     from vrs_node.models.profiles import build_sam2_for_profile, get_profile
 
@@ -67,15 +80,12 @@ def run(args) -> dict:
     model, transform = build_sam2_for_profile(get_profile(args.profile), device=args.device, image_size=args.size)
     single = StreamingTracker(model, transform)
     window = filled_window(single, frames)
-    held = window.snapshot()
     boxes = grid_boxes(*frames[0].shape[:2], max(args.counts))
     rows = {}
     for pattern, keyframes in KEYFRAMES.items():
         rows[pattern] = {}
         for k in args.counts:
-            answers = [(i + 1, SimpleNamespace(keyframe=held[p].index, prompt=PointsPrompt(box=boxes[i]),
-                                               keyframe_features=window.get_feature(held[p].index, SAM2_KEY)), True)
-                       for i, p in enumerate(keyframes(k))]
+            answers = keyframe_answers(window, keyframes(k), boxes)
             times = {mode: [] for mode in MODES}
             for r in range(args.repeats):
                 for mode in MODES[r % 2:] + MODES[:r % 2]:

@@ -28,6 +28,9 @@ written down as not run, with the reason, never dropped silently):
 7. ``targets``: the per-frame cost (encode + track, p50) with 1/2/4/8 targets on Hiera-B+ in bf16
    (``MultiTargetTracker`` at the node's ``target_batch``, box prompts on a grid, all added on the
    first frame), relative to 1; 8 targets in one batch; 8 targets added one per frame.
+8. ``catch_ups``: a batched query's catch-ups on Hiera-B+ in bf16: 4 answers on the window's first
+   frame prepared together (one batched call per frame) and one after another
+   (``bench/bench_catchups.py``), medians of 3.
 
 Writes ``<out-dir>/device_<gpu>.json`` (after every part, so a run cut short keeps what it
 measured) and ``<out-dir>/device_<gpu>.md`` (the table, goals beside the figures). Refuses to run
@@ -58,6 +61,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_catchups import MODES as CATCHUP_MODES  # noqa: E402
+from bench_catchups import keyframe_answers, timed_prepare  # noqa: E402
 from common import box_of, filled_window, grid_boxes  # noqa: E402
 
 from vrs_node.core.config import PipelineConfig  # noqa: E402
@@ -466,9 +471,33 @@ def part_targets(device, sizes: Sizes, frames, mask, clock: Clock, state: dict) 
     return out
 
 
+CATCHUP_ANSWERS = 4
+"""part_catch_ups' answers, all on the window's first frame."""
+
+
+def part_catch_ups(device, sizes: Sizes, frames, mask, clock: Clock, state: dict) -> dict:
+    """A batched query's catch-ups (:data:`CATCHUP_ANSWERS` answers on the first frame of a
+    ``sizes.window``-frame window) prepared together and one after another, at the node's
+    ``target_batch``; p50 of 3 each, interleaved, and together / one after another."""
+    arch = "b+" if "b+" in sizes.archs else sizes.archs[0]
+    loaded = load_models(get_profile(sizes.tracker_profile.format(arch)), device, image_size=sizes.image_size,
+                         precision="bf16")
+    single = StreamingTracker(loaded.sam2, loaded.transform, **loaded.tracker_options)
+    window = filled_window(single, frames, sizes.window)
+    answers = keyframe_answers(window, [0] * CATCHUP_ANSWERS, grid_boxes(*frames[0].shape[:2], CATCHUP_ANSWERS))
+    times = {mode: [] for mode in CATCHUP_MODES}
+    for r in range(3):
+        for mode in CATCHUP_MODES[r % 2:] + CATCHUP_MODES[:r % 2]:
+            times[mode].append(timed_prepare(single, window, answers, mode, PipelineConfig().target_batch))
+    out = {"arch": f"hiera-{arch}", "answers": CATCHUP_ANSWERS, "frames_each": len(window) - 2,
+           **{f"{mode}_p50_ms": percentile_ms(t, 50) for mode, t in times.items()}}
+    out["ratio"] = out["together_p50_ms"] / out["one_by_one_p50_ms"]
+    return out
+
+
 PARTS = (("host", part_host), ("tracker_fps", part_tracker_fps), ("memory", part_memory), ("reasoner", part_reasoner),
          ("first_mask", part_first_mask), ("hot_path", part_hot_path), ("deactivate", part_deactivate),
-         ("cuda_checks", part_cuda_checks), ("targets", part_targets))
+         ("cuda_checks", part_cuda_checks), ("targets", part_targets), ("catch_ups", part_catch_ups))
 
 
 def table(report: dict) -> str:
@@ -503,6 +532,11 @@ def table(report: dict) -> str:
         if "ratio_to_1" in value:
             rows.append((f"{what} ({targets['arch']} bf16), per frame", f"{value['p50_ms']:.1f} ms "
                          f"({value['ratio_to_1']:.2f}x of 1)", TARGET_GOALS.get(key, "")))
+    catch_ups = p.get("catch_ups", {})
+    if "ratio" in catch_ups:
+        rows.append((f"{catch_ups['answers']} answers' catch-ups ({catch_ups['arch']} bf16), together / one by one",
+                     f"{catch_ups['together_p50_ms']:.0f} / {catch_ups['one_by_one_p50_ms']:.0f} ms "
+                     f"({catch_ups['ratio']:.2f}x)", ""))
     first = p.get("first_mask", {})
     if first.get("first_mask_ms") is not None:
         rows.append(("instruction -> first mask", f"{first['first_mask_ms']:.0f} ms", GOALS["instruction -> first mask"]))

@@ -30,7 +30,7 @@ def test_cpu_smoke_runs_every_part(tmp_path):
     report = json.loads((tmp_path / "device_cpu_smoke.json").read_text())
     parts = report["parts"]
     assert set(parts) == {"host", "tracker_fps", "memory", "reasoner", "first_mask", "hot_path", "deactivate", "cuda_checks",
-                          "targets"}
+                          "targets", "catch_ups"}
     errors = {name: part["error"] for name, part in parts.items() if "error" in part}
     assert not errors, errors
     assert 0 < parts["host"]["total"]["p50_ms"] <= parts["host"]["total"]["p99_ms"]
@@ -60,8 +60,11 @@ def test_cpu_smoke_runs_every_part(tmp_path):
     assert targets["1"]["ratio_to_1"] == 1.0 and targets["8"]["state_bytes"] > targets["1"]["state_bytes"]
     assert targets["8"]["batches"] == [4, 4] and targets["8_one_batch"]["batches"] == [8]
     assert targets["8_staggered"]["batches"] == [4, 4], "separate memories, tracked in shared calls"
+    catch_ups = parts["catch_ups"]
+    assert catch_ups["together_p50_ms"] > 0 and catch_ups["one_by_one_p50_ms"] > 0 and catch_ups["frames_each"] == 4
     table = (tmp_path / "device_cpu_smoke.md").read_text()
     assert "| hiera-t bf16+compile at 128 px |" in table and "instruction -> first mask" in table
     assert "| 8 targets (hiera-t bf16), per frame |" in table
     assert "| 8 targets in one batch (hiera-t bf16), per frame |" in table
     assert "| 8 targets added on 8 frames (hiera-t bf16), per frame |" in table
+    assert "| 4 answers' catch-ups (hiera-t bf16), together / one by one |" in table
