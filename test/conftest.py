@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -104,6 +105,29 @@ def grounding_engine(**config):
     engine = build_pipeline(load_models(get_profile("tiny-random"), image_size=128),
                             PipelineConfig(**config), on_query=reports.append)
     return engine, reports
+
+
+class HeldCall:
+    """A stand-in for a model call still running (a grounding query, a reasoning batch): a call
+    sets ``inside``, waits (at most 60 s) for ``release``, then returns ``then(*args, **kwargs)``."""
+
+    def __init__(self, then):
+        self.then, self.inside, self.release = then, threading.Event(), threading.Event()
+
+    def __call__(self, *args, **kwargs):
+        self.inside.set()
+        assert self.release.wait(60)
+        return self.then(*args, **kwargs)
+
+
+def failed_queries(window, instructions, **options):
+    """Every instruction's answer a failure: what a held query returns once released."""
+    return [RuntimeError("held, then released")] * len(instructions)
+
+
+def failed_call(*args, **kwargs):
+    """Raise, as a model call that failed: what a held reasoning batch does once released."""
+    raise RuntimeError("held, then released")
 
 
 FRAME_NS = 33_333_333

@@ -4,12 +4,12 @@ periodic and lost-target re-grounding, instruction changes, hostile and failing 
 
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
 import pytest
-from conftest import FRAME_NS, davis_sequence, grounding_engine, make_grounder, make_tracker, push_all
+from conftest import (FRAME_NS, HeldCall, davis_sequence, failed_queries, grounding_engine, make_grounder, make_tracker,
+                      push_all)
 
 from vrs_node.core.config import PipelineConfig
 from vrs_node.core.engine import StreamingEngine
@@ -127,15 +127,8 @@ def test_live_query_runs_concurrently_with_tracking(frames):
     once released, its keyframe conditions the tracker (catch-up) and masks appear."""
     tracker = make_tracker(128)
     grounder = make_grounder(tracker)
-    release, inside = threading.Event(), threading.Event()
-    real_ground = grounder.ground_many
-
-    def slow_ground(window, instructions):
-        inside.set()
-        assert release.wait(60)
-        return real_ground(window, instructions)
-
-    grounder.ground_many = slow_ground
+    grounder.ground_many = slow_ground = HeldCall(grounder.ground_many)
+    release, inside = slow_ground.release, slow_ground.inside
     results, reports = [], []
     engine = StreamingEngine(tracker, PipelineConfig(mode="live", period_s=0, window_frames=30), grounder=grounder,
                              on_result=results.append, on_query=reports.append)
@@ -175,26 +168,19 @@ def test_close_waits_at_most_its_timeout_for_a_query_in_progress(frames, caplog)
     naming the thread still running; once the query ends, the threads stop and close is True."""
     tracker = make_tracker(128)
     grounder = make_grounder(tracker)
-    release, inside = threading.Event(), threading.Event()
-
-    def held(window, instructions):
-        inside.set()
-        release.wait(60)
-        return [RuntimeError("held, then released")] * len(instructions)
-
-    grounder.ground_many = held
+    grounder.ground_many = held = HeldCall(failed_queries)
     engine = StreamingEngine(tracker, PipelineConfig(mode="live", period_s=0), grounder=grounder,
                              on_result=lambda result: None)
     try:
         engine.set_instruction("the black swan")
         engine.push(frames[0], 0)
-        assert inside.wait(30)
+        assert held.inside.wait(30)
         started = time.monotonic()
         assert engine.close(timeout_s=0.5) is False
         assert 0.4 < time.monotonic() - started < 5
         assert "vrs-grounding still running" in caplog.text
     finally:
-        release.set()
+        held.release.set()
     assert engine.close(timeout_s=30) is True
 
 

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import davis_sequence
+from conftest import HeldCall, davis_sequence, failed_call
 
 from vrs_node.core.frames import CLIP_KEY, MLLM_KEY, SAM2_KEY, FrameWindow
 from vrs_node.core.pipeline import build_pipeline
@@ -241,24 +241,17 @@ def test_stop_waits_at_most_its_timeout_for_a_batch_inside_the_model(models, fra
     """A batch held inside reason_many: stop(timeout_s) returns False after about its timeout,
     naming the thread; once the batch ends, the worker ends and stop is True."""
     s, _ = service(models, frames)
-    release, inside = threading.Event(), threading.Event()
-
-    def held(window, instructions, **options):
-        inside.set()
-        release.wait(60)
-        raise RuntimeError("held, then released")
-
-    s.grounder.reason_many = held
+    s.grounder.reason_many = held = HeldCall(failed_call)
     s.start()
     try:
         s.submit(Request("client-0", 0, ["the swan"], stamps(len(frames))).to_json())
-        assert inside.wait(30)
+        assert held.inside.wait(30)
         start = time.monotonic()
         assert s.stop(timeout_s=0.5) is False
         assert 0.4 < time.monotonic() - start < 5
         assert "vrs-reasoner still running" in caplog.text
     finally:
-        release.set()
+        held.release.set()
     assert s.stop(timeout_s=30) is True
 
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 import numpy as np
 import rclpy
-from conftest import box_of, davis_sequence
+from conftest import HeldCall, box_of, davis_sequence, failed_queries
 from rclpy.parameter import Parameter
 from ros_harness import RELIABLE, frame_msg
 from std_msgs.msg import String
@@ -372,22 +371,15 @@ def test_destroying_the_node_during_a_query_waits_at_most_stop_wait_s(ros):
     then exits through safe_exit_code (test_cli)."""
     frames = davis_sequence("blackswan", 1)[0]
     h = ros(mode="live")
-    release, inside = threading.Event(), threading.Event()
-
-    def held(window, instructions):
-        inside.set()
-        release.wait(60)
-        return [RuntimeError("held, then released")] * len(instructions)
-
-    h.node.engine.grounder.ground_many = held
+    h.node.engine.grounder.ground_many = held = HeldCall(failed_queries)
     try:
         assert h.node.set_parameters([Parameter("instruction", value="the black swan")])[0].successful
         h.send_frame(frame_msg(frames[0], 0))
-        assert inside.wait(30)
+        assert held.inside.wait(30)
         started = time.monotonic()
         h.node.destroy_node()
         waited = time.monotonic() - started
     finally:
-        release.set()
+        held.release.set()
     assert STOP_WAIT_S - 0.5 < waited < STOP_WAIT_S + 5, waited
     assert h.node.engine is None
