@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark: k instructions grounded in one batched query vs k separate queries (issue 14).
 
-One run, ``tiny-random`` at ``--size`` px (256 by default), random weights (cost only, never
+One run, ``tiny-random`` at ``--size`` px (256 by default) in ``--precision`` (fp32 by default;
+bf16: SAM-2 under autocast, the grounding models in bf16), random weights (cost only, never
 quality), a window of ``--window`` DAVIS-2016 ``blackswan`` frames with their SAM-2 features, and
 the first k of four instructions of different lengths, for each k in ``--ks``:
 
@@ -58,7 +59,9 @@ from common import davis_sequence, filled_window  # noqa: E402
 from vrs_node.core.frames import SAM2_KEY, FrameWindow  # noqa: E402
 from vrs_node.core.grounder import Grounder  # noqa: E402
 from vrs_node.core.tracker import StreamingTracker  # noqa: E402
+from vrs_node.models.config import PRECISION_CHOICES  # noqa: E402
 from vrs_node.models.mllm import FrameTokens, PrefillInput, VrshqMLLM, vrshq_7b_config  # noqa: E402
+from vrs_node.models.precision import tracker_precision_options  # noqa: E402
 from vrs_node.models.profiles import build_grounding_models, build_sam2_for_profile, get_profile  # noqa: E402
 from vrs_node.models.prompt import build_prompt, clean_instruction, tokenize_prompt  # noqa: E402
 
@@ -74,6 +77,8 @@ def parse_args(argv=None):
     p.add_argument("--ks", default="1,2,4", help="comma list of batch sizes")
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--real-llm-layers", type=int, default=0, help="decoder layers of the 7B-wide prefill (0: skip)")
+    p.add_argument("--precision", default="fp32", choices=PRECISION_CHOICES,
+                   help="the grounding models' and SAM-2's precision (vrs_node.models.precision)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "grounding_batch.json")
     return p.parse_args(argv)
 
@@ -154,6 +159,12 @@ def decode_cost(tracker, window, ks, repeats) -> list[dict]:
     return rows
 
 
+def warm_up(grounder: Grounder, window: FrameWindow) -> None:
+    """One batched query over all :data:`INSTRUCTIONS`: every per-frame input and text embedding
+    cached, as the ``cached`` regime times them."""
+    grounder.ground_many(window, [clean_instruction(t) for t in INSTRUCTIONS])
+
+
 def make_grounder(models, tracker) -> Grounder:
     return Grounder(models.mllm, models.tokenizer, models.anchor_scorer, tracker, special_ids=models.special_ids)
 
@@ -207,8 +218,8 @@ def main(argv=None):
     torch.manual_seed(0)
     profile = get_profile("tiny-random")
     model, transform = build_sam2_for_profile(profile, image_size=args.size)
-    models = build_grounding_models(profile)
-    tracker = StreamingTracker(model, transform)
+    models = build_grounding_models(profile, precision=args.precision)
+    tracker = StreamingTracker(model, transform, **tracker_precision_options(args.precision, "cpu"))
     window = filled_window(tracker, davis_sequence("blackswan", args.window)[0])
     grounder = make_grounder(models, tracker)
     report = {"date": dt.datetime.now().isoformat(timespec="seconds"),
@@ -218,7 +229,7 @@ def main(argv=None):
               "instructions": INSTRUCTIONS, "regimes": {}}
     ks = [int(k) for k in args.ks.split(",")]
     with torch.inference_mode():
-        grounder.ground_many(window, [clean_instruction(t) for t in INSTRUCTIONS])  # warm-up, caches
+        warm_up(grounder, window)
         report["llm_tokens"] = [llm_tokens(models, grounder, window, k) for k in ks]
         report["tks_decode"] = decode_cost(tracker, window, ks, args.repeats)
         for regime in ("cached", "cold"):

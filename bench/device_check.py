@@ -23,12 +23,18 @@ written down as not run, with the reason, never dropped silently):
    ``set_instruction`` to the first result that tracks the target.
 5. ``hot_path``: the live engine at 30 FPS, p50/p99 of push -> result, once with a box prompt and no
    queries, once following an instruction re-grounded at 1 Hz (a query always running).
-6. ``deactivate``: GPU memory allocated with every model loaded, and after a lifecycle
+6. ``grounding_batch``: issue 14's batched query, one ``ground_many`` over 4 instructions vs 4
+   ``ground`` calls (per-frame inputs cached, medians of 3, interleaved:
+   ``bench/bench_grounding_batch.py``), on ``tiny-random`` at 256 px (the issue's setting) and on
+   the 7B-shaped reasoner the parts before loaded.
+7. ``deactivate``: GPU memory allocated with every model loaded, and after a lifecycle
    deactivate (weights to host memory, the allocator's cache returned).
-7. ``targets``: the per-frame cost (encode + track, p50) with 1/2/4/8 targets on Hiera-B+ in bf16
+8. ``cuda_checks``: what CI cannot check without a GPU: compiled vs eager SAM-2, the quantized
+   reasoners on CUDA (tiny-random).
+9. ``targets``: the per-frame cost (encode + track, p50) with 1/2/4/8 targets on Hiera-B+ in bf16
    (``MultiTargetTracker`` at the node's ``target_batch``, box prompts on a grid, all added on the
    first frame), relative to 1; 8 targets in one batch; 8 targets added one per frame.
-8. ``catch_ups``: a batched query's catch-ups on Hiera-B+ in bf16: 4 answers on the window's first
+10. ``catch_ups``: a batched query's catch-ups on Hiera-B+ in bf16: 4 answers on the window's first
    frame prepared together (one batched call per frame) and one after another
    (``bench/bench_catchups.py``), medians of 3.
 
@@ -63,6 +69,8 @@ sys.path.insert(0, str(REPO))
 
 from bench_catchups import MODES as CATCHUP_MODES  # noqa: E402
 from bench_catchups import keyframe_answers, timed_prepare  # noqa: E402
+from bench_grounding_batch import make_grounder, warm_up  # noqa: E402
+from bench_grounding_batch import measure as measure_query_batch  # noqa: E402
 from common import box_of, filled_window, grid_boxes  # noqa: E402
 
 from vrs_node.core.config import PipelineConfig  # noqa: E402
@@ -288,6 +296,38 @@ def part_reasoner(device, sizes: Sizes, frames, mask, clock: Clock, state: dict)
     return out
 
 
+QUERY_BATCH = 4
+"""part_grounding_batch's instructions per batched query (issue 14's goal: <= 0.5x of as many
+separate queries)."""
+
+
+def part_grounding_batch(device, sizes: Sizes, frames, mask, clock: Clock, state: dict) -> dict:
+    """One batched query over :data:`QUERY_BATCH` instructions vs as many separate queries, on a
+    ``sizes.window``-frame window with every per-frame input cached (after one warm-up batch):
+    ``tiny-random`` at 256 px (128 in the smoke run) in the node's precision on the device (bf16
+    on CUDA), then the reasoner part's models when they are loaded. ``ratio`` = median batched /
+    median separate."""
+    size = min(256, sizes.image_size)
+    models = {f"tiny-random {size} px": lambda: load_models(get_profile("tiny-random"), device, image_size=size)}
+    if "reasoner" in state:
+        models[sizes.reasoner_profile] = lambda: state["reasoner"]
+    out = {}
+    for name, load in models.items():
+        if clock.left() < 60:
+            out[name] = {"not_run": f"time budget ({clock.left():.0f} s left)"}
+            continue
+        loaded = load()
+        grounder = make_grounder(loaded.grounding, StreamingTracker(loaded.sam2, loaded.transform,
+                                                                    **loaded.tracker_options))
+        window = filled_window(grounder.tracker, frames, sizes.window)
+        warm_up(grounder, window)
+        row = measure_query_batch(loaded.grounding, grounder, window, QUERY_BATCH, cold=False, repeats=3)
+        out[name] = {key: row[key] for key in ("k", "separate_s", "batched_s", "ratio", "same_keyframes",
+                                               "max_abs_seg_tak_takprime")}
+        out[name]["precision"] = loaded.precision
+    return out
+
+
 def stream(engine: StreamingEngine, frames, sizes: Sizes, seconds: float, on_start=None) -> float:
     """Push frames at ``sizes.rate_hz`` for ``seconds``; ``on_start()`` after the first frame.
     Returns the perf_counter time ``on_start`` was called at."""
@@ -496,8 +536,9 @@ def part_catch_ups(device, sizes: Sizes, frames, mask, clock: Clock, state: dict
 
 
 PARTS = (("host", part_host), ("tracker_fps", part_tracker_fps), ("memory", part_memory), ("reasoner", part_reasoner),
-         ("first_mask", part_first_mask), ("hot_path", part_hot_path), ("deactivate", part_deactivate),
-         ("cuda_checks", part_cuda_checks), ("targets", part_targets), ("catch_ups", part_catch_ups))
+         ("first_mask", part_first_mask), ("hot_path", part_hot_path), ("grounding_batch", part_grounding_batch),
+         ("deactivate", part_deactivate), ("cuda_checks", part_cuda_checks), ("targets", part_targets),
+         ("catch_ups", part_catch_ups))
 
 
 def table(report: dict) -> str:
@@ -537,6 +578,11 @@ def table(report: dict) -> str:
         rows.append((f"{catch_ups['answers']} answers' catch-ups ({catch_ups['arch']} bf16), together / one by one",
                      f"{catch_ups['together_p50_ms']:.0f} / {catch_ups['one_by_one_p50_ms']:.0f} ms "
                      f"({catch_ups['ratio']:.2f}x)", ""))
+    for name, value in p.get("grounding_batch", {}).items():
+        figure = (f"{value['batched_s'] * 1e3:.0f} / {value['separate_s'] * 1e3:.0f} ms ({value['ratio']:.2f}x)"
+                  if "ratio" in value else _why(value))
+        rows.append((f"batched query of {QUERY_BATCH} instructions ({name}), batched / separate", figure,
+                     "<= 0.5x"))
     first = p.get("first_mask", {})
     if first.get("first_mask_ms") is not None:
         rows.append(("instruction -> first mask", f"{first['first_mask_ms']:.0f} ms", GOALS["instruction -> first mask"]))

@@ -1,7 +1,7 @@
 """bench/device_check.sh: it refuses to run without CUDA, and its ``--cpu-smoke`` run drives every
-part (tracker FPS per setting, memory, reasoner stages and quantizations, first mask, hot path,
-deactivate) through the same code on the CPU with tiny sizes, so the GPU run does not fail on
-plumbing. The smoke run measures nothing worth reporting."""
+part (tracker FPS per setting, memory, reasoner stages and quantizations, batched queries, first
+mask, hot path, deactivate, CUDA checks, targets, catch-ups) through the same code on the CPU with
+tiny sizes, so the GPU run does not fail on plumbing. The smoke run measures nothing worth reporting."""
 
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ def test_cpu_smoke_runs_every_part(tmp_path):
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     report = json.loads((tmp_path / "device_cpu_smoke.json").read_text())
     parts = report["parts"]
-    assert set(parts) == {"host", "tracker_fps", "memory", "reasoner", "first_mask", "hot_path", "deactivate", "cuda_checks",
-                          "targets", "catch_ups"}
+    assert set(parts) == {"host", "tracker_fps", "memory", "reasoner", "grounding_batch", "first_mask", "hot_path",
+                          "deactivate", "cuda_checks", "targets", "catch_ups"}
     errors = {name: part["error"] for name, part in parts.items() if "error" in part}
     assert not errors, errors
     assert 0 < parts["host"]["total"]["p50_ms"] <= parts["host"]["total"]["p99_ms"]
@@ -47,6 +47,13 @@ def test_cpu_smoke_runs_every_part(tmp_path):
     for mode, value in reasoner["quantization"].items():
         assert "prefill_s" in value, (mode, value)
     assert reasoner["quantization"]["none"]["tak_cosine_to_none"] > 0.99999  # itself
+    queries = parts["grounding_batch"]
+    assert set(queries) == {"tiny-random 128 px", "tiny-random"}, "the issue's setting, then the reasoner part's models"
+    for name, value in queries.items():
+        assert value["k"] == 4 and value["separate_s"] > 0 and value["batched_s"] > 0, (name, value)
+    assert queries["tiny-random 128 px"]["precision"] == "fp32", "the node's precision: auto is fp32 on the CPU"
+    assert queries["tiny-random 128 px"]["max_abs_seg_tak_takprime"] <= 1e-4
+    assert queries["tiny-random"]["precision"] == "bf16", "the reasoner part's models"
     assert parts["first_mask"]["first_mask_ms"] > 0
     hot = parts["hot_path"]
     assert hot["no_query"]["processed"] > 0 and hot["query_1hz"]["queries"] >= 1 and hot["p99_ratio"] > 0
@@ -68,3 +75,4 @@ def test_cpu_smoke_runs_every_part(tmp_path):
     assert "| 8 targets in one batch (hiera-t bf16), per frame |" in table
     assert "| 8 targets added on 8 frames (hiera-t bf16), per frame |" in table
     assert "| 4 answers' catch-ups (hiera-t bf16), together / one by one |" in table
+    assert "| batched query of 4 instructions (tiny-random 128 px), batched / separate |" in table
