@@ -11,12 +11,18 @@ each frame, so machine noise hits all counts alike. A frame's cost is ``encode``
 Figures are over the frames after ``--warmup`` (memory banks full after 16). Goals (issue 14):
 4 targets <= 1.6x, 8 targets <= 2.5x the cost of 1.
 
+Writes ``--out`` (JSON) and a plot beside it (``.png``: each count's time per frame split into the
+shared encoder and the tracking, and the ratio to 1 target per ``--max-batch`` against the goals
+and against tracking each target in a call of its own). ``--replot JSON`` redraws the plot of a
+saved report without measuring.
+
 Random weights: the figures say nothing about segmentation quality, only cost.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -108,6 +114,49 @@ def run(args) -> dict:
     return rows
 
 
+def batch_label(max_batch: str) -> str:
+    return "all targets in one batch" if max_batch == "0" else f"batches of at most {max_batch}"
+
+
+def plot(report: dict, path: Path) -> None:
+    """The report's figures as a picture at ``path``: left, the default batch's median ms per frame
+    per target count, encoder (frame - track) and tracking stacked; right, per-frame cost relative
+    to 1 target for each max batch, issue 14's goals as markers, and the cost if every target took
+    a full tracking step of its own (1 + (n - 1) x track / frame of 1 target) for reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_batch = report["by_max_batch"]
+    first = next(iter(by_batch.values()))
+    counts = [int(n) for n in first]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    frame = np.array([first[str(n)]["frame_ms_median"] for n in counts])
+    track = np.array([first[str(n)]["track_ms_median"] for n in counts])
+    labels = [str(n) for n in counts]
+    left.bar(labels, frame - track, color="tab:gray", label="image encoder (once per frame)")
+    left.bar(labels, track, bottom=frame - track, color="tab:blue", label="tracking (batched over targets)")
+    left.set_xlabel("targets")
+    left.set_ylabel("ms per frame (median)")
+    left.set_title(f"time per frame, {batch_label(next(iter(by_batch)))}")
+    left.legend()
+    for max_batch, rows in by_batch.items():
+        right.plot(counts, [rows[str(n)]["frame_ratio"] for n in counts], "o-", label=batch_label(max_batch))
+    one = first["1"]
+    right.plot(counts, [1 + (n - 1) * one["track_ms_median"] / one["frame_ms_median"] for n in counts], ":",
+               color="tab:gray", label="each target a step of its own (estimate)")
+    right.plot(list(GOALS), list(GOALS.values()), "r*", markersize=12, label="goal (issue 14)")
+    right.set_xlabel("targets")
+    right.set_ylabel("per-frame cost / 1 target")
+    args = report["args"]
+    right.set_title(f"{args['profile']} at {args['size']} px, {args['precision']}, {args['device']}")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_target_model_arguments(parser, max_batch_nargs="+")
@@ -118,7 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=10, help="timed frames per target count")
     parser.add_argument("--frames-available", type=int, default=30, help="blackswan frames read (looped)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "targets.json")
+    parser.add_argument("--replot", type=Path, help="a saved report: write its plot (.png beside it) and exit")
     args = parser.parse_args(argv)
+    if args.replot:
+        plot(json.loads(args.replot.read_text()), args.replot.with_suffix(".png"))
+        print(f"wrote {args.replot.with_suffix('.png')}")
+        return 0
     if args.counts[0] != 1:
         parser.error("--counts must start with 1 (the ratios are relative to it)")
     started = time.time()
@@ -128,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
               "targets": rows[str(args.max_batch[0])],
               "by_max_batch": rows}
     write_report(args.out, report)
+    plot(report, args.out.with_suffix(".png"))
     for max_batch, by_count in rows.items():
         for n, row in by_count.items():
             print(f"max_batch {max_batch}, {n} targets: {row['frame_ms_median']:.1f} ms/frame ({row['frame_ratio']:.2f}x; "
