@@ -33,6 +33,10 @@ frame held by all k lattices.
 of its 32 decoder layers, fp32, random weights and random CLIP-L patch tokens), for the largest
 k: k prompts over the same lattice (8 dense frames) and over two lattices, each as k ``forward``
 calls vs one ``prefill``; there the prefill is nearly all of a query's cost (bench_grounding.py).
+The prompts are tokenised by the random profiles' byte-level tokenizer (one token per byte: each
+instruction's own text, after the frames, runs about 3x longer than with LLaMA's), or by the
+tokenizer of the VRS-HQ checkpoint in ``--tokenizer`` (e.g. the golden VRS-HQ-tiny's
+SentencePiece model: about 3.3 characters per token on these prompts, as LLaMA's).
 
 Writes ``--out`` (JSON).
 """
@@ -60,10 +64,11 @@ from vrs_node.core.frames import SAM2_KEY, FrameWindow  # noqa: E402
 from vrs_node.core.grounder import Grounder  # noqa: E402
 from vrs_node.core.tracker import StreamingTracker  # noqa: E402
 from vrs_node.models.config import PRECISION_CHOICES  # noqa: E402
-from vrs_node.models.mllm import FrameTokens, PrefillInput, VrshqMLLM, vrshq_7b_config  # noqa: E402
+from vrs_node.models.mllm import FrameTokens, PrefillInput, VrshqMLLM, special_token_ids, vrshq_7b_config  # noqa: E402
 from vrs_node.models.precision import tracker_precision_options  # noqa: E402
 from vrs_node.models.profiles import build_grounding_models, build_sam2_for_profile, get_profile  # noqa: E402
 from vrs_node.models.prompt import build_prompt, clean_instruction, tokenize_prompt  # noqa: E402
+from vrs_node.models.tokenizer import load_vrshq_tokenizer  # noqa: E402
 
 INSTRUCTIONS = ["the black swan", "what is swimming on the dark water?", "the water",
                 "the bird with the red beak that swims from left to right"]
@@ -77,6 +82,8 @@ def parse_args(argv=None):
     p.add_argument("--ks", default="1,2,4", help="comma list of batch sizes")
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--real-llm-layers", type=int, default=0, help="decoder layers of the 7B-wide prefill (0: skip)")
+    p.add_argument("--tokenizer", type=Path, help="a VRS-HQ checkpoint folder whose tokenizer the 7B-wide prefill's "
+                   "prompts use (default: the byte-level one of the random profiles)")
     p.add_argument("--precision", default="fp32", choices=PRECISION_CHOICES,
                    help="the grounding models' and SAM-2's precision (vrs_node.models.precision)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "grounding_batch.json")
@@ -187,17 +194,17 @@ def llm_tokens(models, grounder, window, k) -> dict:
             "ratio": sum(calls) / separate}
 
 
-def real_prefill(models, layers: int, k: int, dense: int = 8) -> dict:
+def real_prefill(tokenizer, layers: int, k: int, dense: int = 8) -> dict:
     """Prefill seconds at VRS-HQ-7B's width: k separate ``forward`` calls vs one ``prefill``, with
-    the k prompts over one lattice and over two (alternating)."""
+    the k prompts over one lattice and over two (alternating), tokenised by ``tokenizer``."""
     torch.manual_seed(0)
-    mllm = VrshqMLLM(vrshq_7b_config(len(models.tokenizer), num_hidden_layers=layers)).eval()
+    mllm = VrshqMLLM(vrshq_7b_config(len(tokenizer), num_hidden_layers=layers)).eval()
     frames = [FrameTokens(p, p.mean(dim=0)) for p in torch.randn(2 * dense, 256, 1024)]
-    seg, tak = models.special_ids
+    seg, tak = special_token_ids(tokenizer)
     out = {"layers": layers, "k": k, "dense_frames": dense}
     for case, lattices in (("one_lattice", 1), ("two_lattices", 2)):
         prompts = [PrefillInput(tokenize_prompt(build_prompt(clean_instruction(INSTRUCTIONS[i]), dense),
-                                                models.tokenizer), frames[i % lattices::lattices][:dense])
+                                                tokenizer), frames[i % lattices::lattices][:dense])
                    for i in range(k)]
         start = time.process_time()
         alone = [mllm(p.input_ids, p.dense, seg, tak) for p in prompts]
@@ -205,7 +212,8 @@ def real_prefill(models, layers: int, k: int, dense: int = 8) -> dict:
         start = time.process_time()
         batched = mllm.prefill(prompts, seg, tak)
         together = time.process_time() - start
-        out[case] = {"separate_cpu_s": separate, "batched_cpu_s": together, "cpu_ratio": together / separate,
+        out[case] = {"text_tokens": [sum(i >= 0 for i in p.input_ids) for p in prompts],  # images: < 0
+                     "separate_cpu_s": separate, "batched_cpu_s": together, "cpu_ratio": together / separate,
                      "max_abs_seg_tak": max(float(max((a.seg - b.seg).abs().max(), (a.tak - b.tak).abs().max()))
                                             for a, b in zip(alone, batched))}
         print(f"7B-wide prefill ({layers} layers), k={k}, {case}: separate {separate:.1f} s CPU, batched "
@@ -242,7 +250,8 @@ def main(argv=None):
                       f"{row['cpu_ratio']:.3f}), same keyframes "
                       f"{row['same_keyframes']}, max |diff| {row['max_abs_seg_tak_takprime']:.1e}", flush=True)
         if args.real_llm_layers:
-            report["real_prefill"] = real_prefill(models, args.real_llm_layers, max(ks))
+            tokenizer = load_vrshq_tokenizer(args.tokenizer) if args.tokenizer else models.tokenizer
+            report["real_prefill"] = real_prefill(tokenizer, args.real_llm_layers, max(ks))
     report["load_average_after"] = os.getloadavg()
     print(json.dumps(report["llm_tokens"]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
