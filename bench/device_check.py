@@ -33,7 +33,8 @@ written down as not run, with the reason, never dropped silently):
    reasoners on CUDA (tiny-random).
 9. ``targets``: the per-frame cost (encode + track, p50) with 1/2/4/8 targets on Hiera-B+ in bf16
    (``MultiTargetTracker`` at the node's ``target_batch``, box prompts on a grid, all added on the
-   first frame), relative to 1; 8 targets in one batch; 8 targets added one per frame.
+   first frame), relative to 1; 8 targets in one batch; 8 targets added one per frame; then 1, 4
+   and 8 targets on ``tiny-random`` at 256 px in the node's precision (the issue's setting).
 10. ``catch_ups``: a batched query's catch-ups on Hiera-B+ in bf16: 4 answers on the window's first
    frame prepared together (one batched call per frame) and one after another
    (``bench/bench_catchups.py``), medians of 3.
@@ -106,6 +107,7 @@ all targets added on the first frame but the staggered ones (one per frame: sepa
 tracked in shared calls once 16 frames past the last addition, :mod:`vrs_node.core.joint_step`)."""
 TARGET_GOALS = {"4": "<= 1.6x of 1", "8": "<= 2.5x of 1"}
 """Issue 14's goals for the per-frame cost with several targets (by part_targets key)."""
+TARGET_GOALS_COUNTS = tuple(int(key) for key in TARGET_GOALS)
 
 
 @dataclass(frozen=True)
@@ -473,41 +475,61 @@ def part_host(device, sizes: Sizes, frames, mask, clock: Clock, state: dict) -> 
     return {name: {"p50_ms": percentile_ms(t, 50), "p99_ms": percentile_ms(t, 99)} for name, t in stages.items()}
 
 
+def timed_targets(loaded, frames, sizes: Sizes, count: int, max_batch: int, staggered: bool = False) -> dict:
+    """p50/p99 ms of encode + track with ``count`` targets (box prompts on a grid) in a
+    ``MultiTargetTracker`` of at most ``max_batch`` a batch, all added on the first frame or, when
+    ``staggered``, one per frame (then timed from 16 frames after the last addition); its state
+    bytes and batches at the end."""
+    device = loaded.sam2.device
+    tracker = MultiTargetTracker(StreamingTracker(loaded.sam2, loaded.transform, **loaded.tracker_options),
+                                 max(TARGET_COUNTS), max_batch)
+    boxes = grid_boxes(*frames[0].shape[:2], count)
+    for target_id, box in enumerate(boxes[:1] if staggered else boxes, start=1):
+        tracker.add(target_id, PointsPrompt(box=box))
+    warmup = sizes.warmup + (count + 16 if staggered else 0)
+    times = []
+    for k in range(warmup + sizes.timed):
+        if staggered and 0 < k < count:
+            tracker.add(k + 1, PointsPrompt(box=boxes[k]))
+        start = time.perf_counter()
+        tracker.track(tracker.encode(frames[k % len(frames)]))
+        sync(device)
+        if k >= warmup:
+            times.append(time.perf_counter() - start)
+    return {"p50_ms": percentile_ms(times, 50), "p99_ms": percentile_ms(times, 99),
+            "state_bytes": tracker.state_size()[1], "batches": [len(c) for c in tracker.batches]}
+
+
 def part_targets(device, sizes: Sizes, frames, mask, clock: Clock, state: dict) -> dict:
     """Per-frame cost with 1/2/4/8 targets at the node's ``target_batch``, relative to 1 (issue
     14's goals: 4 <= 1.6x, 8 <= 2.5x); 8 targets in one batch (``8_one_batch``: whether a larger
     ``target_batch`` pays on this GPU); 8 targets added one per frame (``8_staggered``, timed from
-    16 frames after the last addition: what the joint steps save of separate memories)."""
+    16 frames after the last addition: what the joint steps save of separate memories). Then
+    ``tiny_random``: 1, 4 and 8 targets on ``tiny-random`` at 256 px (128 in the smoke run) in the
+    node's precision, the setting of the issue's goals."""
     arch = "b+" if "b+" in sizes.archs else sizes.archs[0]
     loaded = load_models(get_profile(sizes.tracker_profile.format(arch)), device, image_size=sizes.image_size,
                          precision="bf16")
     batch = PipelineConfig().target_batch
     out: dict = {"arch": f"hiera-{arch}", "target_batch": batch}
     for key, (count, _) in TARGET_RUNS.items():
-        max_batch = 0 if key == "8_one_batch" else batch
         if clock.left() < 15:
             out[key] = {"not_run": f"time budget ({clock.left():.0f} s left)"}
             continue
-        tracker = MultiTargetTracker(StreamingTracker(loaded.sam2, loaded.transform, **loaded.tracker_options),
-                                     max(TARGET_COUNTS), max_batch)
-        staggered = key == "8_staggered"
-        boxes = grid_boxes(*frames[0].shape[:2], count)
-        for target_id, box in enumerate(boxes[:1] if staggered else boxes, start=1):
-            tracker.add(target_id, PointsPrompt(box=box))
-        warmup = sizes.warmup + (count + 16 if staggered else 0)
-        times = []
-        for k in range(warmup + sizes.timed):
-            if staggered and 0 < k < count:
-                tracker.add(k + 1, PointsPrompt(box=boxes[k]))
-            start = time.perf_counter()
-            tracker.track(tracker.encode(frames[k % len(frames)]))
-            sync(device)
-            if k >= warmup:
-                times.append(time.perf_counter() - start)
-        out[key] = {"p50_ms": percentile_ms(times, 50), "p99_ms": percentile_ms(times, 99),
-                    "state_bytes": tracker.state_size()[1], "batches": [len(c) for c in tracker.batches]}
+        out[key] = timed_targets(loaded, frames, sizes, count, 0 if key == "8_one_batch" else batch,
+                                 staggered=key == "8_staggered")
         if "p50_ms" in out.get("1", {}):
             out[key]["ratio_to_1"] = out[key]["p50_ms"] / out["1"]["p50_ms"]
+    size = min(256, sizes.image_size)
+    tiny = load_models(get_profile("tiny-random"), device, image_size=size)
+    out["tiny_random"] = {"image_size": size, "precision": tiny.precision}
+    for count in (1, *TARGET_GOALS_COUNTS):
+        if clock.left() < 15:
+            out["tiny_random"][str(count)] = {"not_run": f"time budget ({clock.left():.0f} s left)"}
+            continue
+        run = out["tiny_random"][str(count)] = timed_targets(tiny, frames, sizes, count, batch)
+        if "p50_ms" in out["tiny_random"]["1"]:
+            run["ratio_to_1"] = run["p50_ms"] / out["tiny_random"]["1"]["p50_ms"]
     return out
 
 
@@ -573,6 +595,12 @@ def table(report: dict) -> str:
         if "ratio_to_1" in value:
             rows.append((f"{what} ({targets['arch']} bf16), per frame", f"{value['p50_ms']:.1f} ms "
                          f"({value['ratio_to_1']:.2f}x of 1)", TARGET_GOALS.get(key, "")))
+    tiny = targets.get("tiny_random", {})
+    for count in TARGET_GOALS_COUNTS:
+        value = tiny.get(str(count), {})
+        if "ratio_to_1" in value:
+            rows.append((f"{count} targets (tiny-random {tiny['image_size']} px {tiny['precision']}), per frame",
+                         f"{value['p50_ms']:.1f} ms ({value['ratio_to_1']:.2f}x of 1)", TARGET_GOALS[str(count)]))
     catch_ups = p.get("catch_ups", {})
     if "ratio" in catch_ups:
         rows.append((f"{catch_ups['answers']} answers' catch-ups ({catch_ups['arch']} bf16), together / one by one",

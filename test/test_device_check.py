@@ -67,6 +67,10 @@ def test_cpu_smoke_runs_every_part(tmp_path):
     assert targets["1"]["ratio_to_1"] == 1.0 and targets["8"]["state_bytes"] > targets["1"]["state_bytes"]
     assert targets["8"]["batches"] == [4, 4] and targets["8_one_batch"]["batches"] == [8]
     assert targets["8_staggered"]["batches"] == [4, 4], "separate memories, tracked in shared calls"
+    tiny = targets["tiny_random"]
+    assert tiny["image_size"] == 128 and tiny["precision"] == "fp32", "the node's precision: auto is fp32 on the CPU"
+    assert tiny["1"]["ratio_to_1"] == 1.0 and tiny["4"]["batches"] == [4] and tiny["8"]["batches"] == [4, 4]
+    assert tiny["8"]["p50_ms"] > 0 and tiny["8"]["state_bytes"] > tiny["4"]["state_bytes"] > tiny["1"]["state_bytes"]
     catch_ups = parts["catch_ups"]
     assert catch_ups["together_p50_ms"] > 0 and catch_ups["one_by_one_p50_ms"] > 0 and catch_ups["frames_each"] == 4
     table = (tmp_path / "device_cpu_smoke.md").read_text()
@@ -75,4 +79,5 @@ def test_cpu_smoke_runs_every_part(tmp_path):
     assert "| 8 targets in one batch (hiera-t bf16), per frame |" in table
     assert "| 8 targets added on 8 frames (hiera-t bf16), per frame |" in table
     assert "| 4 answers' catch-ups (hiera-t bf16), together / one by one |" in table
+    assert "| 8 targets (tiny-random 128 px fp32), per frame |" in table
     assert "| batched query of 4 instructions (tiny-random 128 px), batched / separate |" in table
