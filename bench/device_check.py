@@ -128,6 +128,11 @@ class Sizes:
     rate_hz: float
     compile_options: dict
 
+    @property
+    def tiny_image_size(self) -> int:
+        """The ``tiny-random`` runs' input size: 256 px (issue 14's setting), at most ``image_size``."""
+        return min(256, self.image_size)
+
 
 FULL = Sizes(("t", "s", "b+", "l"), 1024, (1080, 1920), 10, 100, 2000, 100, "sam2.1-hiera-{}-random",
              "vrshq-7b-random", 16, 10.0, 30.0, {"mode": DEFAULT_COMPILE_MODE})
@@ -224,11 +229,25 @@ def part_tracker_fps(device, sizes: Sizes, frames, mask, clock: Clock, state: di
     return out
 
 
+def bplus_bf16(device, sizes: Sizes) -> tuple[str, object]:
+    """(arch, models): Hiera-B+ (the smoke run's arch where it has no B+) at ``sizes.image_size``
+    in bf16, freshly loaded."""
+    arch = "b+" if "b+" in sizes.archs else sizes.archs[0]
+    return arch, load_models(get_profile(sizes.tracker_profile.format(arch)), device, image_size=sizes.image_size,
+                             precision="bf16")
+
+
+def shared_bplus_bf16(device, sizes: Sizes, state: dict) -> tuple[str, object]:
+    """:func:`bplus_bf16`, loaded once for the parts after ``deactivate`` (``targets``,
+    ``catch_ups``), which leave its weights as they are."""
+    if "bplus_bf16" not in state:
+        state["bplus_bf16"] = bplus_bf16(device, sizes)
+    return state["bplus_bf16"]
+
+
 def part_memory(device, sizes: Sizes, frames, mask, clock: Clock, state: dict) -> dict:
     """max_memory_allocated per ``memory_every`` frames of Hiera-B+ bf16 after a warm-up."""
-    arch = "b+" if "b+" in sizes.archs else sizes.archs[0]
-    loaded = load_models(get_profile(sizes.tracker_profile.format(arch)), device, image_size=sizes.image_size,
-                         precision="bf16")
+    arch, loaded = bplus_bf16(device, sizes)  # compiled in place below when tracker_fps compiled it
     if state.get("bplus_compiled"):
         compile_sam2(loaded.sam2, **sizes.compile_options)
     tracker = StreamingTracker(loaded.sam2, loaded.transform, **loaded.tracker_options)
@@ -309,7 +328,7 @@ def part_grounding_batch(device, sizes: Sizes, frames, mask, clock: Clock, state
     ``tiny-random`` at 256 px (128 in the smoke run) in the node's precision on the device (bf16
     on CUDA), then the reasoner part's models when they are loaded. ``ratio`` = median batched /
     median separate."""
-    size = min(256, sizes.image_size)
+    size = sizes.tiny_image_size
     models = {f"tiny-random {size} px": lambda: load_models(get_profile("tiny-random"), device, image_size=size)}
     if "reasoner" in state:
         models[sizes.reasoner_profile] = lambda: state["reasoner"]
@@ -413,7 +432,7 @@ def part_cuda_checks(device, sizes: Sizes, frames, mask, clock: Clock, state: di
     after a move to host memory and back (a lifecycle deactivate/activate)."""
     sessions = []
     for compiled in (False, True):
-        loaded = load_models(get_profile("tiny-random"), device, image_size=min(256, sizes.image_size),
+        loaded = load_models(get_profile("tiny-random"), device, image_size=sizes.tiny_image_size,
                              precision="fp32")
         if compiled:
             compile_sam2(loaded.sam2, **sizes.compile_options)
@@ -507,9 +526,7 @@ def part_targets(device, sizes: Sizes, frames, mask, clock: Clock, state: dict) 
     16 frames after the last addition: what the joint steps save of separate memories). Then
     ``tiny_random``: 1, 4 and 8 targets on ``tiny-random`` at 256 px (128 in the smoke run) in the
     node's precision, the setting of the issue's goals."""
-    arch = "b+" if "b+" in sizes.archs else sizes.archs[0]
-    loaded = load_models(get_profile(sizes.tracker_profile.format(arch)), device, image_size=sizes.image_size,
-                         precision="bf16")
+    arch, loaded = shared_bplus_bf16(device, sizes, state)
     batch = PipelineConfig().target_batch
     out: dict = {"arch": f"hiera-{arch}", "target_batch": batch}
     for key, (count, _) in TARGET_RUNS.items():
@@ -518,19 +535,23 @@ def part_targets(device, sizes: Sizes, frames, mask, clock: Clock, state: dict) 
             continue
         out[key] = timed_targets(loaded, frames, sizes, count, 0 if key == "8_one_batch" else batch,
                                  staggered=key == "8_staggered")
-        if "p50_ms" in out.get("1", {}):
-            out[key]["ratio_to_1"] = out[key]["p50_ms"] / out["1"]["p50_ms"]
-    size = min(256, sizes.image_size)
-    tiny = load_models(get_profile("tiny-random"), device, image_size=size)
-    out["tiny_random"] = {"image_size": size, "precision": tiny.precision}
+    tiny = load_models(get_profile("tiny-random"), device, image_size=sizes.tiny_image_size)
+    out["tiny_random"] = {"image_size": sizes.tiny_image_size, "precision": tiny.precision}
     for count in (1, *TARGET_GOALS_COUNTS):
-        if clock.left() < 15:
-            out["tiny_random"][str(count)] = {"not_run": f"time budget ({clock.left():.0f} s left)"}
-            continue
-        run = out["tiny_random"][str(count)] = timed_targets(tiny, frames, sizes, count, batch)
-        if "p50_ms" in out["tiny_random"]["1"]:
-            run["ratio_to_1"] = run["p50_ms"] / out["tiny_random"]["1"]["p50_ms"]
+        out["tiny_random"][str(count)] = ({"not_run": f"time budget ({clock.left():.0f} s left)"}
+                                          if clock.left() < 15 else timed_targets(tiny, frames, sizes, count, batch))
+    for runs in (out, out["tiny_random"]):
+        add_ratios_to_1(runs)
     return out
+
+
+def add_ratios_to_1(runs: dict) -> None:
+    """``ratio_to_1`` = p50 / the p50 of run ``"1"``, in every measured run of ``runs`` (none when
+    run ``"1"`` was not measured)."""
+    one = runs.get("1", {}).get("p50_ms")
+    for run in runs.values():
+        if one and isinstance(run, dict) and "p50_ms" in run:
+            run["ratio_to_1"] = run["p50_ms"] / one
 
 
 CATCHUP_ANSWERS = 4
@@ -541,9 +562,7 @@ def part_catch_ups(device, sizes: Sizes, frames, mask, clock: Clock, state: dict
     """A batched query's catch-ups (:data:`CATCHUP_ANSWERS` answers on the first frame of a
     ``sizes.window``-frame window) prepared together and one after another, at the node's
     ``target_batch``; p50 of 3 each, interleaved, and together / one after another."""
-    arch = "b+" if "b+" in sizes.archs else sizes.archs[0]
-    loaded = load_models(get_profile(sizes.tracker_profile.format(arch)), device, image_size=sizes.image_size,
-                         precision="bf16")
+    arch, loaded = shared_bplus_bf16(device, sizes, state)
     single = StreamingTracker(loaded.sam2, loaded.transform, **loaded.tracker_options)
     window = filled_window(single, frames, sizes.window)
     answers = keyframe_answers(window, [0] * CATCHUP_ANSWERS, grid_boxes(*frames[0].shape[:2], CATCHUP_ANSWERS))
